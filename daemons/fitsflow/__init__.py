@@ -1,0 +1,8 @@
+"""fitsflow: an observatory data backbone.
+
+Camera pixels arrive as SPEAD streams, are joined with their metadata into FITS files,
+handed off by hard links to the OODS and the archive, ingested and announced. Each step is
+a separate daemon; they share :mod:`fitsflow.core` and talk through an ActiveMQ broker.
+"""
+
+__version__ = "0.1.0"

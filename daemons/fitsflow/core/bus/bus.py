@@ -1,0 +1,440 @@
+"""The message bus every daemon uses: durable sends with failover and an outbox, and
+subscriptions whose acks follow the handler's outcome.
+
+Sending (:meth:`MessageBus.send`)
+    Goes to the first connected broker of the configured list, persistent, with a receipt.
+    No receipt in time, or no broker up, or older messages still waiting: the message goes
+    to the local outbox (SQLite, fsynced) and a flusher sends it, in order, when a broker is
+    back. ``send`` therefore returns quickly and never loses an accepted message. A receipt
+    that was lost in flight can make a message arrive twice; consumers drop the second copy
+    by message id.
+
+Receiving (:meth:`MessageBus.subscribe`)
+    Subscribes on every configured broker (load-shared brokers do not forward to each other)
+    with client-individual acks. The handler is awaited; the outcome decides the ack, in one
+    place (:meth:`MessageBus._handle`):
+
+    - normal return: id recorded as processed, then acked;
+    - :class:`Requeue`: kept unacked, handled again after its delay (not counted);
+    - :class:`Reject` or an undecodable body: sent to ``/queue/DLQ.<destination>`` with the
+      reason in headers, then acked;
+    - any other exception: logged with its traceback, counted (durably), retried with
+      exponential back-off; at ``max_attempts`` it is dead-lettered. Consumption goes on.
+
+    ActiveMQ treats a STOMP NACK as a poison ack (straight to its DLQ, no redelivery), so
+    retries are driven here, not by NACK; while a message waits for its retry it stays
+    unacked, so a crash hands it back to the broker and the attempt count survives on disk.
+
+Connections
+    One task per broker reconnects with capped exponential back-off and jitter, re-subscribes,
+    and relies on STOMP heart-beats to notice a silent broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable, Mapping
+
+from fitsflow.core.bus.link import BrokerLink, Frame, LinkCallbacks, Subscription
+from fitsflow.core.bus.store import BusStore
+from fitsflow.core.config import BusConfig, Config, read_credentials
+from fitsflow.core.errors import Disconnected, MessageError, Reject, Requeue
+from fitsflow.core.messages import Message, decode, destination_of
+
+_log = logging.getLogger(__name__)
+
+Handler = Callable[[Message], Awaitable[None]]
+#: Called after a message was dead-lettered: (destination, reason, message or None).
+DeadLetterHook = Callable[[str, str, "Message | None"], Awaitable[None]]
+
+#: Headers the broker sets on delivery; they are not copied to a dead-lettered message.
+_DELIVERY_HEADERS = {"message-id", "destination", "subscription", "ack", "redelivered", "expires",
+                     "priority", "timestamp", "content-length"}
+PROCESSED_RETENTION_S = 7 * 86400
+
+
+def dlq_for(destination: str) -> str:
+    """``/queue/fitsflow.x`` → ``/queue/DLQ.fitsflow.x`` (ActiveMQ's individual-DLQ naming)."""
+    name = destination.split("/", 2)[-1]
+    return f"/queue/DLQ.{name}"
+
+
+@dataclass
+class BusStats:
+    """Counters of every outcome; daemons expose them in STATUS= and metrics."""
+
+    sent: int = 0
+    outboxed: int = 0
+    flushed: int = 0
+    received: int = 0
+    handled: int = 0
+    duplicates: int = 0
+    requeued: int = 0
+    failures: int = 0
+    dead_lettered: int = 0
+    stale: int = 0
+    connects: int = 0
+    disconnects: int = 0
+
+
+@dataclass
+class _Delivery:
+    link: BrokerLink
+    generation: int
+    frame: Frame
+
+
+@dataclass
+class _Sub:
+    key: str
+    destination: str
+    handler: Handler
+    selector: str | None
+    durable: bool
+    concurrency: int
+    queue: asyncio.Queue[_Delivery] = field(default_factory=asyncio.Queue)
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
+    busy: int = 0
+
+
+class MessageBus:
+    """See the module docstring. Create with :meth:`from_config` (or with links, in tests),
+    ``subscribe`` what the daemon consumes, ``await start()``, and ``await stop()`` at the end."""
+
+    def __init__(self, cfg: BusConfig, name: str, store: BusStore, links: list[BrokerLink], *,
+                 on_dead_letter: DeadLetterHook | None = None) -> None:
+        if not links:
+            raise ValueError("a bus needs at least one broker link")
+        self.cfg = cfg
+        self.name = name
+        self.store = store
+        self.links = links
+        self.stats = BusStats()
+        self.on_dead_letter = on_dead_letter
+        self._subs: dict[str, _Sub] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._link_down: dict[int, asyncio.Event] = {}
+        self._any_up = asyncio.Event()
+        self._outbox_wake = asyncio.Event()
+        self._outbox_count = store.outbox_size()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+
+    @classmethod
+    def from_config(cls, cfg: Config, name: str, **kwargs: object) -> MessageBus:
+        """A bus over STOMP links to the configured brokers, its store in site.state_dir."""
+        from fitsflow.core.bus.stomp_link import StompLink  # the only route to stomp.py
+
+        creds = read_credentials(cfg.bus.credentials_file) if cfg.bus.credentials_file else None
+        links: list[BrokerLink] = [StompLink(u, heartbeat_ms=cfg.bus.heartbeat_ms, credentials=creds)
+                                   for u in cfg.bus.brokers]
+        store = BusStore(Path(cfg.site.state_dir) / f"{name}.bus.sqlite")
+        return cls(cfg.bus, name, store, links, **kwargs)  # type: ignore[arg-type]
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start connecting (in the background) and flushing the outbox; returns at once."""
+        self._loop = asyncio.get_running_loop()
+        for link in self.links:
+            link.callbacks = LinkCallbacks(self._on_message_threadsafe, self._on_disconnected_threadsafe)
+            self._tasks.append(asyncio.create_task(self._maintain(link), name=f"bus-link {link.url}"))
+        self._tasks.append(asyncio.create_task(self._flush_outbox(), name="bus-outbox"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="bus-housekeeping"))
+        for sub in self._subs.values():
+            self._start_workers(sub)
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until at least one broker is connected; False on timeout."""
+        try:
+            await asyncio.wait_for(self._any_up.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop consuming, let busy handlers finish (up to ``grace_s``), try one last outbox
+        flush, disconnect. A handler cut off is not acked: the broker hands it out again."""
+        self._stopping = True
+        busy_deadline = asyncio.get_running_loop().time() + grace_s
+        while any(s.busy for s in self._subs.values()) and asyncio.get_running_loop().time() < busy_deadline:
+            await asyncio.sleep(0.02)
+        workers = [w for s in self._subs.values() for w in s.workers]
+        for task in workers + self._tasks:
+            task.cancel()
+        await asyncio.gather(*workers, *self._tasks, return_exceptions=True)
+        if self._outbox_count:
+            await self._flush_once()
+        for link in self.links:
+            await asyncio.to_thread(link.close)
+        if self._outbox_count:
+            _log.warning("%s: %d message(s) stay in the outbox %s until the next start",
+                         self.name, self._outbox_count, self.store.path)
+        self.store.close()
+
+    @property
+    def connected_brokers(self) -> list[str]:
+        return [link.url for link in self.links if link.connected]
+
+    @property
+    def outbox_size(self) -> int:
+        return self._outbox_count
+
+    def describe(self) -> str:
+        """One line for STATUS=: brokers up, outbox, outcome counters."""
+        s = self.stats
+        return (f"brokers {len(self.connected_brokers)}/{len(self.links)}, outbox {self._outbox_count}, "
+                f"handled {s.handled}, retried {s.failures}, dead-lettered {s.dead_lettered}")
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def send(self, msg: Message, destination: str | None = None) -> None:
+        """Send a message durably (see the module docstring). ``destination`` is needed for
+        catalogue entries with a template destination (``/queue/fitsflow.forwarder.{forwarder}``)."""
+        await self.send_raw(destination or destination_of(msg.type), msg.encode(), msg.headers())
+
+    async def send_raw(self, destination: str, body: str, headers: Mapping[str, str]) -> None:
+        """Send a body as it is (dead-lettering and re-injection use this)."""
+        self.stats.sent += 1
+        link = self._producer_link()
+        if link is None or self._outbox_count:
+            self._to_outbox(destination, headers, body, "no broker connected" if link is None else "outbox not empty")
+            return
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(link.send(destination, body, headers)),
+                                   self.cfg.receipt_timeout_s)
+        except (Disconnected, asyncio.TimeoutError) as exc:
+            self._to_outbox(destination, headers, body, str(exc) or "no receipt in time")
+
+    def _producer_link(self) -> BrokerLink | None:
+        return next((link for link in self.links if link.connected), None)
+
+    def _to_outbox(self, destination: str, headers: Mapping[str, str], body: str, why: str) -> None:
+        self.store.outbox_put(destination, headers, body)
+        self._outbox_count += 1
+        self.stats.outboxed += 1
+        if self._outbox_count == 1 or self._outbox_count % 1000 == 0:
+            _log.warning("%s: %s; message %s to %s kept in the outbox (%d waiting)", self.name, why,
+                         headers.get("MsgId", "?"), destination, self._outbox_count)
+        self._outbox_wake.set()
+
+    async def _flush_outbox(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._outbox_wake.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+            self._outbox_wake.clear()
+            if self._outbox_count:
+                await self._flush_once()
+
+    async def _flush_once(self) -> None:
+        while self._outbox_count:
+            link = self._producer_link()
+            if link is None:
+                return
+            entries = self.store.outbox_head(100)
+            if not entries:  # the count drifted (another process emptied it): resync
+                self._outbox_count = self.store.outbox_size()
+                return
+            for entry in entries:
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(link.send(entry.destination, entry.body, entry.headers)),
+                                           self.cfg.receipt_timeout_s)
+                except (Disconnected, asyncio.TimeoutError) as exc:
+                    _log.info("%s: outbox flush paused: %s", self.name, exc or "no receipt in time")
+                    return
+                self.store.outbox_remove(entry.seq)
+                self._outbox_count -= 1
+                self.stats.flushed += 1
+            if not self._outbox_count:
+                _log.info("%s: outbox flushed", self.name)
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def subscribe(self, destination: str, handler: Handler, *, name: str | None = None,
+                  selector: str | None = None, durable: bool = False, concurrency: int = 1) -> None:
+        """Consume ``destination`` with ``handler``.
+
+        ``name`` keys the subscription's processed ids and attempts (and its durable name:
+        a durable subscription keeps messages while the daemon is away, so keep the name
+        stable). ``concurrency`` handlers may run at once for this subscription.
+        """
+        key = name or destination.split("/", 2)[-1]
+        if key in self._subs:
+            raise ValueError(f"{self.name}: subscription {key!r} exists already")
+        if durable and not destination.startswith("/topic/"):
+            raise ValueError(f"{self.name}: durable subscriptions are for topics, not {destination}")
+        sub = _Sub(key, destination, handler, selector, durable, max(1, concurrency))
+        self._subs[key] = sub
+        if self._loop is not None:
+            self._start_workers(sub)
+            for link in self.links:
+                if link.connected:
+                    self._subscribe_link(link, sub)
+
+    def _start_workers(self, sub: _Sub) -> None:
+        sub.workers = [asyncio.create_task(self._worker(sub), name=f"bus-sub {sub.key}/{i}")
+                       for i in range(sub.concurrency)]
+
+    def _subscribe_link(self, link: BrokerLink, sub: _Sub) -> None:
+        link.subscribe(Subscription(id=sub.key, destination=sub.destination, selector=sub.selector,
+                                    durable_name=sub.key if sub.durable else None, prefetch=self.cfg.prefetch))
+
+    def _on_message_threadsafe(self, link: BrokerLink, generation: int, frame: Frame) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._route, _Delivery(link, generation, frame))
+
+    def _route(self, item: _Delivery) -> None:
+        sub = self._subs.get(item.frame.headers.get("subscription", ""))
+        if sub is None:
+            _log.error("%s: message for unknown subscription %r dropped unacked", self.name,
+                       item.frame.headers.get("subscription"))
+            return
+        self.stats.received += 1
+        sub.queue.put_nowait(item)
+
+    async def _worker(self, sub: _Sub) -> None:
+        while True:
+            item = await sub.queue.get()
+            if self._stopping:
+                continue  # left unacked: the broker hands it out again
+            sub.busy += 1
+            try:
+                await self._handle(sub, item)
+            finally:
+                sub.busy -= 1
+
+    async def _handle(self, sub: _Sub, item: _Delivery) -> None:
+        """Run the handler and map its outcome to ack / retry / dead-letter (the one place)."""
+        if item.generation != item.link.generation or not item.link.connected:
+            self.stats.stale += 1  # its connection is gone; the broker redelivers it
+            return
+        try:
+            msg = decode(item.frame.body, item.frame.destination)
+        except MessageError as exc:
+            await self._dead_letter(sub, item, f"malformed message: {exc}", None, attempts=0)
+            return
+        if self.store.is_processed(sub.key, msg.id):
+            self.stats.duplicates += 1
+            self._ack(sub, item)
+            return
+        try:
+            await sub.handler(msg)
+        except Requeue as exc:
+            self.stats.requeued += 1
+            _log.debug("%s: %s %s requeued: %s", self.name, msg.type, msg.id, exc)
+            self._retry_later(sub, item, exc.delay)
+            return
+        except Reject as exc:
+            await self._dead_letter(sub, item, f"rejected by handler: {exc}", msg, attempts=1)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any handler bug: count, retry, then dead-letter
+            self.stats.failures += 1
+            attempts = self.store.record_failure(sub.key, msg.id, f"{type(exc).__name__}: {exc}")
+            _log.error("%s: handler of %s failed for %s%s (attempt %d/%d)", self.name, sub.key, msg.type,
+                       f" image {msg.image}" if msg.image else "", attempts, self.cfg.max_attempts,
+                       exc_info=True, extra={"IMAGE": msg.image or "", "MSGTYPE": msg.type})
+            if attempts >= self.cfg.max_attempts:
+                reason = f"handler failed {attempts} times; last: {type(exc).__name__}: {exc}\n" \
+                         + "".join(traceback.format_exception(exc)[-3:])
+                await self._dead_letter(sub, item, reason, msg, attempts=attempts)
+            else:
+                self._retry_later(sub, item, min(self.cfg.retry_delay_s * 2 ** (attempts - 1), 60.0))
+            return
+        self.store.mark_processed(sub.key, msg.id)
+        self.stats.handled += 1
+        self._ack(sub, item)
+
+    def _retry_later(self, sub: _Sub, item: _Delivery, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, sub.queue.put_nowait, item)
+
+    def _ack(self, sub: _Sub, item: _Delivery) -> None:
+        if item.generation != item.link.generation:
+            self.stats.stale += 1
+            return
+        try:
+            item.link.ack(item.frame, sub.key)
+        except Disconnected as exc:
+            _log.info("%s: ack lost with its connection (%s); the redelivery will be dropped as seen", self.name, exc)
+
+    async def _dead_letter(self, sub: _Sub, item: _Delivery, reason: str, msg: Message | None, attempts: int) -> None:
+        frame = item.frame
+        dlq = dlq_for(frame.destination or sub.destination)
+        headers = {k: v for k, v in frame.headers.items() if k not in _DELIVERY_HEADERS}
+        flat = " | ".join(line.strip() for line in reason.splitlines() if line.strip())
+        headers.update({"persistent": "true", "DLQReason": flat[:2000], "DLQOrigin": frame.destination,
+                        "DLQSubscriber": f"{self.name}/{sub.key}@{socket.gethostname()}",
+                        "DLQAttempts": str(attempts)})
+        await self.send_raw(dlq, frame.body, headers)
+        if msg is not None:
+            self.store.mark_processed(sub.key, msg.id)
+        self.stats.dead_lettered += 1
+        self._ack(sub, item)
+        _log.error("%s: message %s from %s dead-lettered to %s: %s", self.name,
+                   headers.get("MsgId", frame.headers.get("message-id")), frame.destination, dlq, flat[:500],
+                   extra={"IMAGE": headers.get("Image", ""), "MSGTYPE": headers.get("MsgType", "")})
+        if self.on_dead_letter is not None:
+            try:
+                await self.on_dead_letter(dlq, flat, msg)
+            except Exception:  # noqa: BLE001 - a failing hook must not stop consumption
+                _log.exception("%s: dead-letter hook failed", self.name)
+
+    # -- connections -------------------------------------------------------------------
+
+    def _on_disconnected_threadsafe(self, link: BrokerLink, generation: int) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._mark_down, link, generation)
+
+    def _mark_down(self, link: BrokerLink, generation: int) -> None:
+        if generation == link.generation and id(link) in self._link_down:
+            self._link_down[id(link)].set()
+
+    async def _maintain(self, link: BrokerLink) -> None:
+        delay = 0.1
+        down = self._link_down.setdefault(id(link), asyncio.Event())
+        while True:
+            try:
+                await asyncio.to_thread(link.connect, self.name)
+            except Disconnected as exc:
+                if delay >= 1.0:
+                    _log.warning("%s: %s; retrying in %.1f s", self.name, exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.cfg.reconnect_max_s)
+                continue
+            down.clear()
+            try:
+                for sub in self._subs.values():
+                    self._subscribe_link(link, sub)
+            except Disconnected:
+                link.close()
+                continue
+            delay = 0.1
+            self.stats.connects += 1
+            _log.info("%s: connected to %s", self.name, link.url)
+            self._update_any_up()
+            self._outbox_wake.set()
+            await down.wait()
+            self.stats.disconnects += 1
+            _log.warning("%s: lost broker %s; reconnecting", self.name, link.url)
+            await asyncio.to_thread(link.close)
+            self._update_any_up()
+
+    def _update_any_up(self) -> None:
+        if any(link.connected for link in self.links):
+            self._any_up.set()
+        else:
+            self._any_up.clear()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(3600)
+            self.store.forget_processed(PROCESSED_RETENTION_S)

@@ -1,0 +1,144 @@
+"""BrokerLink over stomp.py — the only module of fitsflow that imports stomp."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import threading
+from typing import Mapping
+
+import stomp
+import stomp.exception
+
+from fitsflow.core.bus.link import BrokerLink, Frame, Subscription
+from fitsflow.core.config import BrokerAddress, parse_broker_url
+from fitsflow.core.errors import Disconnected
+
+_log = logging.getLogger(__name__)
+_receipts = itertools.count(1)
+
+
+class StompLink(BrokerLink):
+    """One STOMP 1.1 connection with heart-beats, receipts and client-individual acks."""
+
+    def __init__(self, url: str, *, heartbeat_ms: int = 10_000, credentials: tuple[str, str] | None = None,
+                 connect_timeout_s: float = 5.0) -> None:
+        super().__init__(url)
+        self.address: BrokerAddress = parse_broker_url(url)
+        self._heartbeat_ms = heartbeat_ms
+        self._credentials = credentials
+        self._timeout = connect_timeout_s
+        self._conn: stomp.Connection | None = None
+        self._lock = threading.Lock()
+        self._pending: dict[str, concurrent.futures.Future[None]] = {}
+
+    @property
+    def connected(self) -> bool:
+        conn = self._conn
+        return conn is not None and conn.is_connected()
+
+    def connect(self, client_id: str) -> None:
+        conn = stomp.Connection(
+            [(self.address.host, self.address.port)],
+            heartbeats=(self._heartbeat_ms, self._heartbeat_ms),
+            reconnect_attempts_max=1,  # the bus owns reconnection, with its own back-off
+            timeout=self._timeout,
+            keepalive=True,
+        )
+        generation = self.generation + 1
+        conn.set_listener("fitsflow", _Listener(self, generation))
+        user, password = self._credentials or (None, None)
+        try:
+            conn.connect(user, password, wait=True, headers={"client-id": client_id})
+        except (stomp.exception.StompException, OSError) as exc:
+            try:
+                conn.disconnect()
+            except Exception:  # noqa: BLE001 - best effort on a connection that never came up
+                pass
+            raise Disconnected(f"{self.address}: cannot connect: {exc or type(exc).__name__}") from None
+        with self._lock:
+            self._conn = conn
+            self.generation = generation
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.disconnect()
+            except Exception as exc:  # noqa: BLE001 - the socket may already be gone
+                _log.debug("%s: disconnect: %s", self.address, exc)
+        self._fail_pending(f"{self.address}: connection closed")
+
+    def send(self, destination: str, body: str, headers: Mapping[str, str]) -> concurrent.futures.Future[None]:
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        conn = self._conn
+        if conn is None or not conn.is_connected():
+            fut.set_exception(Disconnected(f"{self.address}: not connected"))
+            return fut
+        receipt = f"r{next(_receipts)}"
+        self._pending[receipt] = fut
+        try:
+            conn.send(destination, body, headers=dict(headers), receipt=receipt)
+        except (stomp.exception.StompException, OSError) as exc:
+            self._pending.pop(receipt, None)
+            fut.set_exception(Disconnected(f"{self.address}: send to {destination} failed: {exc}"))
+        return fut
+
+    def subscribe(self, sub: Subscription) -> None:
+        headers = {"activemq.prefetchSize": str(sub.prefetch), **sub.extra_headers}
+        if sub.selector:
+            headers["selector"] = sub.selector
+        if sub.durable_name:
+            headers["activemq.subscriptionName"] = sub.durable_name
+        self._require().subscribe(sub.destination, id=sub.id, ack="client-individual", headers=headers)
+
+    def ack(self, frame: Frame, sub_id: str) -> None:
+        self._require().ack(frame.headers["message-id"], sub_id)
+
+    def _require(self) -> stomp.Connection:
+        conn = self._conn
+        if conn is None or not conn.is_connected():
+            raise Disconnected(f"{self.address}: not connected")
+        return conn
+
+    # -- called from stomp.py's receiver thread through _Listener ------------------------
+
+    def _receipt(self, receipt_id: str, error: str | None) -> None:
+        fut = self._pending.pop(receipt_id, None)
+        if fut is not None and not fut.done():
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(Disconnected(f"{self.address}: broker refused: {error}"))
+
+    def _fail_pending(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(Disconnected(reason))
+
+
+class _Listener(stomp.ConnectionListener):
+    def __init__(self, link: StompLink, generation: int) -> None:
+        self.link = link
+        self.generation = generation
+
+    def on_message(self, frame: stomp.utils.Frame) -> None:
+        if self.link.callbacks:
+            self.link.callbacks.on_message(self.link, self.generation, Frame(dict(frame.headers), frame.body))
+
+    def on_receipt(self, frame: stomp.utils.Frame) -> None:
+        self.link._receipt(frame.headers.get("receipt-id", ""), None)
+
+    def on_error(self, frame: stomp.utils.Frame) -> None:
+        message = frame.headers.get("message", "") or frame.body[:200]
+        receipt = frame.headers.get("receipt-id")
+        _log.warning("%s: broker ERROR frame: %s", self.link.address, message)
+        if receipt:
+            self.link._receipt(receipt, message)
+
+    def on_disconnected(self) -> None:
+        self.link._fail_pending(f"{self.link.address}: connection lost")
+        if self.link.callbacks:
+            self.link.callbacks.on_disconnected(self.link, self.generation)

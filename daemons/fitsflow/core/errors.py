@@ -1,0 +1,58 @@
+"""fitsflow's own exceptions. This module imports nothing from fitsflow."""
+
+from __future__ import annotations
+
+# Exit codes are a contract with systemd (see units/): a configuration error must not be
+# restarted in a loop, so units carry RestartPreventExitStatus=78.
+EX_OK = 0
+EX_SOFTWARE = 70  # an internal error: restart may help
+EX_CONFIG = 78  # sysexits.h EX_CONFIG: the configuration is wrong, restarting will not help
+
+
+class FitsflowError(Exception):
+    """Base class of every fitsflow error."""
+
+
+class ConfigError(FitsflowError):
+    """The configuration file is missing, unreadable or invalid.
+
+    The message always names the file and, where there is one, the offending key.
+    """
+
+    def __init__(self, path: str, key: str | None, problem: str) -> None:
+        self.path = path
+        self.key = key
+        self.problem = problem
+        where = f"{path}: {key}" if key else path
+        super().__init__(f"{where}: {problem}")
+
+
+class Disconnected(FitsflowError):
+    """No broker could take the operation (the transport library's errors end up here)."""
+
+
+class MessageError(FitsflowError):
+    """A message body or its headers do not follow the message catalogue."""
+
+
+class UnsafePath(FitsflowError):
+    """A name or path from outside (a message, a header) would leave the data tree."""
+
+
+# --- Ack decisions. A handler returns normally to have its message acked; it raises one of
+# these to say otherwise. They are mapped to broker operations in one place (bus.consumer).
+
+
+class Requeue(FitsflowError):
+    """The message cannot be handled yet (a precondition is missing); try again later.
+
+    Does not count towards the dead-letter limit.
+    """
+
+    def __init__(self, reason: str, delay: float = 1.0) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class Reject(FitsflowError):
+    """The message can never be handled: dead-letter it now, with this reason."""

@@ -1,0 +1,74 @@
+"""Durable file operations: atomic writes and idempotent hard-link hand-offs.
+
+A file a reader can see is always whole: writers write a temp file in the target directory,
+fsync it, rename it into place and fsync the directory. A hand-off is one ``link(2)``; doing
+it again is "already done" only if the existing name is the same file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+TEMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so the names created or removed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Write ``path`` atomically: yields a binary file to fill; on normal exit it is fsynced
+    and renamed into place, on an exception the temp file is removed and nothing appears."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` atomically (temp + fsync + rename + fsync dir)."""
+    with atomic_writer(path, mode) as fh:
+        fh.write(data)
+
+
+def link_into(src: Path, dst: Path) -> bool:
+    """Hard-link ``src`` as ``dst`` (same filesystem). Returns True if this call made the
+    link, False if ``dst`` already was the same file. Raises FileExistsError if ``dst`` is a
+    different file (never overwritten), OSError for any other failure."""
+    try:
+        os.link(src, dst)
+        return True
+    except FileExistsError:
+        if os.path.samefile(src, dst):
+            return False
+        raise FileExistsError(f"{dst} exists and is not the same file as {src}") from None
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Remove temp files a crashed writer left in ``directory``; returns what was removed."""
+    removed = []
+    for p in Path(directory).glob(TEMP_PREFIX + "*"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed

@@ -1,0 +1,219 @@
+"""The daemon runtime every fitsflow daemon runs in.
+
+``run_daemon(name, factory)`` does, in order: parse ``--config`` / ``--instance`` /
+``--log-level``; load and validate the configuration (exit 78 = EX_CONFIG on any problem, so
+systemd's ``RestartPreventExitStatus=78`` stops a restart loop); set up logging (journal
+fields under systemd, stderr otherwise); build the daemon with its bus; start the bus and
+the daemon's roles; send ``READY=1``; then, from the event loop itself, send ``WATCHDOG=1``
+and a one-line ``STATUS=`` — a hung loop stops the pings and systemd kills and restarts it.
+
+SIGTERM and SIGINT only set an event; shutdown runs in the loop: ``STOPPING=1``, roles
+stopped in reverse order (in-flight work finished or left unacked for redelivery), bus
+stopped (outbox kept on disk). A role task that dies ends the daemon with exit 70 so
+systemd restarts it, rather than leaving a daemon that looks alive and does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Callable, Coroutine, Protocol
+
+import sdnotify
+
+from fitsflow import __version__
+from fitsflow.core.bus import MessageBus
+from fitsflow.core.config import Config, load_config
+from fitsflow.core.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, ConfigError
+from fitsflow.core.logs import setup_logging
+from fitsflow.core import messages
+
+_log = logging.getLogger(__name__)
+
+#: How long start-up waits for a first broker before declaring READY anyway: a daemon
+#: without a broker still works through its outbox, and says so in STATUS=.
+BROKER_WAIT_S = 15.0
+#: STATUS= and state-message period when systemd asks for no watchdog.
+STATUS_PERIOD_S = 5.0
+
+
+class Role(Protocol):
+    """One job inside a daemon (a receiver, a scanner, a cleaner...): same lifecycle for all."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Daemon:
+    """Base of every daemon: owns the bus, its roles and their background tasks.
+
+    Subclasses subscribe in ``__init__``, append roles to ``self.roles``, start tasks with
+    :meth:`spawn` and describe themselves in :meth:`status`.
+    """
+
+    #: Short daemon name (``receiver``, ``forwarder``...); also the logging identifier.
+    name = "daemon"
+
+    def __init__(self, cfg: Config, bus: MessageBus, instance: str = "") -> None:
+        self.cfg = cfg
+        self.bus = bus
+        self.instance = instance or socket.gethostname()
+        self.roles: list[Role] = []
+        self.state = "INIT"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.failed: BaseException | None = None
+        self._failure = asyncio.Event()
+
+    @property
+    def ident(self) -> str:
+        return f"{self.name}@{self.instance}"
+
+    def spawn(self, coro: Coroutine[None, None, None], name: str) -> asyncio.Task[None]:
+        """Run a background task; if it dies with an exception the daemon stops (exit 70)."""
+        task = asyncio.create_task(coro, name=f"{self.name}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            _log.critical("%s: task %s died: %r", self.ident, task.get_name(), exc, exc_info=exc)
+            self.failed = exc
+            self._failure.set()
+
+    async def start(self) -> None:
+        for role in self.roles:
+            await role.start()
+        self.state = "ON"
+
+    async def stop(self) -> None:
+        for role in reversed(self.roles):
+            try:
+                await role.stop()
+            except Exception:  # noqa: BLE001 - keep stopping the others
+                _log.exception("%s: stopping %r failed", self.ident, role)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.state = "OFF"
+
+    def status(self) -> str:
+        """One line for systemd's STATUS= (and ``systemctl status``)."""
+        return self.bus.describe()
+
+    async def publish_state(self) -> None:
+        """Announce this instance's state (DAEMON_STATE) for the recorder and ``fitsflow status``."""
+        await self.bus.send(messages.make("DAEMON_STATE", daemon=self.ident, host=socket.gethostname(),
+                                          state=self.state, status=self.status(), sender=self.ident))
+
+    async def wait_failure(self) -> None:
+        await self._failure.wait()
+
+
+DaemonFactory = Callable[[Config, MessageBus, argparse.Namespace], Daemon]
+
+
+def build_parser(name: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"fitsflow-{name}", description=description)
+    parser.add_argument("--config", help="configuration file (default: $FITSFLOW_CONFIG or "
+                                         "/etc/fitsflow/fitsflow.toml)")
+    parser.add_argument("--instance", default="", help="instance name (template units pass %%i)")
+    parser.add_argument("--log-level", default=os.environ.get("FITSFLOW_LOG_LEVEL", "INFO"))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def run_daemon(name: str, factory: DaemonFactory, argv: list[str] | None = None, *,
+               description: str = "", parser: argparse.ArgumentParser | None = None) -> int:
+    """Entry point of a daemon's console script; returns the process exit code."""
+    parser = parser or build_parser(name, description)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"fitsflow-{name}: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    setup_logging(name, args.log_level)
+    try:
+        return asyncio.run(_main(name, cfg, args, factory))
+    except ConfigError as exc:  # a daemon's own checks, done while building it
+        _log.critical("configuration error: %s", exc)
+        return EX_CONFIG
+
+
+async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: DaemonFactory) -> int:
+    notifier = sdnotify.SystemdNotifier()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    instance = args.instance or socket.gethostname()
+    bus = MessageBus.from_config(cfg, f"{name}-{instance}")
+    daemon = factory(cfg, bus, args)
+    notifier.notify(f"STATUS=starting {daemon.ident}, connecting to {len(cfg.bus.brokers)} broker(s)")
+    await bus.start()
+    if not await _wait_broker(bus, stop, notifier):
+        _log.warning("%s: no broker after %.0f s; starting anyway, messages go to the outbox",
+                     daemon.ident, BROKER_WAIT_S)
+    if stop.is_set():
+        await bus.stop()
+        return EX_OK
+    await daemon.start()
+    notifier.notify(f"READY=1\nSTATUS={daemon.status()}")
+    _log.info("%s %s ready", daemon.ident, __version__)
+    await _announce(daemon)
+
+    watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    period = watchdog_usec / 2e6 if watchdog_usec else STATUS_PERIOD_S
+    next_state = time.monotonic() + STATUS_PERIOD_S
+    failure = asyncio.create_task(daemon.wait_failure())
+    stopping = asyncio.create_task(stop.wait())
+    while not stop.is_set() and daemon.failed is None:
+        await asyncio.wait({failure, stopping}, timeout=min(period, STATUS_PERIOD_S))
+        # Sent from the loop on purpose: if the loop hangs, the pings stop and systemd acts.
+        notifier.notify(f"WATCHDOG=1\nSTATUS={daemon.status()}")
+        if time.monotonic() >= next_state:
+            next_state = time.monotonic() + STATUS_PERIOD_S
+            await _announce(daemon)
+    failure.cancel()
+    stopping.cancel()
+
+    notifier.notify("STOPPING=1\nSTATUS=stopping")
+    _log.info("%s stopping", daemon.ident)
+    code = EX_SOFTWARE if daemon.failed is not None else EX_OK
+    if daemon.failed is not None:
+        daemon.state = "FAULT"
+    else:
+        daemon.state = "OFF"
+    await _announce(daemon)
+    await daemon.stop()
+    await bus.stop()
+    return code
+
+
+async def _wait_broker(bus: MessageBus, stop: asyncio.Event, notifier: sdnotify.SystemdNotifier) -> bool:
+    deadline = time.monotonic() + BROKER_WAIT_S
+    while time.monotonic() < deadline and not stop.is_set():
+        if await bus.wait_connected(timeout=1.0):
+            return True
+        notifier.notify(f"EXTEND_TIMEOUT_USEC=3000000\nSTATUS=waiting for a broker ({bus.describe()})")
+    return False
+
+
+async def _announce(daemon: Daemon) -> None:
+    try:
+        await daemon.publish_state()
+    except Exception:  # noqa: BLE001 - state messages are informative; never fatal
+        _log.exception("%s: cannot publish its state", daemon.ident)

@@ -1,0 +1,143 @@
+"""A private ActiveMQ broker (Debian's ``activemq`` package) for tests and the demo.
+
+Runs the broker jar in the foreground with its own base, configuration and data directories
+and free ports, so it shares nothing with a system broker and several can run at once.
+:meth:`PrivateBroker.kill` is a real ``kill -9``; :meth:`PrivateBroker.start` again recovers
+from the same KahaDB store, as a restarted production broker would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from importlib import resources
+from pathlib import Path
+
+ACTIVEMQ_HOME = Path(os.environ.get("FITSFLOW_ACTIVEMQ_HOME", "/usr/share/activemq"))
+
+_JAVA_OPENS = [
+    "--add-reads=java.xml=java.logging",
+    "--add-opens", "java.base/java.security=ALL-UNNAMED", "--add-opens", "java.base/java.net=ALL-UNNAMED",
+    "--add-opens", "java.base/java.lang=ALL-UNNAMED", "--add-opens", "java.base/java.util=ALL-UNNAMED",
+    "--add-opens", "java.naming/javax.naming.spi=ALL-UNNAMED",
+    "--add-opens", "java.rmi/sun.rmi.transport.tcp=ALL-UNNAMED",
+    "--add-opens", "java.base/java.util.concurrent=ALL-UNNAMED",
+    "--add-opens", "java.base/java.util.concurrent.atomic=ALL-UNNAMED",
+]
+
+
+class BrokerUnavailable(RuntimeError):
+    """ActiveMQ is not installed or did not come up."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class PrivateBroker:
+    """An ActiveMQ process of our own. Use as a context manager or start()/stop()."""
+
+    def __init__(self, base: Path, *, name: str = "fitsflow-test", stomp_port: int | None = None,
+                 config: Path | None = None, heap_mb: int = 256) -> None:
+        self.base = Path(base)
+        self.name = name
+        self.stomp_port = stomp_port or free_port()
+        self.openwire_port = free_port()
+        self.heap_mb = heap_mb
+        self.conf_dir = self.base / "conf"
+        self.data_dir = self.base / "data"
+        self.log_path = self.base / "broker.log"
+        self._config = config
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"stomp://127.0.0.1:{self.stomp_port}"
+
+    def _prepare(self) -> None:
+        jar = ACTIVEMQ_HOME / "bin" / "activemq.jar"
+        if not jar.is_file():
+            raise BrokerUnavailable(f"{jar} not found: install Debian's 'activemq' package "
+                                    "(or set FITSFLOW_ACTIVEMQ_HOME)")
+        if shutil.which("java") is None:
+            raise BrokerUnavailable("java not found (ActiveMQ needs a JRE)")
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        target = self.conf_dir / "activemq.xml"
+        if self._config is not None:
+            shutil.copyfile(self._config, target)
+        else:
+            target.write_text(resources.files("fitsflow.testing").joinpath("activemq.xml").read_text())
+
+    def start(self, timeout: float = 60.0) -> PrivateBroker:
+        """Start (or restart on the same store) and wait until STOMP accepts connections."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        self._prepare()
+        cmd = ["java", f"-Xms64M", f"-Xmx{self.heap_mb}M", *_JAVA_OPENS,
+               f"-Dactivemq.classpath={self.conf_dir}", f"-Dactivemq.home={ACTIVEMQ_HOME}",
+               f"-Dactivemq.base={self.base}", f"-Dactivemq.conf={self.conf_dir}",
+               f"-Dactivemq.data={self.data_dir}", f"-Dbroker.name={self.name}",
+               f"-Dstomp.port={self.stomp_port}", f"-Dopenwire.port={self.openwire_port}",
+               "-jar", str(ACTIVEMQ_HOME / "bin" / "activemq.jar"), "start",
+               f"xbean:file:{self.conf_dir / 'activemq.xml'}"]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=self.base, start_new_session=True)
+        log.close()
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BrokerUnavailable(f"ActiveMQ exited with {self.proc.returncode}; see {self.log_path}:\n"
+                                        + self.log_tail())
+            if port_open(self.stomp_port):
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise BrokerUnavailable(f"ActiveMQ did not open port {self.stomp_port} in {timeout} s; see {self.log_path}")
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, the store recovers on the next start."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """A clean SIGTERM shutdown (SIGKILL after ``timeout``)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> PrivateBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,43 @@
+"""fitsflow — camera pixels to archived, ingested FITS files, without losing any."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"',
+    (HERE / "daemons" / "fitsflow" / "__init__.py").read_text(),
+    re.M,
+).group(1)
+
+setup(
+    name="fitsflow",
+    version=VERSION,
+    description="Observatory data backbone: SPEAD pixels to archived and ingested FITS files",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.11",
+    package_dir={"": "daemons"},
+    packages=find_packages("daemons"),
+    install_requires=[
+        # stomp.py: the STOMP client (only fitsflow.core.bus.stomp_transport imports it)
+        "stomp.py>=8.1",
+        # sdnotify: READY=1 / STATUS= / WATCHDOG=1 to systemd without libsystemd bindings
+        "sdnotify>=0.3",
+        # SQLAlchemy: registries and bookkeeping; SQLite by default, PostgreSQL supported
+        "SQLAlchemy>=2.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "pytest-timeout>=2",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "fitsflow = fitsflow.cli:main",
+        ],
+    },
+)
