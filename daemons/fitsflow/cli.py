@@ -30,7 +30,7 @@ def _config_check(args: argparse.Namespace) -> int:
         for section, values in described.items():
             print(f"\n[{section}]")
             for key, value in values.items():
-                print(f"{key} = {json.dumps(value)}")
+                print(f"# {key} is not set" if value is None else f"{key} = {json.dumps(value)}")
     return EX_OK
 
 

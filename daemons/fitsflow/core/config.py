@@ -72,9 +72,12 @@ class BusConfig:
             check.fail("bus.brokers", "at least one broker URL is needed")
         for url in self.brokers:
             try:
-                parse_broker_url(url)
+                address = parse_broker_url(url)
             except ValueError as exc:
                 check.fail("bus.brokers", str(exc))
+            if address.tls:
+                # Refuse rather than silently talk plaintext to a TLS port.
+                check.fail("bus.brokers", f"{mask_url(url)}: stomp+ssl is not supported by this version")
         check.positive("bus.heartbeat_ms", self.heartbeat_ms)
         check.positive("bus.max_attempts", self.max_attempts)
         check.positive("bus.retry_delay_s", self.retry_delay_s)
@@ -332,7 +335,7 @@ def _convert(tp: Any, value: Any, where: str, check: _Checker) -> Any:
         return value
     if tp in (str, bool):
         if not isinstance(value, tp):
-            check.fail(where, f"must be a {tp.__name__}, not {_tname(value)}")
+            check.fail(where, f"must be {'a string' if tp is str else 'true or false'}, not {_tname(value)}")
         return value
     raise TypeError(f"config type {tp!r} of {where} is not supported")  # a bug in a dataclass
 

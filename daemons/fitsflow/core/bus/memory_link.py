@@ -52,6 +52,7 @@ class MemoryBroker:
         self._durable: dict[tuple[str, str], deque[Frame]] = {}  # (client, name) -> backlog
         self._durable_dest: dict[tuple[str, str], str] = {}
         self._consumers: list[_Consumer] = []
+        self._links: set[MemoryLink] = set()
         self._rr = itertools.count()
         self.sent: list[Frame] = []
 
@@ -67,7 +68,7 @@ class MemoryBroker:
         """Drop every connection (unacked messages go back) and refuse new ones."""
         self.up = False
         with self._lock:
-            links = {c.link for c in self._consumers}
+            links = set(self._links)
         for link in links:
             link._drop()
 
@@ -173,10 +174,14 @@ class MemoryLink(BrokerLink):
         self.client_id = client_id
         self.generation += 1
         self._up = True
+        with self.broker._lock:
+            self.broker._links.add(self)
 
     def close(self) -> None:
         if self._up:
             self._up = False
+            with self.broker._lock:
+                self.broker._links.discard(self)
             self.broker._remove_link(self)
 
     def send(self, destination: str, body: str, headers: Mapping[str, str]) -> concurrent.futures.Future[None]:

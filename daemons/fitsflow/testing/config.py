@@ -1,0 +1,59 @@
+"""Build a complete, valid fitsflow configuration under a temporary directory."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from fitsflow.core.config import PathsConfig
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + "}"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_toml(sections: dict[str, dict[str, Any]]) -> str:
+    """Serialise ``{section: {key: value}}`` (values: scalars, lists, inline tables)."""
+    out = []
+    for name, values in sections.items():
+        out.append(f"[{name}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+        out.append("")
+    return "\n".join(out)
+
+
+def make_site(base: Path, brokers: list[str], *, instrument: str = "TESTCAM",
+              extra: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Create the data tree and state dir under ``base`` and write ``base/fitsflow.toml``.
+
+    ``extra`` adds or overrides sections (e.g. ``{"bus": {"max_attempts": 2}}``).
+    Returns the configuration file's path.
+    """
+    base = Path(base)
+    root = base / "data"
+    for f in dataclasses.fields(PathsConfig):
+        if f.name != "root":
+            (root / f.default).mkdir(parents=True, exist_ok=True)
+    state = base / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    sections: dict[str, dict[str, Any]] = {
+        "site": {"instrument": instrument, "state_dir": str(state),
+                 "database_url": f"sqlite:///{state}/fitsflow.db"},
+        "bus": {"brokers": brokers, "heartbeat_ms": 2000, "retry_delay_s": 0.05, "receipt_timeout_s": 3.0,
+                "reconnect_max_s": 1.0},
+        "paths": {"root": str(root)},
+    }
+    for name, values in (extra or {}).items():
+        sections.setdefault(name, {}).update(values)
+    path = base / "fitsflow.toml"
+    path.write_text(to_toml(sections))
+    return path

@@ -1,0 +1,253 @@
+"""The bus's ack/retry/dead-letter/outbox/failover logic over the in-memory broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import pytest
+
+from fitsflow.core.bus import MessageBus
+from fitsflow.core.bus.memory_link import MemoryBroker
+from fitsflow.core.bus.store import BusStore
+from fitsflow.core.config import BusConfig
+from fitsflow.core.errors import Reject, Requeue
+from fitsflow.core.messages import Message, make
+from fitsflow.testing.wait import async_wait_for
+
+CFG = BusConfig(brokers=("stomp://a:1",), retry_delay_s=0.01, max_attempts=3, receipt_timeout_s=1.0,
+                reconnect_max_s=0.05)
+
+
+def alert(i: int = 0) -> Message:
+    return make("ALERT", severity="info", source="test", message=f"m{i}")
+
+
+def new_bus(tmp_path: Path, brokers: list[MemoryBroker], name: str = "t") -> MessageBus:
+    return MessageBus(CFG, name, BusStore(tmp_path / f"{name}.sqlite"), [b.link(f"memory://{i}") for i, b in
+                                                                        enumerate(brokers)])
+
+
+def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(coro_fn(), 30))
+
+
+def test_handled_once_and_acked(tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    got: list[Message] = []
+
+    async def main() -> None:
+        bus = new_bus(tmp_path, [broker])
+
+        async def handler(msg: Message) -> None:
+            got.append(msg)
+        bus.subscribe("/queue/q", handler)
+        await bus.start()
+        await bus.wait_connected(5)
+        msg = alert()
+        await bus.send(msg, "/queue/q")
+        await bus.send(msg, "/queue/q")  # the same message id twice (a lost receipt, a resend)
+        await async_wait_for(lambda: bus.stats.handled + bus.stats.duplicates == 2)
+        await bus.stop()
+        assert [m.id for m in got] == [msg.id]
+        assert bus.stats.duplicates == 1
+    run(main)
+    assert broker.messages("/queue/q") == []
+
+
+def test_failure_retried_then_succeeds(tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    calls = []
+
+    async def main() -> None:
+        bus = new_bus(tmp_path, [broker])
+
+        async def flaky(msg: Message) -> None:
+            calls.append(msg.id)
+            if len(calls) < 2:
+                raise OSError("transient")
+        bus.subscribe("/queue/q", flaky)
+        await bus.start()
+        await bus.wait_connected(5)
+        await bus.send(alert(), "/queue/q")
+        await async_wait_for(lambda: bus.stats.handled == 1)
+        assert bus.stats.failures == 1 and bus.stats.dead_lettered == 0
+        await bus.stop()
+    run(main)
+    assert len(calls) == 2
+
+
+def test_poison_message_dead_lettered_with_reason(tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    hooked = []
+
+    async def main() -> None:
+        async def hook(dest: str, reason: str, msg: Message | None) -> None:
+            hooked.append((dest, reason))
+        bus = MessageBus(CFG, "t", BusStore(tmp_path / "t.sqlite"), [broker.link()], on_dead_letter=hook)
+
+        async def broken(msg: Message) -> None:
+            raise KeyError("no such sensor")
+        bus.subscribe("/queue/fitsflow.q", broken)
+        await bus.start()
+        await bus.wait_connected(5)
+        await bus.send(alert(), "/queue/fitsflow.q")
+        await bus.send(alert(1), "/queue/fitsflow.q")
+        await async_wait_for(lambda: bus.stats.dead_lettered == 2)
+        assert bus.stats.failures == 2 * CFG.max_attempts
+        await bus.stop()
+    run(main)
+    dead = broker.messages("/queue/DLQ.fitsflow.q")
+    assert len(dead) == 2
+    h = dead[0].headers
+    assert h["DLQAttempts"] == "3" and "KeyError" in h["DLQReason"] and h["DLQOrigin"] == "/queue/fitsflow.q"
+    assert json.loads(dead[0].body)["data"]["message"] == "m0"
+    assert broker.messages("/queue/fitsflow.q") == []
+    assert hooked[0][0] == "/queue/DLQ.fitsflow.q"
+
+
+def test_reject_and_malformed_go_straight_to_dlq(tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    calls = []
+
+    async def main() -> None:
+        bus = new_bus(tmp_path, [broker])
+
+        async def rejecting(msg: Message) -> None:
+            calls.append(msg)
+            raise Reject("image name leaves the data tree")
+        bus.subscribe("/queue/q", rejecting)
+        await bus.start()
+        await bus.wait_connected(5)
+        await bus.send(alert(), "/queue/q")
+        await bus.send_raw("/queue/q", "{not json", {"persistent": "true"})
+        await async_wait_for(lambda: bus.stats.dead_lettered == 2)
+        await bus.stop()
+    run(main)
+    reasons = sorted(f.headers["DLQReason"] for f in broker.messages("/queue/DLQ.q"))
+    assert reasons[0].startswith("malformed message: body is not JSON")
+    assert reasons[1] == "rejected by handler: image name leaves the data tree"
+    assert len(calls) == 1
+
+
+def test_requeue_does_not_count(tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    calls = []
+
+    async def main() -> None:
+        bus = new_bus(tmp_path, [broker])
+
+        async def waiting(msg: Message) -> None:
+            calls.append(1)
+            if len(calls) < 6:  # more than max_attempts: requeues are not failures
+                raise Requeue("header not there yet", delay=0.01)
+        bus.subscribe("/queue/q", waiting)
+        await bus.start()
+        await bus.wait_connected(5)
+        await bus.send(alert(), "/queue/q")
+        await async_wait_for(lambda: bus.stats.handled == 1)
+        assert bus.stats.dead_lettered == 0 and bus.stats.requeued == 5
+        await bus.stop()
+    run(main)
+
+
+def test_outbox_keeps_order_while_broker_down(tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    broker.up = False
+
+    async def main() -> None:
+        bus = new_bus(tmp_path, [broker])
+        await bus.start()
+        for i in range(20):
+            await bus.send(alert(i), "/queue/q")
+        assert bus.outbox_size == 20 and broker.messages("/queue/q") == []
+        broker.up = True
+        await async_wait_for(lambda: bus.outbox_size == 0, what="outbox flushed")
+        await bus.stop()
+    run(main)
+    assert [json.loads(f.body)["data"]["message"] for f in broker.messages("/queue/q")] == [f"m{i}" for i in range(20)]
+
+
+def test_outbox_survives_a_restart(tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    broker.up = False
+
+    async def first() -> None:
+        bus = new_bus(tmp_path, [broker])
+        await bus.start()
+        await bus.send(alert(7), "/queue/q")
+        await bus.stop()
+
+    async def second() -> None:
+        bus = new_bus(tmp_path, [broker])
+        assert bus.outbox_size == 1
+        await bus.start()
+        await async_wait_for(lambda: bus.outbox_size == 0)
+        await bus.stop()
+    run(first)
+    broker.up = True
+    run(second)
+    assert len(broker.messages("/queue/q")) == 1
+
+
+def test_failover_and_consumers_on_all_brokers(tmp_path: Path) -> None:
+    a, b = MemoryBroker(), MemoryBroker()
+    got: list[str] = []
+
+    async def main() -> None:
+        producer = new_bus(tmp_path, [a, b], "producer")
+        consumer = new_bus(tmp_path, [a, b], "consumer")
+
+        async def handler(msg: Message) -> None:
+            got.append(msg.data["message"])
+        consumer.subscribe("/queue/q", handler)
+        await consumer.start()
+        await producer.start()
+        await async_wait_for(lambda: len(consumer.connected_brokers) == 2 and len(producer.connected_brokers) == 2)
+        await producer.send(alert(0), "/queue/q")  # goes to a, the first
+        a.crash()
+        await async_wait_for(lambda: producer.connected_brokers == ["memory://1"])
+        await producer.send(alert(1), "/queue/q")  # fails over to b
+        await async_wait_for(lambda: len(got) == 2)
+        a.up = True
+        await async_wait_for(lambda: len(consumer.connected_brokers) == 2, what="consumer back on a")
+        await producer.stop()
+        await consumer.stop()
+    run(main)
+    assert sorted(got) == ["m0", "m1"]
+
+
+def test_durable_subscription_keeps_messages_while_away(tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    got: list[str] = []
+
+    async def handler(msg: Message) -> None:
+        got.append(msg.data["message"])
+
+    async def main() -> None:
+        sender = new_bus(tmp_path, [broker], "sender")
+        await sender.start()
+        await sender.wait_connected(5)
+        rec = new_bus(tmp_path, [broker], "recorder")
+        rec.subscribe("/topic/t", handler, durable=True, name="rec")
+        await rec.start()
+        await rec.wait_connected(5)
+        await sender.send(alert(0), "/topic/t")
+        await async_wait_for(lambda: got == ["m0"])
+        await rec.stop()
+        await sender.send(alert(1), "/topic/t")
+        rec2 = new_bus(tmp_path, [broker], "recorder")
+        rec2.subscribe("/topic/t", handler, durable=True, name="rec")
+        await rec2.start()
+        await async_wait_for(lambda: got == ["m0", "m1"])
+        await rec2.stop()
+        await sender.stop()
+    run(main)
+
+
+def test_durable_needs_a_topic(tmp_path: Path) -> None:
+    bus = new_bus(tmp_path, [MemoryBroker()])
+    with pytest.raises(ValueError):
+        bus.subscribe("/queue/q", lambda m: asyncio.sleep(0), durable=True)

@@ -1,0 +1,149 @@
+"""Configuration validation: every bad input stops with one message naming file and key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fitsflow.cli import main as cli_main
+from fitsflow.core.config import load_config, mask_url, parse_broker_url
+from fitsflow.core.errors import EX_CONFIG, ConfigError
+from fitsflow.testing.config import make_site
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cfg_file(tmp_path: Path) -> Path:
+    return make_site(tmp_path, ["stomp://127.0.0.1:61613"])
+
+
+def rewrite(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in config"
+    path.write_text(text.replace(old, new))
+
+
+def error_of(path: Path) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    return info.value
+
+
+def test_valid_file_loads_typed_values(cfg_file: Path) -> None:
+    cfg = load_config(cfg_file)
+    assert cfg.site.instrument == "TESTCAM"
+    assert cfg.bus.brokers == ("stomp://127.0.0.1:61613",)
+    assert cfg.bus.heartbeat_ms == 2000
+    assert cfg.paths.resolved().incoming == cfg.paths.root / "handoff/incoming"
+    with pytest.raises(AttributeError):
+        cfg.bus.max_attempts = 3  # type: ignore[misc]  # frozen
+
+
+def test_unknown_key(cfg_file: Path) -> None:
+    rewrite(cfg_file, "[bus]\n", "[bus]\nheartbeats_ms = 5\n")
+    err = error_of(cfg_file)
+    assert err.key == "bus.heartbeats_ms" and "unknown key" in err.problem
+
+
+def test_unknown_section(cfg_file: Path) -> None:
+    cfg_file.write_text(cfg_file.read_text() + "\n[recievr]\nports = [1]\n")
+    err = error_of(cfg_file)
+    assert err.key == "recievr" and "unknown section" in err.problem
+
+
+@pytest.mark.parametrize("old,new,key,words", [
+    ("heartbeat_ms = 2000", 'heartbeat_ms = "2000"', "bus.heartbeat_ms", "integer"),
+    ("heartbeat_ms = 2000", "heartbeat_ms = 2.5", "bus.heartbeat_ms", "integer"),
+    ("heartbeat_ms = 2000", "heartbeat_ms = true", "bus.heartbeat_ms", "integer"),
+    ("retry_delay_s = 0.05", 'retry_delay_s = "fast"', "bus.retry_delay_s", "number"),
+    ('brokers = ["stomp://127.0.0.1:61613"]', 'brokers = "stomp://127.0.0.1:61613"', "bus.brokers", "list"),
+    ('instrument = "TESTCAM"', "instrument = 3", "site.instrument", "string"),
+    ("heartbeat_ms = 2000", "heartbeat_ms = 0", "bus.heartbeat_ms", "> 0"),
+    ('instrument = "TESTCAM"', 'instrument = "../x"', "site.instrument", "does not match"),
+])
+def test_wrong_types_and_values(cfg_file: Path, old: str, new: str, key: str, words: str) -> None:
+    rewrite(cfg_file, old, new)
+    err = error_of(cfg_file)
+    assert err.key == key, err
+    assert words in err.problem, err
+
+
+def test_bad_broker_url(cfg_file: Path) -> None:
+    rewrite(cfg_file, '"stomp://127.0.0.1:61613"', '"http://127.0.0.1:61613"')
+    assert error_of(cfg_file).key == "bus.brokers"
+
+
+def test_tls_url_refused_until_supported(cfg_file: Path) -> None:
+    rewrite(cfg_file, '"stomp://127.0.0.1:61613"', '"stomp+ssl://broker:61612"')
+    assert "stomp+ssl" in error_of(cfg_file).problem
+
+
+def test_missing_directory(cfg_file: Path) -> None:
+    cfg = load_config(cfg_file)
+    os.rmdir(cfg.paths.resolved().quarantine)
+    err = error_of(cfg_file)
+    assert err.key == "paths.quarantine" and "does not exist" in err.problem
+
+
+def test_directories_on_different_filesystems(cfg_file: Path) -> None:
+    shm = Path("/dev/shm")
+    cfg = load_config(cfg_file)
+    if not shm.is_dir() or shm.stat().st_dev == cfg.paths.root.stat().st_dev:
+        pytest.fail("this test needs /dev/shm on a filesystem other than the temp dir")
+    other = shm / f"fitsflow-test-{os.getpid()}"
+    other.mkdir(exist_ok=True)
+    try:
+        rewrite(cfg_file, f'root = "{cfg.paths.root}"', f'root = "{cfg.paths.root}"\nquarantine = "{other}"')
+        err = error_of(cfg_file)
+        assert err.key == "paths.quarantine" and "different filesystem" in err.problem
+    finally:
+        other.rmdir()
+
+
+def test_missing_file_is_an_error_not_defaults(tmp_path: Path) -> None:
+    err = error_of(tmp_path / "nope.toml")
+    assert "no such file" in err.problem
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text("[bus\nbrokers = 1")
+    assert "not valid TOML" in error_of(p).problem
+
+
+def test_env_var_selects_file(cfg_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FITSFLOW_CONFIG", str(cfg_file))
+    assert load_config().source == cfg_file
+
+
+def test_secrets_masked(cfg_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rewrite(cfg_file, 'database_url = "', 'database_url = "postgresql://ff:s3cr3t@db/ff"\n#')
+    rewrite(cfg_file, '"stomp://127.0.0.1:61613"', '"stomp://amq:hunter2@127.0.0.1:61613"')
+    assert cli_main(["config", "check", "--config", str(cfg_file)]) == 0
+    out = capsys.readouterr().out
+    assert "s3cr3t" not in out and "hunter2" not in out
+    assert "postgresql://ff:****@db/ff" in out
+    assert mask_url("stomp://u:p@h:1") == "stomp://u:****@h:1"
+
+
+def test_config_check_exit_code_on_error(cfg_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rewrite(cfg_file, "[bus]\n", "[bus]\nbogus = 1\n")
+    assert cli_main(["config", "check", "--config", str(cfg_file)]) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert "bus.bogus" in err and str(cfg_file) in err
+
+
+def test_shipped_default_is_valid_toml_with_known_keys() -> None:
+    cfg = load_config(REPO / "etc/fitsflow/fitsflow.toml", check_dirs=False)
+    assert cfg.bus.brokers == ("stomp://127.0.0.1:61613",)
+
+
+def test_parse_broker_url() -> None:
+    a = parse_broker_url("stomp://[::1]:61613")
+    assert (a.host, a.port, a.tls) == ("::1", 61613, False)
+    with pytest.raises(ValueError):
+        parse_broker_url("stomp://host:99999")
