@@ -63,7 +63,7 @@ class BusConfig:
     #: How long a send waits for the broker's receipt before the message goes to the outbox.
     receipt_timeout_s: float = 5.0
     #: Cap of the reconnect back-off.
-    reconnect_max_s: float = 10.0
+    reconnect_max_s: float = 2.0
     #: Unacked messages the broker may push to one subscription (activemq.prefetchSize).
     prefetch: int = 100
 

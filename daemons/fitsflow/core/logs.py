@@ -98,5 +98,5 @@ def setup_logging(daemon: str, level: str = "INFO") -> None:
         handler.setFormatter(_StderrFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # stomp.py logs every connection at INFO; fitsflow reports connections itself.
-    logging.getLogger("stomp.py").setLevel(logging.WARNING)
+    # stomp.py logs every connection attempt; the bus reports connections (with back-off) itself.
+    logging.getLogger("stomp.py").setLevel(logging.ERROR)

@@ -33,6 +33,7 @@ Connections
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import random
 import socket
@@ -172,7 +173,9 @@ class MessageBus:
         if self._outbox_count:
             await self._flush_once()
         for link in self.links:
+            link.callbacks = None  # nothing may call into this bus once its loop is gone
             await asyncio.to_thread(link.close)
+        self._loop = None
         if self._outbox_count:
             _log.warning("%s: %d message(s) stay in the outbox %s until the next start",
                          self.name, self._outbox_count, self.store.path)
@@ -277,19 +280,30 @@ class MessageBus:
             self._start_workers(sub)
             for link in self.links:
                 if link.connected:
-                    self._subscribe_link(link, sub)
+                    fut = self._subscribe_link(link, sub)
+                    # A failure means the connection dropped; the reconnect subscribes again.
+                    fut.add_done_callback(lambda f: f.exception())
 
     def _start_workers(self, sub: _Sub) -> None:
         sub.workers = [asyncio.create_task(self._worker(sub), name=f"bus-sub {sub.key}/{i}")
                        for i in range(sub.concurrency)]
 
-    def _subscribe_link(self, link: BrokerLink, sub: _Sub) -> None:
-        link.subscribe(Subscription(id=sub.key, destination=sub.destination, selector=sub.selector,
+    def _subscribe_link(self, link: BrokerLink, sub: _Sub) -> concurrent.futures.Future[None]:
+        return link.subscribe(Subscription(id=sub.key, destination=sub.destination, selector=sub.selector,
                                     durable_name=sub.key if sub.durable else None, prefetch=self.cfg.prefetch))
 
+    def _call_in_loop(self, fn: Callable[..., None], *args: object) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop closed meanwhile: the bus is stopped
+            pass
+
     def _on_message_threadsafe(self, link: BrokerLink, generation: int, frame: Frame) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._route, _Delivery(link, generation, frame))
+        # Unacked if dropped here: the broker hands it out again.
+        self._call_in_loop(self._route, _Delivery(link, generation, frame))
 
     def _route(self, item: _Delivery) -> None:
         sub = self._subs.get(item.frame.headers.get("subscription", ""))
@@ -391,8 +405,7 @@ class MessageBus:
     # -- connections -------------------------------------------------------------------
 
     def _on_disconnected_threadsafe(self, link: BrokerLink, generation: int) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._mark_down, link, generation)
+        self._call_in_loop(self._mark_down, link, generation)
 
     def _mark_down(self, link: BrokerLink, generation: int) -> None:
         if generation == link.generation and id(link) in self._link_down:
@@ -412,10 +425,15 @@ class MessageBus:
                 continue
             down.clear()
             try:
-                for sub in self._subs.values():
-                    self._subscribe_link(link, sub)
-            except Disconnected:
-                link.close()
+                # Up only once the broker confirmed every subscription: nothing sent after
+                # wait_connected() can be missed.
+                for sub in list(self._subs.values()):
+                    await asyncio.wait_for(asyncio.wrap_future(self._subscribe_link(link, sub)),
+                                           self.cfg.receipt_timeout_s)
+            except (Disconnected, asyncio.TimeoutError) as exc:
+                _log.warning("%s: subscribing on %s failed (%s); reconnecting", self.name, link.url, exc)
+                await asyncio.to_thread(link.close)
+                await asyncio.sleep(delay)
                 continue
             delay = 0.1
             self.stats.connects += 1

@@ -79,8 +79,9 @@ class BrokerLink(abc.ABC):
         Disconnected if the connection drops first or the broker answers ERROR."""
 
     @abc.abstractmethod
-    def subscribe(self, sub: Subscription) -> None:
-        """Subscribe with client-individual acknowledgement."""
+    def subscribe(self, sub: Subscription) -> concurrent.futures.Future[None]:
+        """Subscribe with client-individual acknowledgement; the future completes when the
+        broker confirms (a receipt), so nothing published afterwards can be missed."""
 
     @abc.abstractmethod
     def ack(self, frame: Frame, sub_id: str) -> None:

@@ -193,10 +193,14 @@ class MemoryLink(BrokerLink):
             fut.set_result(None)
         return fut
 
-    def subscribe(self, sub: Subscription) -> None:
+    def subscribe(self, sub: Subscription) -> concurrent.futures.Future[None]:
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
         if not self._up:
-            raise Disconnected(f"{self.url}: not connected")
-        self.broker._add(self, sub)
+            fut.set_exception(Disconnected(f"{self.url}: not connected"))
+        else:
+            self.broker._add(self, sub)
+            fut.set_result(None)
+        return fut
 
     def ack(self, frame: Frame, sub_id: str) -> None:
         if not self._up:

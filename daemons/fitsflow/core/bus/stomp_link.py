@@ -6,7 +6,7 @@ import concurrent.futures
 import itertools
 import logging
 import threading
-from typing import Mapping
+from typing import Callable, Mapping
 
 import stomp
 import stomp.exception
@@ -56,7 +56,7 @@ class StompLink(BrokerLink):
                 conn.disconnect()
             except Exception:  # noqa: BLE001 - best effort on a connection that never came up
                 pass
-            raise Disconnected(f"{self.address}: cannot connect: {exc or type(exc).__name__}") from None
+            raise Disconnected(f"{self.address}: cannot connect: {str(exc) or type(exc).__name__}") from None
         with self._lock:
             self._conn = conn
             self.generation = generation
@@ -71,6 +71,19 @@ class StompLink(BrokerLink):
         self._fail_pending(f"{self.address}: connection closed")
 
     def send(self, destination: str, body: str, headers: Mapping[str, str]) -> concurrent.futures.Future[None]:
+        return self._with_receipt(f"send to {destination}",
+                                  lambda conn, r: conn.send(destination, body, headers=dict(headers), receipt=r))
+
+    def subscribe(self, sub: Subscription) -> concurrent.futures.Future[None]:
+        headers = {"activemq.prefetchSize": str(sub.prefetch), **sub.extra_headers}
+        if sub.selector:
+            headers["selector"] = sub.selector
+        if sub.durable_name:
+            headers["activemq.subscriptionName"] = sub.durable_name
+        return self._with_receipt(f"subscribe to {sub.destination}", lambda conn, r: conn.subscribe(
+            sub.destination, id=sub.id, ack="client-individual", headers=dict(headers, receipt=r)))
+
+    def _with_receipt(self, what: str, action: Callable[[stomp.Connection, str], None]) -> concurrent.futures.Future[None]:
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
         conn = self._conn
         if conn is None or not conn.is_connected():
@@ -79,19 +92,11 @@ class StompLink(BrokerLink):
         receipt = f"r{next(_receipts)}"
         self._pending[receipt] = fut
         try:
-            conn.send(destination, body, headers=dict(headers), receipt=receipt)
+            action(conn, receipt)
         except (stomp.exception.StompException, OSError) as exc:
             self._pending.pop(receipt, None)
-            fut.set_exception(Disconnected(f"{self.address}: send to {destination} failed: {exc}"))
+            fut.set_exception(Disconnected(f"{self.address}: {what} failed: {exc}"))
         return fut
-
-    def subscribe(self, sub: Subscription) -> None:
-        headers = {"activemq.prefetchSize": str(sub.prefetch), **sub.extra_headers}
-        if sub.selector:
-            headers["selector"] = sub.selector
-        if sub.durable_name:
-            headers["activemq.subscriptionName"] = sub.durable_name
-        self._require().subscribe(sub.destination, id=sub.id, ack="client-individual", headers=headers)
 
     def ack(self, frame: Frame, sub_id: str) -> None:
         self._require().ack(frame.headers["message-id"], sub_id)

@@ -58,12 +58,22 @@ class BusStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # Two connections to one file: the outbox commits with synchronous=FULL (an accepted
+        # message must survive a power cut); processed ids and attempts with NORMAL (losing
+        # the last few only means a redelivered message is handled again, which handlers
+        # tolerate by design).
+        self._db = self._connect("FULL")
         self._db.executescript(_SCHEMA)
+        self._seen = self._connect("NORMAL")
+
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        return db
 
     def close(self) -> None:
+        self._seen.close()
         self._db.close()
 
     # -- outbox ------------------------------------------------------------------------
@@ -88,28 +98,28 @@ class BusStore:
     # -- processed ids -----------------------------------------------------------------
 
     def is_processed(self, subscription: str, msg_id: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM processed WHERE subscription = ? AND msg_id = ?",
+        row = self._seen.execute("SELECT 1 FROM processed WHERE subscription = ? AND msg_id = ?",
                                (subscription, msg_id)).fetchone()
         return row is not None
 
     def mark_processed(self, subscription: str, msg_id: str) -> None:
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute("INSERT OR IGNORE INTO processed VALUES (?, ?, ?)", (subscription, msg_id, time.time()))
-            self._db.execute("DELETE FROM attempts WHERE subscription = ? AND msg_id = ?", (subscription, msg_id))
+        with self._seen:
+            self._seen.execute("BEGIN")
+            self._seen.execute("INSERT OR IGNORE INTO processed VALUES (?, ?, ?)", (subscription, msg_id, time.time()))
+            self._seen.execute("DELETE FROM attempts WHERE subscription = ? AND msg_id = ?", (subscription, msg_id))
 
     def forget_processed(self, older_than_s: float) -> int:
         """Drop processed ids older than this; a redelivery after that long is not expected."""
-        cur = self._db.execute("DELETE FROM processed WHERE done_at < ?", (time.time() - older_than_s,))
+        cur = self._seen.execute("DELETE FROM processed WHERE done_at < ?", (time.time() - older_than_s,))
         return cur.rowcount
 
     # -- attempts ----------------------------------------------------------------------
 
     def record_failure(self, subscription: str, msg_id: str, error: str) -> int:
         """Count one more failed attempt; returns the count so far."""
-        self._db.execute(
+        self._seen.execute(
             "INSERT INTO attempts VALUES (?, ?, 1, ?) ON CONFLICT (subscription, msg_id) "
             "DO UPDATE SET count = count + 1, last_error = excluded.last_error",
             (subscription, msg_id, error[:4000]))
-        return int(self._db.execute("SELECT count FROM attempts WHERE subscription = ? AND msg_id = ?",
+        return int(self._seen.execute("SELECT count FROM attempts WHERE subscription = ? AND msg_id = ?",
                                     (subscription, msg_id)).fetchone()[0])

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# fitsflow developer entry point — installs what is missing, then runs what you ask.
+#
+#   ./dev.sh demo [ARGS]   the main job: the end-to-end demo on this machine
+#   ./dev.sh test [ARGS]   the test suite (ARGS go to pytest, e.g. -m "not ha" -x)
+#   ./dev.sh bench NAME    a benchmark from bench/ (bus, ...)
+#   ./dev.sh setup         only install (system packages + .venv)
+#
+# Works on a fresh Debian 12 (apt) or an EL9/EL10 machine (dnf); needs root or sudo for the
+# system packages. Python packages go into ./.venv, nothing is installed into the system Python.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+venv="$here/.venv"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+system_packages() {
+    if command -v apt-get >/dev/null; then
+        # activemq: the real broker the tests and the demo start privately (pulls OpenJDK 17)
+        # fitsverify: the FITS standard checker the forwarder's output is tested with
+        local want=(activemq fitsverify python3-venv)
+        local missing=()
+        for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+        if [ "${#missing[@]}" -gt 0 ]; then
+            echo "dev.sh: installing ${missing[*]} with apt-get" >&2
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        fi
+    elif command -v dnf >/dev/null; then
+        as_root dnf install -y -q java-17-openjdk-headless python3 python3-pip >/dev/null
+        if [ ! -f "${FITSFLOW_ACTIVEMQ_HOME:-/usr/share/activemq}/bin/activemq.jar" ]; then
+            echo "dev.sh: ActiveMQ is not packaged for EL: unpack Apache ActiveMQ 5.17+ and set" \
+                 "FITSFLOW_ACTIVEMQ_HOME to its directory (see docs/install.md)" >&2
+            exit 1
+        fi
+    else
+        echo "dev.sh: neither apt-get nor dnf found; install ActiveMQ and Java 17 by hand" >&2
+    fi
+}
+
+python_venv() {
+    local py="${PYTHON:-python3}"
+    "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+        echo "dev.sh: $py is older than 3.11; set PYTHON=/path/to/python3.11" >&2; exit 1; }
+    [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+    # Reinstall only when setup.py changed since the last install.
+    local stamp="$venv/.fitsflow-installed"
+    if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+        "$venv/bin/pip" install -q --disable-pip-version-check -e ".[test]"
+        touch "$stamp"
+    fi
+}
+
+setup() { system_packages; python_venv; }
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+    setup) setup ;;
+    test)  setup; exec "$venv/bin/python" -m pytest "$@" ;;
+    demo)  setup; exec "$venv/bin/fitsflow" demo "$@" ;;
+    bench) setup; name="${1:?usage: ./dev.sh bench NAME}"; shift; exec "$venv/bin/python" "bench/$name.py" "$@" ;;
+    *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
