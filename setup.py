@@ -21,6 +21,7 @@ setup(
     python_requires=">=3.11",
     package_dir={"": "daemons"},
     packages=find_packages("daemons"),
+    package_data={"fitsflow.testing": ["activemq.xml"]},
     install_requires=[
         # stomp.py: the STOMP client (only fitsflow.core.bus.stomp_transport imports it)
         "stomp.py>=8.1",
@@ -28,6 +29,12 @@ setup(
         "sdnotify>=0.3",
         # SQLAlchemy: registries and bookkeeping; SQLite by default, PostgreSQL supported
         "SQLAlchemy>=2.0",
+        # spead2: the SPEAD receiver (and the simulator's sender): C++ speed from Python
+        "spead2>=4.3",
+        # numpy: pixel arrays, zero-copy from spead2 heaps to files
+        "numpy>=1.24",
+        # prometheus_client: per-stream receive counters for scraping
+        "prometheus_client>=0.17",
     ],
     extras_require={
         "test": [
@@ -38,6 +45,11 @@ setup(
     entry_points={
         "console_scripts": [
             "fitsflow = fitsflow.cli:main",
+            "fitsflow-receiver = fitsflow.receiver.__main__:main",
+            "fitsflow-camera-sim = fitsflow.camera_sim.__main__:main",
+        ],
+        "fitsflow.config_sections": [
+            "receiver = fitsflow.receiver.config:ReceiverConfig",
         ],
     },
 )

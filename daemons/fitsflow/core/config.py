@@ -196,6 +196,17 @@ def parse_broker_url(url: str) -> BrokerAddress:
     return BrokerAddress(m.group(2).strip("[]"), port, m.group(1) == "stomp+ssl")
 
 
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) → (host, port); raises ValueError."""
+    m = _HOST_PORT.match(value)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return m.group(1).strip("[]"), int(m.group(2))
+
+
 def mask_url(url: str) -> str:
     """Hide the password of ``scheme://user:password@host``."""
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:****@", url)

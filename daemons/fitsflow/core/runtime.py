@@ -30,7 +30,7 @@ import sdnotify
 from fitsflow import __version__
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config, load_config
-from fitsflow.core.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, ConfigError
+from fitsflow.core.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, ConfigError, FitsflowError
 from fitsflow.core.logs import setup_logging
 from fitsflow.core import messages
 
@@ -170,7 +170,14 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
     if stop.is_set():
         await bus.stop()
         return EX_OK
-    await daemon.start()
+    try:
+        await daemon.start()
+    except FitsflowError as exc:  # e.g. a port in use: say what, no traceback; systemd retries
+        _log.critical("%s cannot start: %s", daemon.ident, exc)
+        notifier.notify(f"STATUS=cannot start: {exc}")
+        await daemon.stop()
+        await bus.stop()
+        return EX_SOFTWARE
     notifier.notify(f"READY=1\nSTATUS={daemon.status()}")
     _log.info("%s %s ready", daemon.ident, __version__)
     await _announce(daemon)

@@ -1,0 +1,214 @@
+"""Images and their sensors on disk: from stripes to READOUT_COMPLETE.
+
+State lives on disk (the raw buffer store), so a restarted receiver resumes: sensors being
+assembled are reopened from their stripe journals, images not yet announced get a fresh
+deadline. An image is announced when every expected sensor is whole, or at its deadline
+with the missing and partial sensors listed; READOUT.json is written before the message,
+so a crash between the two re-announces at the next start (consumers are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from fitsflow.core.errors import UnsafePath
+from fitsflow.core.handoff import remove_stale_temps
+from fitsflow.core.layout import IMAGE_NAME
+from fitsflow.core.rawstore import (SensorMeta, SensorWriter, image_dir, read_readout_summary, sensor_key,
+                                    write_readout_summary)
+from fitsflow.core.spead_format import Stripe
+
+_log = logging.getLogger(__name__)
+
+Announce = Callable[[str, dict], Awaitable[None]]
+
+
+@dataclass
+class ImageState:
+    image: str
+    deadline: float
+    expected: set[str] | None = None
+    writers: dict[str, SensorWriter] = field(default_factory=dict)
+    done: dict[str, SensorMeta] = field(default_factory=dict)
+    announced: bool = False
+    timed_out: bool = False
+
+    def summary(self) -> dict:
+        expected = self.expected if self.expected is not None else set(self.done) | set(self.writers)
+        present = sorted(k for k in self.done if k in expected or self.expected is None)
+        partial = sorted(k for k, m in self.done.items() if m.partial)
+        missing = sorted(expected - set(self.done))
+        return {"present": present, "missing": missing, "partial": partial, "timed_out": self.timed_out}
+
+
+class ImageAssembler:
+    """Role: turns stripes into stored sensors and announces finished images."""
+
+    def __init__(self, root: Path, timeout_s: float, default_expected: set[str], announce: Announce,
+                 *, keep_announced_s: float = 600.0) -> None:
+        self.root = Path(root)
+        self.timeout_s = timeout_s
+        self.default_expected = default_expected
+        self.announce = announce
+        self.keep_announced_s = keep_announced_s
+        self.images: dict[str, ImageState] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.sensors_stored = 0
+        self.sensors_partial = 0
+        self.images_announced = 0
+        self.late_stripes = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._resume)
+        self._task = asyncio.create_task(self._deadlines(), name="assembler deadlines")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for state in self.images.values():
+            for writer in state.writers.values():
+                writer.close()  # journals stay: the next start resumes these sensors
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    def _resume(self) -> None:
+        for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            if IMAGE_NAME.fullmatch(d.name) and read_readout_summary(self.root, d.name) is None:
+                state = self._load(d)
+                self.images[d.name] = state
+                _log.info("resuming image %s: %d sensors stored, %d being assembled", d.name, len(state.done),
+                          len(state.writers), extra={"IMAGE": d.name})
+
+    def _load(self, d: Path) -> ImageState:
+        """An image's state from the raw buffer store (what a restart, or a late stripe after
+        the image left memory, finds on disk)."""
+        state = ImageState(d.name, time.monotonic() + self.timeout_s, expected=self._expected_from_disk(d),
+                           announced=read_readout_summary(self.root, d.name) is not None)
+        for meta_file in d.glob("*.json"):
+            if meta_file.name != "READOUT.json":
+                meta = SensorMeta(**json.loads(meta_file.read_text()))
+                state.done[meta.name] = meta
+        for journal in d.glob(".*.stripes"):
+            key = journal.name[1:-len(".stripes")]
+            meta_path = d / f".{key}.meta"
+            if key not in state.done and meta_path.exists():
+                state.writers[key] = SensorWriter(self.root, SensorMeta(**json.loads(meta_path.read_text())))
+        remove_stale_temps(d)
+        return state
+
+    def _expected_from_disk(self, d: Path) -> set[str] | None:
+        try:
+            return set(json.loads((d / ".expected").read_text()))
+        except (FileNotFoundError, ValueError):
+            return set(self.default_expected) or None
+
+    # -- events ------------------------------------------------------------------------
+
+    def expect(self, image: str, sensors: list[str], exptime: float) -> None:
+        """START_INTEGRATION: the sensors to wait for, and a deadline after the exposure."""
+        state = self._state(image)
+        state.expected = set(sensors)
+        state.deadline = max(state.deadline, time.monotonic() + exptime + self.timeout_s)
+        d = image_dir(self.root, image)
+        d.mkdir(exist_ok=True)
+        (d / ".expected").write_text(json.dumps(sorted(sensors)))
+
+    async def add_stripe(self, stripe: Stripe) -> bool:
+        """Store one stripe; False if it was a duplicate. Announces the image when whole."""
+        try:
+            key = sensor_key(stripe.raft, stripe.sensor)
+        except UnsafePath:
+            return False
+        state = self._state(stripe.image)
+        if key in state.done:
+            self.late_stripes += 1
+            return False
+        writer = state.writers.get(key)
+        if writer is None:
+            meta = SensorMeta(image=stripe.image, image_seq=stripe.image_seq, group=stripe.group, snap=stripe.snap,
+                              raft=stripe.raft, sensor=stripe.sensor, rows=stripe.rows, cols=stripe.cols,
+                              dtype=stripe.pixels.dtype.str, t_start=stripe.t_start, t_end=stripe.t_end,
+                              stripe_count=stripe.count)
+            writer = await asyncio.to_thread(self._open_writer, meta)
+            state.writers[key] = writer
+        elif (writer.meta.rows, writer.meta.cols, writer.meta.stripe_count) != (stripe.rows, stripe.cols, stripe.count):
+            _log.warning("image %s sensor %s: stripe with shape %dx%d/%d differs from %dx%d/%d; dropped",
+                         stripe.image, key, stripe.rows, stripe.cols, stripe.count, writer.meta.rows,
+                         writer.meta.cols, writer.meta.stripe_count, extra={"IMAGE": stripe.image})
+            return False
+        # In the loop on purpose: a pwrite into the page cache releases the GIL and is shorter
+        # than a hop to a worker thread; fsync happens once per sensor, in a thread.
+        if not writer.write_stripe(stripe.index, stripe.row_start, stripe.pixels):
+            return False
+        if writer.complete:
+            await self._finish_sensor(state, key)
+            if state.expected is not None and state.expected <= set(state.done):
+                await self._announce(state)
+        return True
+
+    def _open_writer(self, meta: SensorMeta) -> SensorWriter:
+        writer = SensorWriter(self.root, meta)
+        # The sensor's identity, beside its journal, so a restart can resume it.
+        (writer.dir / f".{meta.name}.meta").write_text(json.dumps(meta.__dict__))
+        return writer
+
+    async def _finish_sensor(self, state: ImageState, key: str) -> None:
+        writer = state.writers.pop(key)
+        meta = await asyncio.to_thread(writer.finish)
+        (writer.dir / f".{key}.meta").unlink(missing_ok=True)
+        state.done[key] = meta
+        self.sensors_stored += 1
+        if meta.partial:
+            self.sensors_partial += 1
+            _log.warning("image %s sensor %s stored partial: rows %s missing", state.image, key, meta.missing_rows,
+                         extra={"IMAGE": state.image})
+        if state.announced:  # a late or re-sent sensor: tell the consumers again
+            await self._announce(state)
+
+    def _state(self, image: str) -> ImageState:
+        state = self.images.get(image)
+        if state is None:
+            d = image_dir(self.root, image)
+            if d.is_dir():
+                state = self._load(d)
+            else:
+                state = ImageState(image, time.monotonic() + self.timeout_s,
+                                   expected=set(self.default_expected) or None)
+            self.images[image] = state
+        return state
+
+    async def _announce(self, state: ImageState) -> None:
+        summary = state.summary()
+        await asyncio.to_thread(write_readout_summary, self.root, state.image, summary)
+        await self.announce(state.image, summary)
+        if not state.announced:
+            self.images_announced += 1
+        state.announced = True
+        state.deadline = time.monotonic() + self.keep_announced_s
+
+    async def _deadlines(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            now = time.monotonic()
+            for state in list(self.images.values()):
+                if now < state.deadline:
+                    continue
+                if state.announced:
+                    del self.images[state.image]  # long done; late stripes now start a new state
+                    continue
+                state.timed_out = True
+                for key in list(state.writers):
+                    await self._finish_sensor(state, key)  # partial: rows that never came are zeros
+                _log.warning("image %s timed out: %s", state.image, state.summary(), extra={"IMAGE": state.image})
+                await self._announce(state)

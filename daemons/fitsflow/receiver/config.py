@@ -1,0 +1,65 @@
+"""``[receiver]`` configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fitsflow.core.config import parse_host_port
+
+MiB = 1024 * 1024
+@dataclass(frozen=True)
+class ReceiverInstance:
+    """``[receiver.instances.NAME]``: what differs between receiver instances on one host."""
+
+    streams: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    #: UDP streams of this receiver: "BIND_ADDRESS:PORT", one spead2 stream each.
+    streams: tuple[str, ...] = ("127.0.0.1:7148",)
+    #: Per-instance overrides, selected by --instance (template units pass %i).
+    instances: dict[str, ReceiverInstance] = field(default_factory=dict)
+    #: Kernel socket receive buffer per stream. net.core.rmem_max must allow it.
+    socket_buffer_bytes: int = 64 * MiB
+    #: Largest heap (stripe) accepted; bigger heaps are dropped and counted.
+    max_heap_bytes: int = 16 * MiB
+    #: Heaps assembled concurrently per stream (spead2 max_heaps).
+    max_heaps: int = 4
+    #: Complete heaps queued between spead2 and the writer per stream (spead2 ring heaps).
+    ring_heaps: int = 8
+    #: After its first heap (or its START_INTEGRATION + exposure time), an image gets this
+    #: long to arrive whole; then READOUT_COMPLETE lists what is missing.
+    image_timeout_s: float = 10.0
+    #: Sensors expected per image when no START_INTEGRATION names them ("RAFT_SENSOR").
+    expected_sensors: tuple[str, ...] = ()
+    #: Lost fraction of bytes, per stream and stats interval, above which an ALERT is raised.
+    loss_alert_fraction: float = 0.001
+    #: Period of RECEIVER_STATS messages and loss checks (s).
+    stats_interval_s: float = 10.0
+    #: Prometheus metrics on this TCP port (0 = off), bound to metrics_address.
+    metrics_port: int = 0
+    metrics_address: str = "127.0.0.1"
+
+    def streams_for(self, instance: str) -> tuple[str, ...]:
+        inst = self.instances.get(instance)
+        return inst.streams if inst and inst.streams else self.streams
+
+    def pool_heaps(self) -> int:
+        """Memory-pool buffers per stream: every heap that can be alive at once, plus one
+        (spead2's rule: max_heaps being assembled + ring_heaps queued + 1 being processed)."""
+        return self.max_heaps + self.ring_heaps + 1
+
+    def validate(self, check) -> None:  # type: ignore[no-untyped-def]
+        for name, streams in [("receiver.streams", self.streams)] + [
+                (f"receiver.instances.{k}.streams", v.streams) for k, v in self.instances.items()]:
+            for s in streams:
+                try:
+                    parse_host_port(s)
+                except ValueError as exc:
+                    check.fail(name, str(exc))
+        for key in ("socket_buffer_bytes", "max_heap_bytes", "max_heaps", "ring_heaps", "image_timeout_s",
+                    "stats_interval_s"):
+            check.positive(f"receiver.{key}", getattr(self, key))
+        if not 0 <= self.loss_alert_fraction <= 1:
+            check.fail("receiver.loss_alert_fraction", "must be between 0 and 1")

@@ -1,0 +1,104 @@
+"""The receiver daemon: wiring, then event handlers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+from fitsflow.core.bus import MessageBus
+from fitsflow.core.config import Config
+from fitsflow.core.messages import CAMERA_EVENTS, Message, make
+from fitsflow.core.runtime import Daemon
+from fitsflow.receiver.assembler import ImageAssembler
+from fitsflow.receiver.config import ReceiverConfig
+from fitsflow.receiver.metrics import LossMonitor, StreamCollector, serve_metrics
+from fitsflow.receiver.stream import RejectedPacketCounter, SpeadStreamReceiver
+
+_log = logging.getLogger(__name__)
+RMEM_MAX = Path("/proc/sys/net/core/rmem_max")
+
+
+def check_rmem_max(requested: int) -> str | None:
+    """A warning if the kernel caps socket buffers below ``requested`` bytes."""
+    try:
+        rmem_max = int(RMEM_MAX.read_text())
+    except (OSError, ValueError):
+        return None
+    if rmem_max >= requested:
+        return None
+    return (f"net.core.rmem_max is {rmem_max} bytes, below the requested socket buffer of {requested}: "
+            f"bursts will lose packets. Raise it: sysctl -w net.core.rmem_max={requested} "
+            "(the fitsflow-receiver package ships /usr/lib/sysctl.d/90-fitsflow-receiver.conf)")
+
+
+class ReceiverDaemon(Daemon):
+    name = "receiver"
+
+    def __init__(self, cfg: Config, bus: MessageBus, args: argparse.Namespace) -> None:
+        super().__init__(cfg, bus, args.instance)
+        self.rcfg: ReceiverConfig = cfg.section("receiver")
+        self.assembler = ImageAssembler(cfg.paths.resolved().raw_buffer, self.rcfg.image_timeout_s,
+                                        set(self.rcfg.expected_sensors), self._announce)
+        self.streams = [SpeadStreamReceiver(addr, self.rcfg, self.assembler.add_stripe)
+                        for addr in self.rcfg.streams_for(args.instance)]
+        self.rejected = RejectedPacketCounter()
+        self.loss = LossMonitor(self.streams, self.rcfg.loss_alert_fraction)
+        self.alerts = 0
+        self.roles = [self.assembler, *self.streams]
+        # Durable: a restarted receiver still learns which sensors to expect.
+        bus.subscribe(CAMERA_EVENTS, self.on_camera_event, name=f"receiver-events-{self.instance}",
+                      selector="MsgType = 'START_INTEGRATION'", durable=True)
+
+    async def start(self) -> None:
+        warning = check_rmem_max(self.rcfg.socket_buffer_bytes)
+        if warning:
+            _log.warning(warning)
+        self.rejected.install()
+        await super().start()
+        for role in self.roles:  # a role task dying must end the daemon (exit 70), not idle
+            task = getattr(role, "task", None)
+            if task is not None:
+                task.add_done_callback(self._task_done)
+        if self.rcfg.metrics_port:
+            serve_metrics(StreamCollector(self.streams, self.rejected), self.rcfg.metrics_address,
+                          self.rcfg.metrics_port)
+        self.spawn(self._stats_loop(), "stats")
+
+    async def stop(self) -> None:
+        await super().stop()
+        self.rejected.uninstall()
+
+    def status(self) -> str:
+        heaps = sum(s.counters.heaps_complete for s in self.streams)
+        incomplete = sum(s.counters.heaps_incomplete for s in self.streams)
+        lost = sum(s.counters.bytes_lost for s in self.streams)
+        return (f"{len(self.streams)} streams, {heaps} heaps, {incomplete} incomplete ({lost} B lost), "
+                f"{self.rejected.total} packets rejected, {self.assembler.sensors_stored} sensors stored "
+                f"({self.assembler.sensors_partial} partial), {self.assembler.images_announced} images; "
+                f"{self.bus.describe()}")
+
+    # -- event handlers ----------------------------------------------------------------
+
+    async def on_camera_event(self, msg: Message) -> None:
+        if msg.type == "START_INTEGRATION" and msg.image:
+            self.assembler.expect(msg.image, [str(s) for s in msg.data["sensors"]], float(msg.data["exptime"]))
+
+    async def _announce(self, image: str, summary: dict) -> None:
+        await self.bus.send(make("READOUT_COMPLETE", image, sender=self.ident, **summary))
+        _log.info("readout of %s: %d present, %d missing, %d partial", image, len(summary["present"]),
+                  len(summary["missing"]), len(summary["partial"]), extra={"IMAGE": image,
+                                                                           "MSGTYPE": "READOUT_COMPLETE"})
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.rcfg.stats_interval_s)
+            await self.bus.send(make("RECEIVER_STATS", receiver=self.ident, streams=self.loss.snapshot(),
+                                     sender=self.ident))
+            for problem in self.loss.check():
+                self.alerts += 1
+                self.state = "ALARM"
+                _log.error("packet loss above threshold: %s", problem)
+                await self.bus.send(make("ALERT", severity="error", source=self.ident, message=problem,
+                                         sender=self.ident))
