@@ -35,6 +35,8 @@ setup(
         "numpy>=1.24",
         # prometheus_client: per-stream receive counters for scraping
         "prometheus_client>=0.17",
+        # astropy: FITS writing with CHECKSUM/DATASUM, times (MJD) and angles for headers
+        "astropy>=5.3",
     ],
     extras_require={
         "test": [
@@ -47,9 +49,13 @@ setup(
             "fitsflow = fitsflow.cli:main",
             "fitsflow-receiver = fitsflow.receiver.__main__:main",
             "fitsflow-camera-sim = fitsflow.camera_sim.__main__:main",
+            "fitsflow-header-service = fitsflow.header_service.__main__:main",
+            "fitsflow-forwarder = fitsflow.forwarder.__main__:main",
         ],
         "fitsflow.config_sections": [
             "receiver = fitsflow.receiver.config:ReceiverConfig",
+            "header_service = fitsflow.header_service.config:HeaderServiceConfig",
+            "forwarder = fitsflow.forwarder.config:ForwarderConfig",
         ],
     },
 )

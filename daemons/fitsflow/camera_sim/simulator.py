@@ -84,7 +84,9 @@ class CameraSimulator:
         self.store.put(recipe)
         end = dt.datetime.now(dt.timezone.utc).isoformat()
         await self.bus.send(make("END_READOUT", image, timestamp=end, sensors=list(s.sensors)))
-        await self.bus.send(make("END_OF_IMAGE_TELEMETRY", image, timestamp=end))
+        await self._telemetry(image, after=True)  # telemetry keeps flowing: the end-of-image samples
+        await self.bus.send(make("END_OF_IMAGE_TELEMETRY", image,
+                                 timestamp=dt.datetime.now(dt.timezone.utc).isoformat()))
         self.sent.append(recipe)
         if s.interval:
             await asyncio.sleep(s.interval)
@@ -115,9 +117,9 @@ class CameraSimulator:
             raise Reject(f"image {msg.image} is not in the camera store {self.store.directory}")
         _log.info("re-sent %s (%s)", msg.image, msg.data.get("reason", ""))
 
-    async def _telemetry(self, image: str) -> None:
+    async def _telemetry(self, image: str, after: bool = False) -> None:
         """A plausible set of telemetry samples (the header service samples them)."""
-        rng = random.Random(f"{self.settings.seed}-{image}")
+        rng = random.Random(f"{self.settings.seed}-{image}-{after}")
         ts = dt.datetime.now(dt.timezone.utc).isoformat()
         samples = {
             "mount.pointing": {"ra": rng.uniform(0, 360), "dec": rng.uniform(-90, 30),

@@ -63,6 +63,7 @@ class ImageAssembler:
         self.sensors_partial = 0
         self.images_announced = 0
         self.late_stripes = 0
+        self.storage_errors = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -165,7 +166,11 @@ class ImageAssembler:
 
     async def _finish_sensor(self, state: ImageState, key: str) -> None:
         writer = state.writers.pop(key)
-        meta = await asyncio.to_thread(writer.finish)
+        try:
+            meta = await asyncio.to_thread(writer.finish)
+        except OSError:
+            writer.close()
+            raise
         (writer.dir / f".{key}.meta").unlink(missing_ok=True)
         state.done[key] = meta
         self.sensors_stored += 1
@@ -209,6 +214,11 @@ class ImageAssembler:
                     continue
                 state.timed_out = True
                 for key in list(state.writers):
-                    await self._finish_sensor(state, key)  # partial: rows that never came are zeros
+                    try:
+                        await self._finish_sensor(state, key)  # partial: rows that never came are zeros
+                    except OSError as exc:
+                        self.storage_errors += 1
+                        _log.error("image %s sensor %s cannot be stored: %s", state.image, key, exc,
+                                   extra={"IMAGE": state.image})
                 _log.warning("image %s timed out: %s", state.image, state.summary(), extra={"IMAGE": state.image})
                 await self._announce(state)

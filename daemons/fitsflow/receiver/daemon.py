@@ -41,7 +41,7 @@ class ReceiverDaemon(Daemon):
         self.rcfg: ReceiverConfig = cfg.section("receiver")
         self.assembler = ImageAssembler(cfg.paths.resolved().raw_buffer, self.rcfg.image_timeout_s,
                                         set(self.rcfg.expected_sensors), self._announce)
-        self.streams = [SpeadStreamReceiver(addr, self.rcfg, self.assembler.add_stripe)
+        self.streams = [SpeadStreamReceiver(addr, self.rcfg, self.assembler.add_stripe, self._storage_error)
                         for addr in self.rcfg.streams_for(args.instance)]
         self.rejected = RejectedPacketCounter()
         self.loss = LossMonitor(self.streams, self.rcfg.loss_alert_fraction)
@@ -90,6 +90,11 @@ class ReceiverDaemon(Daemon):
         _log.info("readout of %s: %d present, %d missing, %d partial", image, len(summary["present"]),
                   len(summary["missing"]), len(summary["partial"]), extra={"IMAGE": image,
                                                                            "MSGTYPE": "READOUT_COMPLETE"})
+
+    async def _storage_error(self, problem: str) -> None:
+        self.state = "ALARM"
+        await self.bus.send(make("ALERT", severity="error", source=self.ident,
+                                 message=f"raw buffer store: {problem}", sender=self.ident))
 
     async def _stats_loop(self) -> None:
         while True:

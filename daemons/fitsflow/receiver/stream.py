@@ -44,6 +44,7 @@ class StreamCounters:
     heaps_bad: int = 0
     heaps_duplicate: int = 0
     heaps_with_unknown_items: int = 0
+    storage_errors: int = 0
     stripes_stored: int = 0
     bytes_stored: int = 0
     bytes_lost: int = 0
@@ -56,7 +57,9 @@ StripeSink = Callable[[Stripe], Awaitable[bool]]
 class SpeadStreamReceiver:
     """Role: receive one UDP port. ``sink(stripe)`` stores a stripe, False for a duplicate."""
 
-    def __init__(self, address: str, cfg: ReceiverConfig, sink: StripeSink) -> None:
+    def __init__(self, address: str, cfg: ReceiverConfig, sink: StripeSink,
+                 on_storage_error: Callable[[str], Awaitable[None]] | None = None) -> None:
+        self.on_storage_error = on_storage_error
         self.address = address
         self.host, self.port = parse_host_port(address)
         self.cfg = cfg
@@ -129,7 +132,16 @@ class SpeadStreamReceiver:
                 self._warn_once(kind, f"heap {heap.cnt} on {self.address} rejected: {reason}")
                 continue
             self.counters.heaps_complete += 1
-            if await self.sink(stripe):
+            try:
+                stored = await self.sink(stripe)
+            except OSError as exc:  # one sensor's storage failing must not stop the stream
+                self.counters.storage_errors += 1
+                _log.error("cannot store stripe %d of %s %s_%s: %s", stripe.index, stripe.image, stripe.raft,
+                           stripe.sensor, exc, extra={"IMAGE": stripe.image})
+                if self.on_storage_error is not None:
+                    await self.on_storage_error(f"{stripe.image} {stripe.raft}_{stripe.sensor}: {exc}")
+                continue
+            if stored:
                 self.counters.stripes_stored += 1
                 self.counters.bytes_stored += stripe.pixels.nbytes
             else:

@@ -1,0 +1,218 @@
+"""Receive benchmark: spead2's own tools vs fitsflow's receiver, same heaps, same packets.
+
+    ./dev.sh bench receive [--images N] [--rate-gbs 1.0]
+
+1. Baseline: ``spead2_bench.py master`` against ``spead2_bench.py agent`` on loopback —
+   spead2's sustainable rate, receiving without storing.
+2. Baseline: ``numpy.tofile`` + fsync of the same bytes — what storing costs on this disk.
+3. fitsflow: ``fitsflow-receiver`` (its own process, real broker) fed by the camera
+   simulator: 9 sensors of 4096 x 4096 int32 (64 MiB) cut into 16 MiB heaps, 8972-byte packets,
+   at unlimited rate and at a fixed rate. Throughput counts bytes stored in the raw buffer
+   store; heaps lost come from the receiver's own counters.
+4. Memory: the receiver's resident set after 10 and after 1,000 small images.
+
+Needs root to raise net.core.rmem_max to the 64 MiB socket buffer (restored afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fitsflow.camera_sim.sender import SpeadSender
+from fitsflow.camera_sim.simulator import CameraSimulator, SimSettings, default_sensors
+from fitsflow.camera_sim.store import ImageStore
+from fitsflow.core.bus import MessageBus
+from fitsflow.core.config import load_config
+from fitsflow.core.messages import Message
+from fitsflow.testing.broker import PrivateBroker
+from fitsflow.testing.config import make_site
+from fitsflow.testing.udp import free_udp_port
+
+HEAP = 16 * 1024 * 1024
+PACKET = 8972
+BUFFER = 64 * 1024 * 1024
+RMEM = Path("/proc/sys/net/core/rmem_max")
+
+
+def spead2_baseline() -> float:
+    """spead2_bench's sustainable rate, bytes/s."""
+    bindir = Path(sys.executable).parent
+    port = free_udp_port()
+    agent = subprocess.Popen([str(bindir / "spead2_bench.py"), "agent", str(port)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        out = subprocess.run([str(bindir / "spead2_bench.py"), "master", "--heap-size", str(HEAP), "--packet",
+                              str(PACKET), "--recv-buffer", str(BUFFER), f"127.0.0.1:{port}"],
+                             capture_output=True, text=True, timeout=600).stdout
+    finally:
+        agent.terminate()
+        agent.wait()
+    m = re.search(r"Sustainable rate: ([\d.]+) Gbps", out)
+    if not m:
+        raise RuntimeError(f"spead2_bench printed no rate:\n{out}")
+    return float(m.group(1)) * 1e9 / 8
+
+
+def write_baseline(directory: Path, sensors: int = 9) -> float:
+    """numpy.tofile + fsync of 9 x 64 MiB, bytes/s."""
+    data = np.ones((4096, 4096), dtype=np.int32)
+    t0 = time.perf_counter()
+    for i in range(sensors):
+        path = directory / f"w{i}.raw"
+        with open(path, "wb") as fh:
+            data.tofile(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    elapsed = time.perf_counter() - t0
+    for i in range(sensors):
+        (directory / f"w{i}.raw").unlink()
+    return sensors * data.nbytes / elapsed
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class ReceiverUnderTest:
+    def __init__(self, base: Path, broker: PrivateBroker, *, timeout_s: float = 10.0) -> None:
+        self.port = free_udp_port()
+        self.site = make_site(base, [broker.url], extra={"receiver": {
+            "streams": [f"127.0.0.1:{self.port}"], "socket_buffer_bytes": BUFFER, "max_heap_bytes": HEAP,
+            "image_timeout_s": timeout_s, "stats_interval_s": 1.0, "max_heaps": 4, "ring_heaps": 4}})
+        self.cfg = load_config(self.site)
+        self.raw = self.cfg.paths.resolved().raw_buffer
+        self.proc = subprocess.Popen([sys.executable, "-m", "fitsflow.receiver", "--instance", "bench",
+                                      "--log-level", "ERROR"], env=dict(os.environ, FITSFLOW_CONFIG=str(self.site)))
+        self.readouts: dict[str, dict] = {}
+        self.stats: dict = {}
+
+    async def listen(self) -> MessageBus:
+        bus = MessageBus.from_config(self.cfg, f"bench-listener-{self.port}")
+
+        async def on(msg: Message) -> None:
+            if msg.type == "READOUT_COMPLETE" and msg.image:
+                self.readouts[msg.image] = dict(msg.data)
+            elif msg.type == "RECEIVER_STATS":
+                self.stats = msg.data["streams"][0]
+        bus.subscribe("/topic/fitsflow.readout", on)
+        bus.subscribe("/topic/fitsflow.stats", on)
+        await bus.start()
+        await bus.wait_connected(10)
+        return bus
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+async def fitsflow_run(base: Path, broker: PrivateBroker, images: int, rate: float) -> dict:
+    rx = ReceiverUnderTest(base, broker)
+    bus = await rx.listen()
+    await asyncio.sleep(3.0)  # the receiver process starts
+    settings = SimSettings(instrument="TESTCAM", sensors=default_sensors(1), rows=4096, cols=4096,
+                           stripe_rows=HEAP // (4096 * 4))
+    with SpeadSender([("127.0.0.1", rx.port)], rate_bytes_s=rate, packet_size=PACKET) as sender:
+        sim = CameraSimulator(settings, bus, sender, ImageStore(base / "store", images + 1))
+        t0 = time.perf_counter()
+        names = [(await sim.take_image()).image for _ in range(images)]
+    deadline = time.monotonic() + 60
+    while len(rx.readouts) < images and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    elapsed = time.perf_counter() - t0
+    await asyncio.sleep(2.5)  # a last RECEIVER_STATS
+    stored = sum(len(rx.readouts.get(n, {}).get("present", [])) - len(rx.readouts.get(n, {}).get("partial", []))
+                 for n in names)
+    sent_heaps = images * 9 * 4
+    result = {"bytes_per_s": stored * 64 * 2**20 / elapsed, "sensors_whole": stored, "sensors_sent": images * 9,
+              "heaps_sent": sent_heaps, "heaps_stored": rx.stats.get("stripes_stored", 0),
+              "heaps_lost": sent_heaps - rx.stats.get("stripes_stored", 0),
+              "incomplete": rx.stats.get("heaps_incomplete", 0)}
+    await bus.stop()
+    rx.stop()
+    shutil.rmtree(base / "data", ignore_errors=True)
+    return result
+
+
+async def memory_run(base: Path, broker: PrivateBroker, images: int) -> list[tuple[int, int]]:
+    rx = ReceiverUnderTest(base, broker, timeout_s=2.0)
+    bus = await rx.listen()
+    await asyncio.sleep(3.0)
+    settings = SimSettings(instrument="TESTCAM", sensors=default_sensors(1), rows=256, cols=256, stripe_rows=64)
+    samples = []
+    with SpeadSender([("127.0.0.1", rx.port)], rate_bytes_s=200e6, packet_size=PACKET) as sender:
+        sim = CameraSimulator(settings, bus, sender, ImageStore(base / "store", 20))
+        for i in range(1, images + 1):
+            image = (await sim.take_image()).image
+            if i % 50 == 0:
+                while image not in rx.readouts:
+                    await asyncio.sleep(0.01)
+                for d in rx.raw.iterdir():  # downstream consumes the raw buffer
+                    if d.name in rx.readouts:
+                        shutil.rmtree(d, ignore_errors=True)
+            if i in (10, images):
+                while image not in rx.readouts:
+                    await asyncio.sleep(0.01)
+                samples.append((i, rss_kib(rx.proc.pid)))
+    await bus.stop()
+    rx.stop()
+    return samples
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=10, help="64 MiB x 9 images per throughput run")
+    parser.add_argument("--rate-gbs", type=float, default=1.0, help="the fixed rate, GB/s")
+    parser.add_argument("--memory-images", type=int, default=1000)
+    args = parser.parse_args()
+    old_rmem = int(RMEM.read_text())
+    try:
+        RMEM.write_text(str(BUFFER))
+    except OSError:
+        print(f"cannot raise net.core.rmem_max (not root?): it stays {old_rmem}; expect loss", file=sys.stderr)
+    try:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("FITSFLOW_BENCH_DIR")) as tmp:
+            base = Path(tmp)
+            print("spead2_bench (receive only, no storage) ...", flush=True)
+            spead2_rate = spead2_baseline()
+            print(f"  sustainable rate {spead2_rate / 1e9:.2f} GB/s", flush=True)
+            write_rate = write_baseline(base)
+            print(f"numpy.tofile + fsync, 9 x 64 MiB: {write_rate / 1e9:.2f} GB/s", flush=True)
+            with PrivateBroker(base / "amq") as broker:
+                for label, rate in (("unlimited", 0.0), (f"{args.rate_gbs:g} GB/s", args.rate_gbs * 1e9)):
+                    r = asyncio.run(fitsflow_run(base / label.replace(" ", "").replace("/", ""), broker,
+                                                 args.images, rate))
+                    print(f"fitsflow receiver, {label}: {r['bytes_per_s'] / 1e9:.2f} GB/s stored "
+                          f"({r['bytes_per_s'] / spead2_rate:.0%} of spead2_bench, "
+                          f"{r['bytes_per_s'] / write_rate:.0%} of the raw write); heaps lost {r['heaps_lost']} "
+                          f"of {r['heaps_sent']} ({r['incomplete']} incomplete); whole sensors "
+                          f"{r['sensors_whole']}/{r['sensors_sent']}", flush=True)
+                samples = asyncio.run(memory_run(base / "mem", broker, args.memory_images))
+                (i0, r0), (i1, r1) = samples[0], samples[-1]
+                print(f"receiver RSS: {r0 / 1024:.1f} MiB after {i0} images, {r1 / 1024:.1f} MiB after {i1} "
+                      f"images ({(r1 - r0) / r0:+.1%})")
+    finally:
+        try:
+            RMEM.write_text(str(old_rmem))
+        except OSError:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

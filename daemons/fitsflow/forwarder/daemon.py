@@ -1,0 +1,203 @@
+"""The forwarder daemon: wiring, then event handlers.
+
+Readiness is read from disk (READOUT.json in the raw buffer store, the header object in the
+header store), so the join of READOUT_COMPLETE and HEADER_READY works in either order and
+survives restarts; the messages only wake the forwarder up early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from fitsflow.core.bus import MessageBus
+from fitsflow.core.config import Config
+from fitsflow.core.errors import Reject, UnsafePath
+from fitsflow.core.headerstore import BadHeader, ImageHeader, header_path, read_header
+from fitsflow.core.layout import check_name, obs_day, sensor_file_name
+from fitsflow.core.messages import Message, destination_of, make
+from fitsflow.core.rawstore import SensorMeta, read_meta, read_pixels, read_readout_summary
+from fitsflow.core.handoff import remove_stale_temps
+from fitsflow.core.runtime import Daemon
+from fitsflow.forwarder.assignments import Assignment, AssignmentBook
+from fitsflow.forwarder.config import ForwarderConfig
+from fitsflow.forwarder.fitswriter import build_hdus, file_checksum, write_fits
+
+_log = logging.getLogger(__name__)
+
+
+def minimal_header(image: str, reason: str) -> ImageHeader:
+    """What a file gets when the header service never delivered: flagged, never silent."""
+    return ImageHeader(image=image, cards=[("IMGNAME", image, "Image name"),
+                                           ("HDRPART", True, "Header incomplete: telemetry missing"),
+                                           ("HDRMISS", reason[:68], "Why the header is incomplete")],
+                       partial=True, missing_keywords=["*"])
+
+
+class ForwarderDaemon(Daemon):
+    name = "forwarder"
+
+    def __init__(self, cfg: Config, bus: MessageBus, args: argparse.Namespace) -> None:
+        super().__init__(cfg, bus, args.instance)
+        check_name(self.instance, "forwarder instance")
+        self.fcfg: ForwarderConfig = cfg.section("forwarder")
+        paths = cfg.paths.resolved()
+        self.raw_root, self.headers_root, self.incoming = paths.raw_buffer, paths.headers, paths.incoming
+        self.book = AssignmentBook(Path(cfg.site.state_dir) / f"forwarder-{self.instance}")
+        self.slots = asyncio.Semaphore(self.fcfg.capacity)
+        self.wake = asyncio.Event()
+        self.in_progress: set[str] = set()
+        self.files_written = 0
+        self.write_errors = 0
+        self._alerted: set[tuple[str, str]] = set()
+        bus.subscribe(destination_of("FORWARD_IMAGE", forwarder=self.instance), self.on_forward_image,
+                      name=f"forwarder-{self.instance}")
+        bus.subscribe("/topic/fitsflow.readout", self.on_ready, name=f"forwarder-{self.instance}-readout")
+        bus.subscribe("/topic/fitsflow.header", self.on_ready, name=f"forwarder-{self.instance}-header")
+
+    async def start(self) -> None:
+        removed = remove_stale_temps(self.incoming)
+        if removed:
+            _log.warning("removed %d temp files left by an interrupted write: %s", len(removed), removed)
+        await super().start()
+        self.spawn(self._heartbeats(), "heartbeats")
+        self.spawn(self._work(), "work")
+
+    def status(self) -> str:
+        return (f"{len(self.book.open_items())} assignments open, {self.files_written} files written, "
+                f"{self.write_errors} write errors; {self.bus.describe()}")
+
+    # -- event handlers ----------------------------------------------------------------
+
+    async def on_forward_image(self, msg: Message) -> None:
+        assignment = str(msg.data["assignment"])
+        try:
+            check_name(assignment, "assignment")
+            check_name(msg.image or "")
+            sensors = [str(s) for s in msg.data["sensors"]]
+            for s in sensors:
+                raft, sensor = s.split("_", 1)
+                sensor_file_name(self.cfg.site.instrument, msg.image or "", raft, sensor)
+        except (UnsafePath, ValueError) as exc:
+            raise Reject(f"FORWARD_IMAGE {assignment}: {exc}") from None
+        if assignment in self.book.items:
+            _log.info("assignment %s for %s seen before; nothing new to do", assignment, msg.image,
+                      extra={"IMAGE": msg.image})
+            return
+        await asyncio.to_thread(self.book.save, Assignment(assignment, msg.image or "", sensors))
+        self.wake.set()
+
+    async def on_ready(self, msg: Message) -> None:
+        self.wake.set()
+
+    # -- work --------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+            for a in self.book.open_items():
+                if a.assignment not in self.in_progress and self._ready(a):
+                    self.in_progress.add(a.assignment)
+                    self.spawn(self._process(a), f"assignment {a.assignment}")
+            self.book.prune(self.fcfg.remember_done_s)
+
+    def _ready(self, a: Assignment) -> bool:
+        if time.time() - a.received_at > self.fcfg.join_timeout_s:
+            return True
+        return read_readout_summary(self.raw_root, a.image) is not None and header_path(
+            self.headers_root, a.image).exists()
+
+    async def _process(self, a: Assignment) -> None:
+        try:
+            header = self._header(a)
+            summary = read_readout_summary(self.raw_root, a.image)
+            await asyncio.gather(*(self._sensor(a, s, header, summary) for s in a.pending()))
+            if not a.pending():
+                a.complete = True
+                await asyncio.to_thread(self.book.save, a)
+                _log.info("assignment %s for %s done: %d delivered, %d failed", a.assignment, a.image,
+                          len(a.delivered), len(a.failed), extra={"IMAGE": a.image})
+        finally:
+            self.in_progress.discard(a.assignment)
+
+    def _header(self, a: Assignment) -> ImageHeader:
+        try:
+            header = read_header(self.headers_root, a.image)
+        except BadHeader as exc:
+            _log.error("%s; writing with a minimal header", exc, extra={"IMAGE": a.image})
+            return minimal_header(a.image, "header unusable")
+        if header is None:
+            _log.warning("no header for %s after %.0f s; writing with a minimal header", a.image,
+                         self.fcfg.join_timeout_s, extra={"IMAGE": a.image})
+            return minimal_header(a.image, "no header from the header service")
+        return header
+
+    async def _sensor(self, a: Assignment, name: str, header: ImageHeader, summary: dict | None) -> None:
+        raft, sensor = name.split("_", 1)
+        meta = read_meta(self.raw_root, a.image, raft, sensor)
+        if meta is None:
+            if summary is not None or time.time() - a.received_at > self.fcfg.join_timeout_s:
+                reason = "never received" if summary is not None else "readout not complete in time"
+                a.failed[name] = reason
+                await asyncio.to_thread(self.book.save, a)
+                await self._alert(f"{a.image} {name}: no FITS file: {reason}")
+            return
+        filename = sensor_file_name(self.cfg.site.instrument, a.image, raft, sensor)
+        data_id = {"instrument": self.cfg.site.instrument, "image": a.image, "group": meta.group, "snap": meta.snap,
+                   "raft": raft, "sensor": sensor, "obs_day": obs_day(_utc(meta.t_start))}
+        async with self.slots:
+            try:
+                written = await asyncio.to_thread(self._write, filename, header, meta, data_id)
+            except OSError as exc:  # the environment (full disk, I/O error): retried until it works
+                self.write_errors += 1
+                self.state = "FAULT"
+                if (a.assignment, name) not in self._alerted:  # once per sensor, not every retry
+                    self._alerted.add((a.assignment, name))
+                    free = shutil.disk_usage(self.incoming).free
+                    await self._alert(f"{a.image} {name}: cannot write {filename} in {self.incoming}: {exc} "
+                                      f"({free} bytes free there)")
+                return  # stays pending: retried on the next wake-up
+            except Exception as exc:  # noqa: BLE001 - a bad input or a bug: this sensor fails, others go on
+                _log.exception("%s %s: writing %s failed", a.image, name, filename, extra={"IMAGE": a.image})
+                a.failed[name] = f"{type(exc).__name__}: {exc}"
+                await asyncio.to_thread(self.book.save, a)
+                await self._alert(f"{a.image} {name}: no FITS file: {type(exc).__name__}: {exc}")
+                return
+        self._alerted.discard((a.assignment, name))
+        self.state = "ON"
+        await self.bus.send(make("FILE_DELIVERED", a.image, path=str(written[0]), size=written[1],
+                                 checksum=written[2], data_id=data_id, assignment=a.assignment, sender=self.ident))
+        a.delivered[name] = {"path": str(written[0]), "size": written[1], "checksum": written[2]}
+        await asyncio.to_thread(self.book.save, a)
+        self.files_written += 1
+
+    def _write(self, filename: str, header: ImageHeader, meta: SensorMeta, data_id: dict) -> tuple[Path, int, str]:
+        target = self.incoming / filename
+        if target.exists():  # written before a crash, not yet delivered: deliver what is there
+            return target, target.stat().st_size, file_checksum(target)
+        pixels = read_pixels(self.raw_root, meta)
+        written = write_fits(self.incoming, filename, build_hdus(header, meta, pixels, filename, data_id))
+        return written.path, written.size, written.checksum
+
+    async def _alert(self, problem: str) -> None:
+        _log.error(problem)
+        await self.bus.send(make("ALERT", severity="error", source=self.ident, message=problem, sender=self.ident))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await self.bus.send(make("FORWARDER_HEARTBEAT", forwarder=self.instance,
+                                     load=len(self.book.open_items()), capacity=self.fcfg.capacity, sender=self.ident))
+            await asyncio.sleep(self.fcfg.heartbeat_s)
+
+
+def _utc(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc)

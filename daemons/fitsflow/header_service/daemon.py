@@ -1,0 +1,132 @@
+"""The header service daemon: wiring, then event handlers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+from pathlib import Path
+
+from fitsflow.core.bus import MessageBus
+from fitsflow.core.config import Config
+from fitsflow.core.errors import Reject, Requeue, UnsafePath
+from fitsflow.core.headerstore import write_header
+from fitsflow.core.messages import CAMERA_EVENTS, TELEMETRY, Message, make
+from fitsflow.core.runtime import Daemon
+from fitsflow.header_service.builder import (ImageRecord, Sample, build_header, missing_keywords, parse_time,
+                                             sample_keywords)
+from fitsflow.header_service.config import HeaderServiceConfig
+from fitsflow.header_service.state import HeaderState
+
+_log = logging.getLogger(__name__)
+
+
+class HeaderServiceDaemon(Daemon):
+    name = "header-service"
+
+    def __init__(self, cfg: Config, bus: MessageBus, args: argparse.Namespace) -> None:
+        super().__init__(cfg, bus, args.instance)
+        self.hcfg: HeaderServiceConfig = cfg.section("header_service")
+        self.headers_root = cfg.paths.resolved().headers
+        self.store = HeaderState(Path(cfg.site.state_dir) / f"header-service-{self.instance}", self.hcfg.history_per_topic)
+        self.written = 0
+        self.partial = 0
+        self.storage_faults = 0
+        self._writing: set[str] = set()
+        # Durable: events and telemetry published while the service restarts are still seen.
+        bus.subscribe(CAMERA_EVENTS, self.on_event, name=f"header-events-{self.instance}", durable=True)
+        bus.subscribe(TELEMETRY, self.on_telemetry, name=f"header-telemetry-{self.instance}", durable=True)
+
+    async def start(self) -> None:
+        await super().start()
+        self.spawn(self._deadlines(), "deadlines")
+
+    def status(self) -> str:
+        return (f"{len(self.store.records)} images open, {self.written} headers written ({self.partial} partial), "
+                f"{self.storage_faults} storage faults; {self.bus.describe()}")
+
+    # -- event handlers ----------------------------------------------------------------
+
+    async def on_event(self, msg: Message) -> None:
+        try:
+            rec = self.store.record(msg.image or "")
+        except UnsafePath as exc:
+            raise Reject(str(exc)) from None
+        if rec.written:
+            return  # a late or repeated event for a finished image
+        rec.events.setdefault(msg.type, str(msg.data["timestamp"]))
+        if msg.type == "START_INTEGRATION":
+            rec.group, rec.snap = str(msg.data["group"]), int(msg.data["snap"])
+            rec.exptime, rec.sensors = float(msg.data["exptime"]), [str(s) for s in msg.data["sensors"]]
+        sample_keywords(rec, self.hcfg, self.store.history)
+        await asyncio.to_thread(self.store.save, rec)
+        if msg.type in ("END_READOUT", "END_OF_IMAGE_TELEMETRY") and not missing_keywords(rec, self.hcfg):
+            await self._write(rec)
+
+    async def on_telemetry(self, msg: Message) -> None:
+        topic = str(msg.data["topic"])
+        self.store.add_sample(topic, Sample(str(msg.data["timestamp"]), dict(msg.data["values"])))
+        for rec in list(self.store.records.values()):
+            if not rec.written and sample_keywords(rec, self.hcfg, self.store.history):
+                await asyncio.to_thread(self.store.save, rec)
+                ended = {"END_READOUT", "END_OF_IMAGE_TELEMETRY"} & set(rec.events)
+                if ended and not missing_keywords(rec, self.hcfg):
+                    await self._write(rec)
+
+    async def _write(self, rec: ImageRecord) -> None:
+        """Write the header (atomically), then announce it; a storage failure is a fault,
+        retried, never a silent loss. Events and telemetry are handled concurrently: the
+        guard below is taken before any await, so only one of them writes an image."""
+        if rec.written or rec.image in self._writing:
+            return
+        self._writing.add(rec.image)
+        try:
+            await self._write_once(rec)
+        finally:
+            self._writing.discard(rec.image)
+
+    async def _write_once(self, rec: ImageRecord) -> None:
+        header = build_header(rec, self.hcfg, self.cfg.site.instrument, dt.datetime.now(dt.timezone.utc))
+        try:
+            path = await asyncio.to_thread(write_header, self.headers_root, header)
+        except OSError as exc:
+            self.storage_faults += 1
+            self.state = "FAULT"
+            self._fault(f"cannot write the header of {rec.image} to {self.headers_root}: {exc}")
+            raise Requeue(f"header store unwritable: {exc}", delay=5.0) from None
+        self.state = "ON"
+        rec.written = True
+        await asyncio.to_thread(self.store.save, rec)
+        await self.bus.send(make("HEADER_READY", rec.image, path=str(path), partial=header.partial,
+                                 missing_keywords=header.missing_keywords, sender=self.ident))
+        self.written += 1
+        self.partial += header.partial
+        level = logging.WARNING if header.partial else logging.INFO
+        _log.log(level, "header of %s written%s", rec.image,
+                 f", partial: missing {header.missing_keywords}" if header.partial else "",
+                 extra={"IMAGE": rec.image, "MSGTYPE": "HEADER_READY"})
+        await asyncio.to_thread(self.store.forget, rec.image)
+
+    def _fault(self, problem: str) -> None:
+        _log.error(problem)
+        self.spawn(self.bus.send(make("ALERT", severity="error", source=self.ident, message=problem,
+                                      sender=self.ident)), "alert")
+
+    async def _deadlines(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = dt.datetime.now(dt.timezone.utc)
+            for rec in list(self.store.records.values()):
+                if rec.written:
+                    await asyncio.to_thread(self.store.forget, rec.image)
+                    continue
+                start = rec.events.get("START_INTEGRATION")
+                if start is None:
+                    continue  # orphan telemetry-less record: waits for its start event
+                deadline = parse_time(start) + dt.timedelta(seconds=rec.exptime + self.hcfg.timeout_margin_s)
+                if now >= deadline:
+                    try:
+                        await self._write(rec)
+                    except Requeue:
+                        pass  # fault already reported; tried again next round

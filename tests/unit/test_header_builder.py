@@ -1,0 +1,75 @@
+"""The header service's pure logic: exact cards from events and telemetry samples."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from fitsflow.header_service.builder import ImageRecord, Sample, build_header, sample_keywords
+from fitsflow.header_service.config import HeaderServiceConfig, KeywordSpec
+
+CFG = HeaderServiceConfig(telescope="TESTSCOPE", keywords={
+    "RA": KeywordSpec("mount.pointing", "ra", comment="RA"),
+    "DEC": KeywordSpec("mount.pointing", "dec", comment="Dec"),
+    "ELSTART": KeywordSpec("mount.pointing", "alt", comment="Alt"),
+    "FILTER": KeywordSpec("camera.filter", "name", comment="Filter"),
+    "AIRTEMP": KeywordSpec("site.weather", "temperature", event="END_READOUT", comment="Air"),
+})
+NOW = dt.datetime(2026, 11, 21, 4, 0, 0, tzinfo=dt.timezone.utc)
+
+
+def record() -> ImageRecord:
+    return ImageRecord(image="TESTCAM_O_20261120_000007", group="G1", snap=1, exptime=15.0,
+                       events={"START_INTEGRATION": "2026-11-21T03:00:00.000000Z",
+                               "END_READOUT": "2026-11-21T03:00:17.000000Z"})
+
+
+def history() -> dict[str, list[Sample]]:
+    return {
+        "mount.pointing": [Sample("2026-11-21T02:59:59Z", {"ra": 1.0, "dec": 2.0, "alt": 10.0}),  # before: ignored
+                           Sample("2026-11-21T03:00:00.5Z", {"ra": 150.0, "dec": -30.0, "alt": 60.0}),
+                           Sample("2026-11-21T03:00:05Z", {"ra": 151.0, "dec": -31.0, "alt": 61.0})],
+        "camera.filter": [Sample("2026-11-21T03:00:01Z", {"name": "r"})],
+        "site.weather": [Sample("2026-11-21T03:00:02Z", {"temperature": 9.0}),  # before END_READOUT
+                         Sample("2026-11-21T03:00:18Z", {"temperature": 8.5})],
+    }
+
+
+def test_exact_cards() -> None:
+    rec = record()
+    assert sample_keywords(rec, CFG, history())
+    header = build_header(rec, CFG, "TESTCAM", NOW)
+    cards = {k: v for k, v, _ in header.cards}
+    assert header.partial is False and header.missing_keywords == []
+    assert cards["DATE-OBS"] == "2026-11-21T03:00:00.000"
+    assert cards["DATE-END"] == "2026-11-21T03:00:15.000"
+    assert cards["DATE-RDO"] == "2026-11-21T03:00:17.000"
+    mjd_day = (dt.date(2026, 11, 21) - dt.date(1858, 11, 17)).days  # MJD 0 = 1858-11-17
+    assert cards["MJD-OBS"] == mjd_day + 0.125  # 03:00 UTC = 0.125 d
+    assert cards["EXPTIME"] == 15.0 and cards["SNAP"] == 1 and cards["GROUPID"] == "G1"
+    assert cards["IMGNAME"] == cards["OBSID"] == "TESTCAM_O_20261120_000007"
+    assert (cards["RA"], cards["DEC"], cards["ELSTART"]) == (150.0, -30.0, 60.0)  # first sample after start
+    assert cards["RASTR"] == "10:00:00.00" and cards["DECSTR"] == "-30:00:00.0"
+    assert cards["FILTER"] == "r"
+    assert cards["AIRTEMP"] == 8.5  # sampled after END_READOUT, as configured
+    assert cards["AIRMASS"] == 1.1547  # sec(30 deg)
+    assert cards["HDRPART"] is False and "HDRMISS" not in cards
+    assert cards["TELESCOP"] == "TESTSCOPE" and cards["INSTRUME"] == "TESTCAM"
+
+
+def test_missing_telemetry_makes_a_partial_header() -> None:
+    rec = record()
+    h = history()
+    del h["camera.filter"]
+    h["site.weather"] = h["site.weather"][:1]  # nothing after END_READOUT
+    sample_keywords(rec, CFG, h)
+    header = build_header(rec, CFG, "TESTCAM", NOW)
+    cards = {k: v for k, v, _ in header.cards}
+    assert header.partial is True and header.missing_keywords == ["AIRTEMP", "FILTER"]
+    assert cards["FILTER"] is None and cards["HDRPART"] is True and cards["HDRMISS"] == "AIRTEMP,FILTER"
+
+
+def test_keywords_wait_for_their_event() -> None:
+    rec = record()
+    del rec.events["END_READOUT"]
+    sample_keywords(rec, CFG, history())
+    assert "AIRTEMP" not in rec.sampled and rec.sampled["FILTER"] == "r"
