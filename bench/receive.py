@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fitsflow.camera_sim.sender import SpeadSender
+from fitsflow.camera_sim.pixels import sensor_pixels
+from fitsflow.camera_sim.sender import ReadoutInfo, SpeadSender
 from fitsflow.camera_sim.simulator import CameraSimulator, SimSettings, default_sensors
 from fitsflow.camera_sim.store import ImageStore
 from fitsflow.core.bus import MessageBus
@@ -44,6 +45,7 @@ HEAP = 16 * 1024 * 1024
 PACKET = 8972
 BUFFER = 64 * 1024 * 1024
 RMEM = Path("/proc/sys/net/core/rmem_max")
+SENSOR_NAMES = default_sensors(1)
 
 
 def spead2_baseline() -> float:
@@ -90,11 +92,13 @@ def rss_kib(pid: int) -> int:
 
 
 class ReceiverUnderTest:
-    def __init__(self, base: Path, broker: PrivateBroker, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, base: Path, broker: PrivateBroker, *, timeout_s: float = 10.0,
+                 expected: list[str] | None = None) -> None:
         self.port = free_udp_port()
         self.site = make_site(base, [broker.url], extra={"receiver": {
             "streams": [f"127.0.0.1:{self.port}"], "socket_buffer_bytes": BUFFER, "max_heap_bytes": HEAP,
-            "image_timeout_s": timeout_s, "stats_interval_s": 1.0, "max_heaps": 4, "ring_heaps": 4}})
+            "image_timeout_s": timeout_s, "stats_interval_s": 1.0, "max_heaps": 4, "ring_heaps": 4,
+            "expected_sensors": expected or []}})
         self.cfg = load_config(self.site)
         self.raw = self.cfg.paths.resolved().raw_buffer
         self.proc = subprocess.Popen([sys.executable, "-m", "fitsflow.receiver", "--instance", "bench",
@@ -121,26 +125,38 @@ class ReceiverUnderTest:
         self.proc.wait(30)
 
 
-async def fitsflow_run(base: Path, broker: PrivateBroker, images: int, rate: float) -> dict:
-    rx = ReceiverUnderTest(base, broker)
+def send_images(port: int, images: int, rate: float, pixels: list[np.ndarray]) -> float:
+    """Send ``images`` images of pre-generated sensors (the sender must not be the bottleneck);
+    returns the wall-clock time the first heap went out."""
+    with SpeadSender([("127.0.0.1", port)], rate_bytes_s=rate, packet_size=PACKET) as sender:
+        t0 = time.time()
+        for n in range(1, images + 1):
+            info = ReadoutInfo(f"BENCH_{n:06d}", n, "G", 0, t0, t0)
+            for index, name in enumerate(SENSOR_NAMES):
+                raft, sensor = name.split("_")
+                sender.send_sensor(info, index, raft, sensor, pixels[index], 4096 * 4096 * 4 // HEAP)
+    return t0
+
+
+async def fitsflow_run(base: Path, broker: PrivateBroker, images: int, rate: float,
+                       pixels: list[np.ndarray]) -> dict:
+    rx = ReceiverUnderTest(base, broker, expected=SENSOR_NAMES)
     bus = await rx.listen()
     await asyncio.sleep(3.0)  # the receiver process starts
-    settings = SimSettings(instrument="TESTCAM", sensors=default_sensors(1), rows=4096, cols=4096,
-                           stripe_rows=HEAP // (4096 * 4))
-    with SpeadSender([("127.0.0.1", rx.port)], rate_bytes_s=rate, packet_size=PACKET) as sender:
-        sim = CameraSimulator(settings, bus, sender, ImageStore(base / "store", images + 1))
-        t0 = time.perf_counter()
-        names = [(await sim.take_image()).image for _ in range(images)]
+    t0 = await asyncio.to_thread(send_images, rx.port, images, rate, pixels)
     deadline = time.monotonic() + 60
     while len(rx.readouts) < images and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    elapsed = time.perf_counter() - t0
     await asyncio.sleep(2.5)  # a last RECEIVER_STATS
-    stored = sum(len(rx.readouts.get(n, {}).get("present", [])) - len(rx.readouts.get(n, {}).get("partial", []))
-                 for n in names)
-    sent_heaps = images * 9 * 4
-    result = {"bytes_per_s": stored * 64 * 2**20 / elapsed, "sensors_whole": stored, "sensors_sent": images * 9,
-              "heaps_sent": sent_heaps, "heaps_stored": rx.stats.get("stripes_stored", 0),
+    # Receiver-side timing: from the first heap sent to the last sensor stored (its metadata),
+    # so image timeouts of incomplete images do not count.
+    metas = [json.loads(p.read_text()) for p in rx.raw.glob("*/R*_S*.json")]
+    stored_bytes = sum(len(m["stripes_received"]) * HEAP for m in metas)
+    t_last = max((m["received_at"] for m in metas), default=t0 + 1)
+    sent_heaps = images * len(SENSOR_NAMES) * (4096 * 4096 * 4 // HEAP)
+    result = {"bytes_per_s": stored_bytes / (t_last - t0), "sensors_whole": sum(not m["partial"] for m in metas),
+              "sensors_sent": images * len(SENSOR_NAMES), "heaps_sent": sent_heaps,
+              "heaps_stored": rx.stats.get("stripes_stored", 0),
               "heaps_lost": sent_heaps - rx.stats.get("stripes_stored", 0),
               "incomplete": rx.stats.get("heaps_incomplete", 0)}
     await bus.stop()
@@ -157,14 +173,14 @@ async def memory_run(base: Path, broker: PrivateBroker, images: int) -> list[tup
     samples = []
     with SpeadSender([("127.0.0.1", rx.port)], rate_bytes_s=200e6, packet_size=PACKET) as sender:
         sim = CameraSimulator(settings, bus, sender, ImageStore(base / "store", 20))
+        names: list[str] = []
         for i in range(1, images + 1):
             image = (await sim.take_image()).image
-            if i % 50 == 0:
-                while image not in rx.readouts:
-                    await asyncio.sleep(0.01)
-                for d in rx.raw.iterdir():  # downstream consumes the raw buffer
-                    if d.name in rx.readouts:
-                        shutil.rmtree(d, ignore_errors=True)
+            names.append(image)
+            if i % 50 == 0:  # downstream consumes the raw buffer: drop images well behind
+                for old in names[:-50]:
+                    if old in rx.readouts:
+                        shutil.rmtree(rx.raw / old, ignore_errors=True)
             if i in (10, images):
                 while image not in rx.readouts:
                     await asyncio.sleep(0.01)
@@ -194,9 +210,10 @@ def main() -> int:
             write_rate = write_baseline(base)
             print(f"numpy.tofile + fsync, 9 x 64 MiB: {write_rate / 1e9:.2f} GB/s", flush=True)
             with PrivateBroker(base / "amq") as broker:
+                pixels = [sensor_pixels(1, 1, i, 4096, 4096) for i in range(len(SENSOR_NAMES))]
                 for label, rate in (("unlimited", 0.0), (f"{args.rate_gbs:g} GB/s", args.rate_gbs * 1e9)):
                     r = asyncio.run(fitsflow_run(base / label.replace(" ", "").replace("/", ""), broker,
-                                                 args.images, rate))
+                                                 args.images, rate, pixels))
                     print(f"fitsflow receiver, {label}: {r['bytes_per_s'] / 1e9:.2f} GB/s stored "
                           f"({r['bytes_per_s'] / spead2_rate:.0%} of spead2_bench, "
                           f"{r['bytes_per_s'] / write_rate:.0%} of the raw write); heaps lost {r['heaps_lost']} "

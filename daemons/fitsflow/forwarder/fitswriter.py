@@ -10,8 +10,8 @@ writing the same assignment twice gives the same file.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,9 @@ HASH_CHUNK = 8 * 1024 * 1024
 class WrittenFile:
     path: Path
     size: int
-    checksum: str  # "sha256:<hex>"
+    #: ``crc32:<8 hex>``: verifies the hand-off at disk speed (sha256 runs at ~250 MB/s
+    #: on this class of CPU); the FITS CHECKSUM/DATASUM cards guard the content too.
+    checksum: str
 
 
 def _rows_text(ranges: list[list[int]]) -> str:
@@ -67,13 +69,81 @@ def build_hdus(header: ImageHeader, meta: SensorMeta, pixels: np.ndarray, filena
     return fits.HDUList([primary, image])
 
 
+class _KnownDatasumHDU(fits.ImageHDU):
+    """An ImageHDU whose DATASUM was computed by fitsflow in one pass over the pixels
+    (instead of astropy's separate byteswap, sum and write passes). Only the data sum comes
+    from here; astropy still builds the header and its CHECKSUM."""
+
+    _known_datasum = 0
+
+    def _calculate_datasum(self) -> int:  # astropy's hook for the data checksum
+        return self._known_datasum
+
+
+#: Pixel types written by the single-pass writer: 4-byte types need no FITS scaling.
+FAST_DTYPES = {"<i4", "<f4", ">i4", ">f4"}
+CHUNK_BYTES = 4 * 1024 * 1024
+BLOCK = 2880
+
+
+def _datasum(pixels: np.ndarray) -> int:
+    """FITS DATASUM: the 32-bit ones' complement sum of the big-endian data words. For 4-byte
+    pixels each word is one pixel's bits, so the values, viewed as unsigned 32-bit integers
+    in their own byte order, sum the same without a byteswap."""
+    flat = np.ascontiguousarray(pixels).reshape(-1).view(pixels.dtype.byteorder.replace("|", "=") + "u4")
+    total = 0
+    step = CHUNK_BYTES // 4
+    for start in range(0, flat.size, step):
+        total += int(np.add.reduce(flat[start:start + step], dtype=np.uint64))
+    while total >> 32:
+        total = (total & 0xFFFFFFFF) + (total >> 32)
+    return total
+
+
+def _write_data(fh, pixels: np.ndarray, crc: int) -> int:  # type: ignore[no-untyped-def]
+    """Write pixels big-endian in chunks through one reused buffer, CRC-32 as we go, then the
+    zero padding to a 2880-byte block. Returns the CRC."""
+    flat = np.ascontiguousarray(pixels).reshape(-1)
+    buf = np.empty(CHUNK_BYTES // pixels.dtype.itemsize, dtype=pixels.dtype.newbyteorder(">"))
+    for start in range(0, flat.size, buf.size):
+        part = flat[start:start + buf.size]
+        out = buf[:part.size]
+        out[...] = part  # the byteswap, into the reused buffer
+        view = memoryview(out).cast("B")
+        fh.write(view)
+        crc = zlib.crc32(view, crc)
+    pad = (-flat.nbytes) % BLOCK
+    if pad:
+        zeros = bytes(pad)
+        fh.write(zeros)
+        crc = zlib.crc32(zeros, crc)
+    return crc
+
+
 def write_fits(directory: Path, filename: str, hdus: fits.HDUList) -> WrittenFile:
     """Write atomically into ``directory`` (temp + fsync + rename + fsync dir), with
-    CHECKSUM/DATASUM, and return size and sha256 of the bytes as they are on disk."""
+    CHECKSUM/DATASUM, and return the size and CRC-32 of the bytes as written.
+
+    32-bit pixels take the single-pass writer; other types astropy's own ``writeto``."""
     path = Path(directory) / filename
+    primary, image = hdus[0], hdus[1]
+    when = f"fitsflow {primary.header.get('DATE', '')}"  # fixed comment: same input, same bytes
     try:
         with atomic_writer(path) as fh:
-            hdus.writeto(fh, checksum=True, output_verify="exception")
+            if image.data is not None and image.data.dtype.str in FAST_DTYPES:
+                fast = _KnownDatasumHDU(data=image.data, header=image.header)
+                fast._known_datasum = _datasum(image.data)
+                primary.add_checksum(when=when)
+                fast.add_checksum(when=when)
+                crc = 0
+                for header in (primary.header, fast.header):
+                    block = header.tostring(padding=True).encode("ascii")
+                    fh.write(block)
+                    crc = zlib.crc32(block, crc)
+                crc = _write_data(fh, image.data, crc)
+            else:
+                fits.HDUList([primary, image]).writeto(fh, checksum=True, output_verify="exception")
+                crc = None
     except OSError:
         raise
     except Exception as exc:
@@ -85,12 +155,14 @@ def write_fits(directory: Path, filename: str, hdus: fits.HDUList) -> WrittenFil
         if cause is not None:
             raise cause from None
         raise
-    return WrittenFile(path, os.path.getsize(path), file_checksum(path))
+    checksum = f"crc32:{crc:08x}" if crc is not None else file_checksum(path)
+    return WrittenFile(path, os.path.getsize(path), checksum)
 
 
 def file_checksum(path: Path) -> str:
-    digest = hashlib.sha256()
+    """CRC-32 of a file's bytes, ``crc32:<8 hex>`` (FILE_DELIVERED's checksum)."""
+    crc = 0
     with open(path, "rb", buffering=0) as fh:
         while chunk := fh.read(HASH_CHUNK):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
+            crc = zlib.crc32(chunk, crc)
+    return f"crc32:{crc:08x}"
