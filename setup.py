@@ -35,6 +35,8 @@ setup(
         "numpy>=1.24",
         # prometheus_client: per-stream receive counters for scraping
         "prometheus_client>=0.17",
+        # inotify_simple: the OODS and archive ingest watch their staging trees
+        "inotify_simple>=1.3",
         # astropy: FITS writing with CHECKSUM/DATASUM, times (MJD) and angles for headers
         "astropy>=5.3",
     ],
@@ -51,11 +53,17 @@ setup(
             "fitsflow-camera-sim = fitsflow.camera_sim.__main__:main",
             "fitsflow-header-service = fitsflow.header_service.__main__:main",
             "fitsflow-forwarder = fitsflow.forwarder.__main__:main",
+            "fitsflow-archive-controller = fitsflow.archive_controller.__main__:main",
+            "fitsflow-oods = fitsflow.oods.__main__:main",
+            "fitsflow-archive-ingest = fitsflow.archive_ingest.__main__:main",
         ],
         "fitsflow.config_sections": [
             "receiver = fitsflow.receiver.config:ReceiverConfig",
             "header_service = fitsflow.header_service.config:HeaderServiceConfig",
             "forwarder = fitsflow.forwarder.config:ForwarderConfig",
+            "archive_controller = fitsflow.archive_controller.config:ArchiveControllerConfig",
+            "oods = fitsflow.oods.config:OodsConfig",
+            "archive_ingest = fitsflow.archive_ingest.config:ArchiveIngestConfig",
         ],
     },
 )

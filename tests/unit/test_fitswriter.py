@@ -11,7 +11,8 @@ from astropy.io import fits
 
 from fitsflow.core.headerstore import ImageHeader
 from fitsflow.core.rawstore import SensorMeta
-from fitsflow.forwarder.fitswriter import build_hdus, file_checksum, write_fits
+from fitsflow.core.checksum import file_crc32
+from fitsflow.forwarder.fitswriter import build_hdus, write_fits
 
 
 @pytest.mark.parametrize("dtype", ["<i4", "<f4", "<u2", "<i2"])
@@ -22,7 +23,7 @@ def test_file_matches_astropy_and_verifies(tmp_path: Path, dtype: str) -> None:
     meta = SensorMeta("IMG", 1, "G", 0, "R22", "S00", 301, 203, dtype, 0.0, 0.0, 4, received_at=1.7e9)
     written = write_fits(tmp_path, "f.fits", build_hdus(header, meta, data, "f.fits", {"obs_day": "20261121"}))
     assert written.size == written.path.stat().st_size and written.size % 2880 == 0
-    assert written.checksum == file_checksum(written.path)
+    assert written.checksum == file_crc32(written.path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a checksum mismatch is a warning in astropy: make it fail
         with fits.open(written.path, checksum=True) as hdul:

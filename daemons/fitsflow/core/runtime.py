@@ -163,7 +163,7 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
     bus = MessageBus.from_config(cfg, f"{name}-{instance}")
     daemon = factory(cfg, bus, args)
     notifier.notify(f"STATUS=starting {daemon.ident}, connecting to {len(cfg.bus.brokers)} broker(s)")
-    await bus.start()
+    await bus.start(consume=False)  # handlers run once the daemon has started (and recovered)
     if not await _wait_broker(bus, stop, notifier):
         _log.warning("%s: no broker after %.0f s; starting anyway, messages go to the outbox",
                      daemon.ident, BROKER_WAIT_S)
@@ -178,6 +178,7 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
         await daemon.stop()
         await bus.stop()
         return EX_SOFTWARE
+    bus.start_consuming()
     notifier.notify(f"READY=1\nSTATUS={daemon.status()}")
     _log.info("%s %s ready", daemon.ident, __version__)
     await _announce(daemon)

@@ -26,7 +26,8 @@ from fitsflow.core.handoff import remove_stale_temps
 from fitsflow.core.runtime import Daemon
 from fitsflow.forwarder.assignments import Assignment, AssignmentBook
 from fitsflow.forwarder.config import ForwarderConfig
-from fitsflow.forwarder.fitswriter import build_hdus, file_checksum, write_fits
+from fitsflow.core.checksum import file_crc32
+from fitsflow.forwarder.fitswriter import build_hdus, write_fits
 
 _log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class ForwarderDaemon(Daemon):
     def _write(self, filename: str, header: ImageHeader, meta: SensorMeta, data_id: dict) -> tuple[Path, int, str]:
         target = self.incoming / filename
         if target.exists():  # written before a crash, not yet delivered: deliver what is there
-            return target, target.stat().st_size, file_checksum(target)
+            return target, target.stat().st_size, file_crc32(target)
         pixels = read_pixels(self.raw_root, meta)
         written = write_fits(self.incoming, filename, build_hdus(header, meta, pixels, filename, data_id))
         return written.path, written.size, written.checksum

@@ -19,11 +19,11 @@ import numpy as np
 from astropy.io import fits
 
 from fitsflow import __version__
+from fitsflow.core.checksum import file_crc32
 from fitsflow.core.handoff import atomic_writer
 from fitsflow.core.headerstore import ImageHeader
 from fitsflow.core.rawstore import SensorMeta
 
-HASH_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -155,14 +155,5 @@ def write_fits(directory: Path, filename: str, hdus: fits.HDUList) -> WrittenFil
         if cause is not None:
             raise cause from None
         raise
-    checksum = f"crc32:{crc:08x}" if crc is not None else file_checksum(path)
+    checksum = f"crc32:{crc:08x}" if crc is not None else file_crc32(path)
     return WrittenFile(path, os.path.getsize(path), checksum)
-
-
-def file_checksum(path: Path) -> str:
-    """CRC-32 of a file's bytes, ``crc32:<8 hex>`` (FILE_DELIVERED's checksum)."""
-    crc = 0
-    with open(path, "rb", buffering=0) as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-    return f"crc32:{crc:08x}"

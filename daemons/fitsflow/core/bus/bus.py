@@ -126,6 +126,7 @@ class MessageBus:
         self._outbox_count = store.outbox_size()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._consuming = False
 
     @classmethod
     def from_config(cls, cfg: Config, name: str, **kwargs: object) -> MessageBus:
@@ -140,16 +141,27 @@ class MessageBus:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start connecting (in the background) and flushing the outbox; returns at once."""
+    async def start(self, consume: bool = True) -> None:
+        """Start connecting (in the background) and flushing the outbox; returns at once.
+
+        With ``consume=False`` messages are received but no handler runs until
+        :meth:`start_consuming`: a daemon can send (and finish its recovery) before its
+        handlers see anything."""
         self._loop = asyncio.get_running_loop()
         for link in self.links:
             link.callbacks = LinkCallbacks(self._on_message_threadsafe, self._on_disconnected_threadsafe)
             self._tasks.append(asyncio.create_task(self._maintain(link), name=f"bus-link {link.url}"))
         self._tasks.append(asyncio.create_task(self._flush_outbox(), name="bus-outbox"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="bus-housekeeping"))
+        if consume:
+            self.start_consuming()
+
+    def start_consuming(self) -> None:
+        """Run the handlers of every subscription (and of later ones)."""
+        self._consuming = True
         for sub in self._subs.values():
-            self._start_workers(sub)
+            if not sub.workers:
+                self._start_workers(sub)
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until at least one broker is connected; False on timeout."""
@@ -277,7 +289,8 @@ class MessageBus:
         sub = _Sub(key, destination, handler, selector, durable, max(1, concurrency))
         self._subs[key] = sub
         if self._loop is not None:
-            self._start_workers(sub)
+            if self._consuming:
+                self._start_workers(sub)
             for link in self.links:
                 if link.connected:
                     fut = self._subscribe_link(link, sub)

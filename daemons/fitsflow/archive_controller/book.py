@@ -1,0 +1,148 @@
+"""The archive controller's bookkeeping, in its database (SQLAlchemy; site.database_url), so a
+restarted or failed-over instance continues where the last one stopped."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, Text, select, update, insert
+from sqlalchemy.exc import IntegrityError
+
+from fitsflow.core.ingest.registry import make_engine
+
+metadata = MetaData()
+assignments = Table(
+    "controller_assignments", metadata,
+    Column("assignment", String(200), primary_key=True),
+    Column("image", String(80), nullable=False, index=True),
+    Column("forwarder", String(64), nullable=True),  # NULL: waiting for a live forwarder
+    Column("sensors", Text, nullable=False),          # JSON list
+    Column("state", String(16), nullable=False),      # open | done | reassigned
+    Column("sent", Boolean, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+handoffs = Table(
+    "controller_handoffs", metadata,
+    Column("key", String(120), primary_key=True),     # image/raft_sensor
+    Column("image", String(80), nullable=False, index=True),
+    Column("incoming", String(512), nullable=False),
+    Column("oods", String(512), nullable=False),
+    Column("archive", String(512), nullable=False),
+    Column("size", String(20), nullable=False),
+    Column("checksum", String(80), nullable=False),
+    Column("data_id", Text, nullable=False),
+    Column("state", String(16), nullable=False),      # verified | linked | unlinked | requested
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass
+class Assignment:
+    assignment: str
+    image: str
+    forwarder: str | None
+    sensors: list[str]
+    state: str
+    sent: bool
+
+
+@dataclass
+class HandOffRow:
+    key: str
+    image: str
+    incoming: str
+    oods: str
+    archive: str
+    size: int
+    checksum: str
+    data_id: dict[str, Any]
+    state: str
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Book:
+    """All methods are blocking; call them through asyncio.to_thread."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- assignments -------------------------------------------------------------------
+
+    def has_assignments(self, image: str) -> bool:
+        with self.engine.connect() as c:
+            return c.execute(select(assignments.c.assignment).where(assignments.c.image == image)).first() is not None
+
+    def add_assignments(self, items: list[Assignment]) -> None:
+        with self.engine.begin() as c:
+            for a in items:
+                c.execute(insert(assignments).values(assignment=a.assignment, image=a.image, forwarder=a.forwarder,
+                                                     sensors=json.dumps(a.sensors), state=a.state, sent=a.sent,
+                                                     updated_at=_now()))
+
+    def open_assignments(self) -> list[Assignment]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(assignments).where(assignments.c.state == "open")).all()
+        return [Assignment(r.assignment, r.image, r.forwarder, json.loads(r.sensors), r.state, r.sent) for r in rows]
+
+    def set_assignment(self, assignment: str, **values: Any) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(assignments).where(assignments.c.assignment == assignment)
+                      .values(updated_at=_now(), **values))
+
+    def reassign(self, old: str, new: list[Assignment]) -> None:
+        """Retire ``old`` and create its replacements in one transaction."""
+        with self.engine.begin() as c:
+            c.execute(update(assignments).where(assignments.c.assignment == old)
+                      .values(state="reassigned", updated_at=_now()))
+            for a in new:
+                c.execute(insert(assignments).values(assignment=a.assignment, image=a.image, forwarder=a.forwarder,
+                                                     sensors=json.dumps(a.sensors), state=a.state, sent=a.sent,
+                                                     updated_at=_now()))
+
+    # -- hand-offs ---------------------------------------------------------------------
+
+    def handoff(self, key: str) -> HandOffRow | None:
+        with self.engine.connect() as c:
+            r = c.execute(select(handoffs).where(handoffs.c.key == key)).first()
+        return _row(r) if r is not None else None
+
+    def delivered_sensors(self, image: str) -> set[str]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(handoffs.c.key).where(handoffs.c.image == image)).all()
+        return {r.key.split("/", 1)[1] for r in rows}
+
+    def start_handoff(self, row: HandOffRow) -> bool:
+        """Record a verified delivery; False if it was recorded already."""
+        try:
+            with self.engine.begin() as c:
+                c.execute(insert(handoffs).values(key=row.key, image=row.image, incoming=row.incoming, oods=row.oods,
+                                                  archive=row.archive, size=str(row.size), checksum=row.checksum,
+                                                  data_id=json.dumps(row.data_id), state=row.state,
+                                                  updated_at=_now()))
+            return True
+        except IntegrityError:
+            return False
+
+    def set_handoff_state(self, key: str, state: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(handoffs).where(handoffs.c.key == key).values(state=state, updated_at=_now()))
+
+    def unfinished_handoffs(self) -> list[HandOffRow]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(handoffs).where(handoffs.c.state != "requested")).all()
+        return [_row(r) for r in rows]
+
+
+def _row(r: Any) -> HandOffRow:
+    return HandOffRow(r.key, r.image, r.incoming, r.oods, r.archive, int(r.size), r.checksum, json.loads(r.data_id),
+                      r.state)

@@ -1,0 +1,213 @@
+"""The archive controller daemon: wiring, then event handlers and the assignment loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from pathlib import Path
+
+from fitsflow.archive_controller.book import Assignment, Book, HandOffRow
+from fitsflow.archive_controller.config import ArchiveControllerConfig
+from fitsflow.archive_controller.handoff import HandOffError, run_handoff, verify
+from fitsflow.core.bus import MessageBus
+from fitsflow.core.config import Config
+from fitsflow.core.errors import Reject, UnsafePath
+from fitsflow.core.failpoints import failpoint
+from fitsflow.core.layout import COMPONENT_NAME, OBS_DAY, check_name, sensor_file_name, within
+from fitsflow.core.messages import Message, destination_of, make
+from fitsflow.core.runtime import Daemon
+
+_log = logging.getLogger(__name__)
+
+
+class ArchiveControllerDaemon(Daemon):
+    name = "archive-controller"
+
+    def __init__(self, cfg: Config, bus: MessageBus, args: argparse.Namespace) -> None:
+        super().__init__(cfg, bus, args.instance)
+        self.acfg: ArchiveControllerConfig = cfg.section("archive_controller")
+        paths = cfg.paths.resolved()
+        self.incoming, self.oods_staging, self.archive_staging = paths.incoming, paths.oods_staging, paths.archive_staging
+        self.book = Book(cfg.site.database_url)
+        #: forwarder → (last heartbeat, monotonic), load, capacity
+        self.forwarders: dict[str, tuple[float, int, int]] = {}
+        self.started = time.monotonic()
+        self.handoffs_done = 0
+        self.reassignments = 0
+        self.pool_empty_alerted = False
+        self._locks: dict[str, asyncio.Lock] = {}
+        bus.subscribe("/topic/fitsflow.readout", self.on_readout_complete, name="controller-readout", durable=True)
+        bus.subscribe("/topic/fitsflow.forwarder.heartbeat", self.on_heartbeat, name="controller-heartbeats")
+        bus.subscribe(destination_of("FILE_DELIVERED"), self.on_file_delivered, name="controller-delivered",
+                      concurrency=4)
+
+    async def start(self) -> None:
+        await super().start()
+        for row in await asyncio.to_thread(self.book.unfinished_handoffs):  # a restart: finish them first
+            _log.info("resuming hand-off of %s from state %s", row.key, row.state, extra={"IMAGE": row.image})
+            try:
+                await self._advance(row.key)
+            except Reject:
+                pass  # reported; the row stays for an operator
+        self.spawn(self._assign_loop(), "assignments")
+
+    async def stop(self) -> None:
+        await super().stop()
+        self.book.close()
+
+    def status(self) -> str:
+        live = len(self.live_forwarders())
+        return (f"{live} forwarders live, {self.handoffs_done} hand-offs, {self.reassignments} reassignments; "
+                f"{self.bus.describe()}")
+
+    # -- forwarders --------------------------------------------------------------------
+
+    async def on_heartbeat(self, msg: Message) -> None:
+        name = str(msg.data["forwarder"])
+        if name not in self.forwarders:
+            _log.info("forwarder %s is live", name)
+        self.forwarders[name] = (time.monotonic(), int(msg.data["load"]), int(msg.data["capacity"]))
+
+    def live_forwarders(self) -> list[str]:
+        now = time.monotonic()
+        return sorted(f for f, (seen, _l, _c) in self.forwarders.items() if now - seen < self.acfg.liveness_timeout_s)
+
+    def _plan(self, image: str, sensors: list[str]) -> list[Assignment]:
+        """Spread sensors over live forwarders, least loaded first (one assignment each)."""
+        live = self.live_forwarders()
+        if not live:
+            return [Assignment(f"{image}-{uuid.uuid4().hex[:8]}", image, None, sensors, "open", False)]
+        live.sort(key=lambda f: self.forwarders[f][1] / max(1, self.forwarders[f][2]))
+        share: dict[str, list[str]] = {}
+        for sensor, forwarder in zip(sensors, itertools.cycle(live)):
+            share.setdefault(forwarder, []).append(sensor)
+        return [Assignment(f"{image}-{f}-{uuid.uuid4().hex[:8]}", image, f, s, "open", False)
+                for f, s in share.items()]
+
+    # -- event handlers ----------------------------------------------------------------
+
+    async def on_readout_complete(self, msg: Message) -> None:
+        image = msg.image or ""
+        try:
+            check_name(image)
+            sensors = [check_name(str(s), "sensor", COMPONENT_NAME) for s in msg.data["present"]]
+        except UnsafePath as exc:
+            raise Reject(str(exc)) from None
+        if await asyncio.to_thread(self.book.has_assignments, image):
+            return  # seen before (a re-announcement adds no work here)
+        plan = self._plan(image, sensors)
+        await asyncio.to_thread(self.book.add_assignments, plan)
+        await self._send_assignments(plan)
+
+    async def _send_assignments(self, plan: list[Assignment]) -> None:
+        for a in plan:
+            if a.forwarder is None:
+                await self._pool_empty(a.image)
+                continue
+            await self.bus.send(make("FORWARD_IMAGE", a.image, sensors=a.sensors, assignment=a.assignment,
+                                     sender=self.ident), destination_of("FORWARD_IMAGE", forwarder=a.forwarder))
+            await asyncio.to_thread(self.book.set_assignment, a.assignment, sent=True)
+            _log.info("%s: %d sensors to %s (%s)", a.image, len(a.sensors), a.forwarder, a.assignment,
+                      extra={"IMAGE": a.image, "MSGTYPE": "FORWARD_IMAGE"})
+
+    async def _pool_empty(self, image: str) -> None:
+        if not self.pool_empty_alerted:
+            self.pool_empty_alerted = True
+            self.state = "ALARM"
+            problem = f"no live forwarder: {image} and later images wait for one"
+            _log.error(problem, extra={"IMAGE": image})
+            await self.bus.send(make("ALERT", severity="error", source=self.ident, message=problem,
+                                     sender=self.ident))
+
+    async def _assign_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.acfg.assign_interval_s)
+            live = self.live_forwarders()
+            if live and self.pool_empty_alerted:
+                self.pool_empty_alerted = False
+                self.state = "ON"
+            grace = time.monotonic() - self.started < self.acfg.liveness_timeout_s  # hear everyone first
+            for a in await asyncio.to_thread(self.book.open_assignments):
+                delivered = await asyncio.to_thread(self.book.delivered_sensors, a.image)
+                left = [s for s in a.sensors if s not in delivered]
+                if not left:
+                    await asyncio.to_thread(self.book.set_assignment, a.assignment, state="done")
+                elif a.forwarder is None or (a.forwarder not in live and not grace):
+                    if not live:
+                        continue
+                    plan = self._plan(a.image, left)
+                    if a.forwarder is not None:
+                        self.reassignments += 1
+                        _log.warning("forwarder %s is silent: %d sensors of %s reassigned", a.forwarder, len(left),
+                                     a.image, extra={"IMAGE": a.image})
+                    await asyncio.to_thread(self.book.reassign, a.assignment, plan)
+                    await self._send_assignments(plan)
+                elif not a.sent:
+                    await self._send_assignments([a])
+
+    async def on_file_delivered(self, msg: Message) -> None:
+        d = msg.data
+        try:
+            data_id = dict(d["data_id"])
+            image = check_name(str(data_id.get("image")))
+            raft = check_name(str(data_id.get("raft")), "raft", COMPONENT_NAME)
+            sensor = check_name(str(data_id.get("sensor")), "sensor", COMPONENT_NAME)
+            day = check_name(str(data_id.get("obs_day")), "obs-day", OBS_DAY)
+            src = within(self.incoming, str(d["path"]))
+            if src.parent != self.incoming.resolve():
+                raise UnsafePath(f"{src} is not directly in {self.incoming}")
+            if src.name != sensor_file_name(str(data_id.get("instrument")), image, raft, sensor):
+                raise UnsafePath(f"file name {src.name} does not match data ID {data_id}")
+        except (UnsafePath, KeyError, TypeError, ValueError) as exc:
+            await self._error(f"FILE_DELIVERED {d.get('path')!r} refused: {exc}")
+            raise Reject(f"FILE_DELIVERED refused: {exc}") from None
+        key = f"{image}/{raft}_{sensor}"
+        async with self._lock(key):
+            if await asyncio.to_thread(self.book.handoff, key) is None:
+                try:
+                    await asyncio.to_thread(verify, src, int(d["size"]), str(d["checksum"]),
+                                            self.acfg.verify_checksum)
+                except HandOffError as exc:
+                    await self._error(f"{image} {raft}_{sensor}: {exc}")
+                    raise Reject(str(exc)) from None
+                row = HandOffRow(key, image, str(src), str(self.oods_staging / day / src.name),
+                                 str(self.archive_staging / day / src.name), int(d["size"]), str(d["checksum"]),
+                                 data_id, "verified")
+                await asyncio.to_thread(self.book.start_handoff, row)
+                failpoint("handoff.verified")
+        await self._advance(key)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]  # done: the book remembers it
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def _advance(self, key: str) -> None:
+        """Take a recorded hand-off to its end. Under the file's lock and from the state read
+        inside it: the start-up resume and a redelivered FILE_DELIVERED never both run steps."""
+        async with self._lock(key):
+            row = await asyncio.to_thread(self.book.handoff, key)
+            if row is None or row.state == "requested":
+                return
+            try:
+                await run_handoff(self.book, row, self._request, self.acfg.staging_dir_mode, asyncio.to_thread)
+            except HandOffError as exc:
+                await self._error(f"{row.key}: hand-off stopped at {row.state}: {exc}")
+                raise Reject(f"hand-off of {row.key} failed: {exc}") from None
+            self.handoffs_done += 1
+
+    async def _request(self, row: HandOffRow) -> None:
+        for target, path in (("oods", row.oods), ("archive", row.archive)):
+            await self.bus.send(make("INGEST_REQUEST", row.image, path=path, data_id=row.data_id,
+                                     checksum=row.checksum, sender=self.ident),
+                                destination_of("INGEST_REQUEST", target=target))
+        _log.info("%s handed off to the OODS and the archive", Path(row.oods).name, extra={"IMAGE": row.image})
+
+    async def _error(self, problem: str) -> None:
+        _log.error(problem)
+        await self.bus.send(make("ALERT", severity="error", source=self.ident, message=problem, sender=self.ident))

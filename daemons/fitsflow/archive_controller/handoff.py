@@ -1,0 +1,88 @@
+"""The hand-off of one delivered file, as resumable steps. The state is committed after each
+step, and each step is safe to repeat, so a crash (or kill -9) between any two steps is
+completed exactly once by the next attempt:
+
+    verified  the file in incoming/ has the announced size and checksum (row inserted)
+    linked    hard links in oods/staging/<obs-day>/ and archive/staging/<obs-day>/, dirs fsynced
+    unlinked  the incoming/ name removed (only now: both links exist), dir fsynced
+    requested INGEST_REQUEST sent to the OODS and the archive (persistent, receipted or outboxed)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from fitsflow.archive_controller.book import Book, HandOffRow
+from fitsflow.core.checksum import file_crc32
+from fitsflow.core.failpoints import failpoint
+from fitsflow.core.handoff import fsync_dir, link_into
+
+_log = logging.getLogger(__name__)
+
+
+class HandOffError(Exception):
+    """A step that cannot succeed (a link refused, a file missing or different)."""
+
+
+def verify(path: Path, size: int, checksum: str, check_crc: bool) -> None:
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        raise HandOffError(f"{path} does not exist") from None
+    if actual != size:
+        raise HandOffError(f"{path} has {actual} bytes, {size} announced")
+    if check_crc:
+        crc = file_crc32(path)
+        if crc != checksum:
+            raise HandOffError(f"{path} has checksum {crc}, {checksum} announced")
+
+
+def link_step(row: HandOffRow, dir_mode: int) -> None:
+    src = Path(row.incoming)
+    targets = [Path(row.oods), Path(row.archive)]
+    if not src.exists():
+        # Only a crash after the unlink (and before its commit) gets here: the links must be there.
+        if all(t.exists() for t in targets) and os.path.samefile(targets[0], targets[1]):
+            return
+        raise HandOffError(f"{src} is gone and the staged links are not both there")
+    for target in targets:
+        target.parent.mkdir(mode=dir_mode, parents=True, exist_ok=True)
+        try:
+            link_into(src, target)
+        except OSError as exc:  # EXDEV (another filesystem), EEXIST (a different file), EACCES...
+            raise HandOffError(f"cannot link {src} to {target}: {exc}") from None
+    for d in {t.parent for t in targets}:
+        fsync_dir(d)
+
+
+def unlink_step(row: HandOffRow) -> None:
+    src = Path(row.incoming)
+    staged = Path(row.oods)
+    if src.exists():
+        if not os.path.samefile(src, staged):
+            raise HandOffError(f"{src} is not the file staged as {staged}; not removed")
+        os.unlink(src)
+    fsync_dir(src.parent)
+
+
+async def run_handoff(book: Book, row: HandOffRow, request: Callable[[HandOffRow], Awaitable[None]],
+                      dir_mode: int, to_thread: Callable) -> None:  # type: ignore[type-arg]
+    """Take ``row`` from its recorded state to ``requested``."""
+    if row.state == "verified":
+        await to_thread(link_step, row, dir_mode)
+        await to_thread(book.set_handoff_state, row.key, "linked")
+        row.state = "linked"
+        failpoint("handoff.linked")
+    if row.state == "linked":
+        await to_thread(unlink_step, row)
+        await to_thread(book.set_handoff_state, row.key, "unlinked")
+        row.state = "unlinked"
+        failpoint("handoff.unlinked")
+    if row.state == "unlinked":
+        await request(row)
+        failpoint("handoff.sent")
+        await to_thread(book.set_handoff_state, row.key, "requested")
+        row.state = "requested"

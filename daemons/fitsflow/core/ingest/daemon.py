@@ -1,0 +1,77 @@
+"""The ingest daemon shared by ``fitsflow-oods`` and ``fitsflow-archive-ingest``: a staging
+watcher, an ingester, a registry, INGEST_REQUEST handling and the announcement."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fitsflow.core.bus import MessageBus
+from fitsflow.core.config import Config
+from fitsflow.core.errors import Reject, Requeue, UnsafePath
+from fitsflow.core.ingest.engine import Ingester, Placement
+from fitsflow.core.ingest.registry import Registry
+from fitsflow.core.ingest.watcher import StagingWatcher
+from fitsflow.core.messages import Message, destination_of, make
+from fitsflow.core.runtime import Daemon
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    target: str          # "oods" or "archive": INGEST_REQUEST queue and quarantine subdirectory
+    announce_type: str   # IMAGE_IN_OODS or IMAGE_IN_ARCHIVE
+    table: str           # registry table
+    staging: Path
+    repo: Path
+    placement: Placement
+    rescan_s: float
+    concurrency: int
+
+
+class IngestDaemon(Daemon):
+    """Subclasses set ``name`` and ``settings`` (their staging, repository, registry...)."""
+
+    settings: Callable[[Config], IngestSettings]
+
+    def __init__(self, cfg: Config, bus: MessageBus, args: argparse.Namespace) -> None:
+        super().__init__(cfg, bus, args.instance)
+        s = self.s = self.settings(cfg)
+        self.registry = Registry(cfg.site.database_url, s.table)
+        self.ingester = Ingester(name=self.name, staging=s.staging, repo=s.repo,
+                                 quarantine=cfg.paths.resolved().quarantine / s.target, registry=self.registry,
+                                 placement=s.placement, announce=self._announce, concurrency=s.concurrency)
+        self.watcher = StagingWatcher(s.staging, self.ingester.found, s.rescan_s)
+        self.roles = [self.ingester, self.watcher]
+        bus.subscribe(destination_of("INGEST_REQUEST", target=s.target), self.on_ingest_request,
+                      name=f"{s.target}-ingest", concurrency=s.concurrency)
+
+    async def stop(self) -> None:
+        await super().stop()
+        self.registry.close()
+
+    def status(self) -> str:
+        st = self.ingester.stats
+        return (f"{st.ingested} ingested, {st.duplicates} duplicates, {st.quarantined} quarantined, "
+                f"{st.errors} errors, {self.watcher.overflows} inotify overflows; {self.bus.describe()}")
+
+    async def on_ingest_request(self, msg: Message) -> None:
+        try:
+            status = await self.ingester.ingest(Path(str(msg.data["path"])), str(msg.data["checksum"]))
+        except UnsafePath as exc:
+            raise Reject(f"INGEST_REQUEST for {msg.image}: {exc}") from None
+        if status == -1:  # not in staging: ingested by another trigger, or not there yet
+            data_id = dict(msg.data["data_id"])
+            if "instrument" in data_id and self.registry.find(data_id) is not None:
+                return
+            raise Requeue(f"{msg.data['path']} is neither staged nor registered yet", delay=2.0)
+
+    async def _announce(self, status: int, description: str, path: str, data_id: dict[str, Any] | None,
+                        image: str) -> None:
+        extra = {"data_id": data_id} if data_id else {}
+        await self.bus.send(make(self.s.announce_type, image, status=status, description=description[:2000],
+                                 path=path, sender=self.ident, **extra))

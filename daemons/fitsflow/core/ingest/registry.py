@@ -1,0 +1,137 @@
+"""A file registry (SQLAlchemy): one row per data ID, so re-ingesting the same data is a no-op.
+
+SQLite by default, PostgreSQL supported: the URL comes from ``site.database_url``. The OODS
+and the archive keep separate tables in the same database (``oods_files``, ``archive_files``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from sqlalchemy import (Boolean, Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint, create_engine,
+                        delete, event, func, insert, select, update)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+DATA_ID_KEYS = ("instrument", "image", "group", "snap", "raft", "sensor", "obs_day")
+
+
+def make_engine(url: str) -> Engine:
+    engine = create_engine(url, future=True, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")  # a registry row is a promise to a pipeline
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+    return engine
+
+
+def files_table(metadata: MetaData, name: str) -> Table:
+    return Table(
+        name, metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("instrument", String(32), nullable=False),
+        Column("image", String(80), nullable=False),
+        Column("group_id", String(64), nullable=False),
+        Column("snap", Integer, nullable=False),
+        Column("raft", String(16), nullable=False),
+        Column("sensor", String(16), nullable=False),
+        Column("obs_day", String(8), nullable=False, index=True),
+        Column("path", String(512), nullable=False),
+        Column("size", Integer, nullable=False),
+        Column("checksum", String(80), nullable=False),
+        Column("ingested_at", DateTime(timezone=True), nullable=False, index=True),
+        Column("protected", Boolean, nullable=False, default=False),
+        UniqueConstraint("instrument", "image", "raft", "sensor", name=f"{name}_data_id"),
+    )
+
+
+@dataclass(frozen=True)
+class Entry:
+    data_id: dict[str, Any]
+    path: str
+    size: int
+    checksum: str
+    ingested_at: dt.datetime
+    protected: bool
+
+
+class Registry:
+    """Rows of one files table. All methods are blocking (call them through to_thread)."""
+
+    def __init__(self, url: str, table: str) -> None:
+        self.engine = make_engine(url)
+        self.metadata = MetaData()
+        self.table = files_table(self.metadata, table)
+        self.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def find(self, data_id: dict[str, Any]) -> Entry | None:
+        t = self.table
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t).where(t.c.instrument == data_id["instrument"], t.c.image == data_id["image"],
+                                               t.c.raft == data_id["raft"], t.c.sensor == data_id["sensor"])).first()
+        return _entry(row) if row is not None else None
+
+    def add(self, data_id: dict[str, Any], path: str, size: int, checksum: str) -> bool:
+        """Record a file; False if its data ID is there already (nothing changed)."""
+        values = {"instrument": data_id["instrument"], "image": data_id["image"], "group_id": data_id["group"],
+                  "snap": int(data_id["snap"]), "raft": data_id["raft"], "sensor": data_id["sensor"],
+                  "obs_day": data_id["obs_day"], "path": path, "size": size, "checksum": checksum,
+                  "ingested_at": dt.datetime.now(dt.timezone.utc), "protected": False}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(self.table).values(**values))
+            return True
+        except IntegrityError:
+            return False
+
+    def query(self, **filters: Any) -> Iterator[Entry]:
+        t = self.table
+        stmt = select(t).order_by(t.c.obs_day, t.c.image, t.c.raft, t.c.sensor)
+        for key, value in filters.items():
+            if value is not None:
+                stmt = stmt.where(getattr(t.c, "group_id" if key == "group" else key) == value)
+        with self.engine.connect() as conn:
+            for row in conn.execute(stmt):
+                yield _entry(row)
+
+    def set_protected(self, data_id: dict[str, Any], protected: bool) -> int:
+        t = self.table
+        with self.engine.begin() as conn:
+            return conn.execute(update(t).where(t.c.instrument == data_id["instrument"], t.c.image == data_id["image"],
+                                                t.c.raft == data_id["raft"], t.c.sensor == data_id["sensor"])
+                                .values(protected=protected)).rowcount
+
+    def expired(self, older_than: dt.datetime) -> list[Entry]:
+        t = self.table
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t).where(t.c.ingested_at < older_than, t.c.protected.is_(False))).all()
+        return [_entry(r) for r in rows]
+
+    def remove(self, data_id: dict[str, Any]) -> None:
+        t = self.table
+        with self.engine.begin() as conn:
+            conn.execute(delete(t).where(t.c.instrument == data_id["instrument"], t.c.image == data_id["image"],
+                                         t.c.raft == data_id["raft"], t.c.sensor == data_id["sensor"]))
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(self.table)).scalar_one())
+
+
+def _entry(row: Any) -> Entry:
+    m = row._mapping
+    data_id = {"instrument": m["instrument"], "image": m["image"], "group": m["group_id"], "snap": m["snap"],
+               "raft": m["raft"], "sensor": m["sensor"], "obs_day": m["obs_day"]}
+    ingested = m["ingested_at"]
+    if ingested.tzinfo is None:  # SQLite returns naive datetimes
+        ingested = ingested.replace(tzinfo=dt.timezone.utc)
+    return Entry(data_id, m["path"], m["size"], m["checksum"], ingested, bool(m["protected"]))

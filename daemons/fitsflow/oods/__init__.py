@@ -1,0 +1,2 @@
+"""OODS ingest: staged files → the Observatory Operations Data Service repository and registry,
+with cache expiry."""

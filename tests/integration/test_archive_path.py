@@ -1,0 +1,218 @@
+"""The archive path over a real broker, real files and inotify: archive controller (assignment,
+reassignment, empty pool, hand-off cut points under kill -9, link failures), OODS and archive
+ingest end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Awaitable
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from fitsflow.archive_controller.book import Book
+from fitsflow.archive_controller.daemon import ArchiveControllerDaemon
+from fitsflow.archive_ingest.daemon import ArchiveIngestDaemon
+from fitsflow.camera_sim.pixels import sensor_pixels
+from fitsflow.core.config import Config, load_config
+from fitsflow.core.headerstore import ImageHeader, write_header
+from fitsflow.core.ingest.registry import Registry
+from fitsflow.core.messages import make
+from fitsflow.core.rawstore import SensorMeta, SensorWriter, write_readout_summary
+from fitsflow.forwarder.daemon import ForwarderDaemon
+from fitsflow.oods.daemon import OodsDaemon
+from fitsflow.testing.broker import PrivateBroker
+from fitsflow.testing.config import make_site
+from fitsflow.testing.daemons import Listener, running
+from fitsflow.testing.files import make_sensor_file
+from fitsflow.testing.stomp_tools import drain
+from fitsflow.testing.wait import async_wait_for, wait_for
+
+pytestmark = pytest.mark.broker
+SENSORS = ["R22_S00", "R22_S01", "R22_S02"]
+ROWS, COLS = 64, 80
+T_READOUT = dt.datetime(2026, 11, 21, 3, 0, tzinfo=dt.timezone.utc).timestamp()  # obs-day 20261120
+
+
+def site(tmp_path: Path, broker: PrivateBroker, **extra: dict) -> Config:
+    sections = {"archive_controller": {"liveness_timeout_s": 2.0, "assign_interval_s": 0.3},
+                "forwarder": {"heartbeat_s": 0.3, "join_timeout_s": 10.0},
+                "oods": {"rescan_s": 2.0}, "archive_ingest": {"rescan_s": 2.0}}
+    for name, values in extra.items():
+        sections.setdefault(name, {}).update(values)
+    return load_config(make_site(tmp_path, [broker.url], extra=sections))
+
+
+def store_image(cfg: Config, image: str, seq: int) -> None:
+    """What the receiver and the header service leave for the forwarders."""
+    paths = cfg.paths.resolved()
+    for index, name in enumerate(SENSORS):
+        raft, sensor = name.split("_")
+        meta = SensorMeta(image, seq, "G", 0, raft, sensor, ROWS, COLS, "<i4", T_READOUT, T_READOUT + 1, 1)
+        w = SensorWriter(paths.raw_buffer, meta)
+        w.write_stripe(0, 0, sensor_pixels(1, seq, index, ROWS, COLS))
+        w.finish()
+    write_readout_summary(paths.raw_buffer, image, {"present": SENSORS, "missing": [], "partial": [],
+                                                    "timed_out": False})
+    write_header(paths.headers, ImageHeader(image, [("INSTRUME", "TESTCAM", "Instrument"), ("IMGNAME", image, "Image"),
+                                                    ("GROUPID", "G", "Group"), ("SNAP", 0, "Snap")]))
+
+
+def readout(image: str):  # type: ignore[no-untyped-def]
+    return make("READOUT_COMPLETE", image, present=SENSORS, missing=[], partial=[])
+
+
+def run(coro: Awaitable[None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 240))
+
+
+OUT = ["/topic/fitsflow.oods", "/topic/fitsflow.archive", "/topic/fitsflow.alerts"]
+
+
+def test_images_reach_oods_and_archive_exactly_once(tmp_path: Path, broker: PrivateBroker) -> None:
+    cfg = site(tmp_path, broker)
+    images = [f"TESTCAM_O_20261121_{n:06d}" for n in (1, 2)]
+    for n, image in enumerate(images, 1):
+        store_image(cfg, image, n)
+
+    async def main() -> None:
+        async with running(ArchiveControllerDaemon, cfg), running(ForwarderDaemon, cfg, "f1"), \
+                running(ForwarderDaemon, cfg, "f2"), running(OodsDaemon, cfg), running(ArchiveIngestDaemon, cfg), \
+                Listener(cfg, "arch-l1", OUT) as listen:
+            await asyncio.sleep(1.0)  # heartbeats reach the controller
+            for image in images:
+                await listen.bus.send(readout(image))
+            await async_wait_for(lambda: len(listen.of("IMAGE_IN_OODS")) >= 6 and
+                                 len(listen.of("IMAGE_IN_ARCHIVE")) >= 6, 90, what="12 ingest announcements")
+            assert all(m.data["status"] == 0 for m in listen.of("IMAGE_IN_OODS") + listen.of("IMAGE_IN_ARCHIVE"))
+    run(main())
+    paths = cfg.paths.resolved()
+    for table, repo, layout in (("oods_files", paths.oods_repo, "TESTCAM/20261120"),
+                                ("archive_files", paths.archive_repo, "TESTCAM/raw/20261120")):
+        reg = Registry(cfg.site.database_url, table)
+        entries = list(reg.query())
+        assert len(entries) == 6, table
+        for e in entries:
+            f = repo / e.path
+            assert e.path.startswith(layout + "/" + e.data_id["image"] + "/")
+            with fits.open(f, checksum=True) as hdul:
+                seq = images.index(e.data_id["image"]) + 1
+                index = SENSORS.index(f"{e.data_id['raft']}_{e.data_id['sensor']}")
+                assert np.array_equal(hdul[1].data, sensor_pixels(1, seq, index, ROWS, COLS))
+        reg.close()
+    assert list(paths.incoming.iterdir()) == []
+    for staging in (paths.oods_staging, paths.archive_staging):
+        assert [p for p in staging.rglob("*") if p.is_file()] == [], f"files left in {staging}"
+    # The OODS copy and the archive copy are one inode: hand-offs are links, never copies.
+    oods = sorted(paths.oods_repo.rglob("*.fits"))
+    arch = sorted(paths.archive_repo.rglob("*.fits"))
+    assert all(os.path.samefile(a, b) for a, b in zip(oods, arch))
+
+
+def test_silent_forwarder_work_is_reassigned(tmp_path: Path, broker: PrivateBroker) -> None:
+    cfg = site(tmp_path, broker)
+    image = "TESTCAM_O_20261121_000010"
+    store_image(cfg, image, 10)
+
+    async def main() -> None:
+        # (no listener on the FILE_DELIVERED queue: it would take messages from the controller)
+        async with running(ArchiveControllerDaemon, cfg) as ctl, running(ForwarderDaemon, cfg, "f1"), \
+                Listener(cfg, "arch-l2", []) as listen:
+            # "ghost" beats twice, takes work, then goes silent (its queue is never read)
+            for _ in range(2):
+                await listen.bus.send(make("FORWARDER_HEARTBEAT", forwarder="ghost", load=0, capacity=100))
+                await asyncio.sleep(0.2)
+            await async_wait_for(lambda: {"f1", "ghost"} <= set(ctl.live_forwarders()), 10)
+            await listen.bus.send(readout(image))
+            await async_wait_for(lambda: ctl.reassignments >= 1, 30, what="a reassignment")
+            await async_wait_for(lambda: len(ctl.book.delivered_sensors(image)) == 3, 30,
+                                 what="all sensors delivered by f1 and handed off")
+            assert ctl.state != "FAULT"
+    run(main())
+
+
+def test_empty_pool_alerts_then_assigns(tmp_path: Path, broker: PrivateBroker) -> None:
+    cfg = site(tmp_path, broker)
+    image = "TESTCAM_O_20261121_000011"
+    store_image(cfg, image, 11)
+
+    async def main() -> None:
+        async with running(ArchiveControllerDaemon, cfg) as ctl, Listener(
+                cfg, "arch-l3", ["/topic/fitsflow.alerts"]) as listen:
+            await listen.bus.send(readout(image))
+            await async_wait_for(lambda: listen.of("ALERT"), 20, what="pool-empty ALERT")
+            assert "no live forwarder" in listen.of("ALERT")[0].data["message"]
+            async with running(ForwarderDaemon, cfg, "late"):
+                await async_wait_for(lambda: len(ctl.book.delivered_sensors(image)) == 3, 30)
+    run(main())
+
+
+CUT_POINTS = ["handoff.verified", "handoff.linked", "handoff.unlinked", "handoff.sent"]
+
+
+@pytest.mark.parametrize("cut", CUT_POINTS)
+def test_handoff_completes_once_after_kill_at(cut: str, tmp_path: Path, broker: PrivateBroker) -> None:
+    cfg = site(tmp_path, broker)
+    paths = cfg.paths.resolved()
+    image = f"TESTCAM_O_20261121_0001{CUT_POINTS.index(cut):02d}"
+    written, data_id = make_sensor_file(paths.incoming, image, rows=ROWS, cols=COLS)
+    env = dict(os.environ, FITSFLOW_CONFIG=str(cfg.source))
+
+    async def deliver() -> None:
+        async with Listener(cfg, f"arch-cut-{cut}", []) as listen:
+            await listen.bus.send(make("FILE_DELIVERED", image, path=str(written.path), size=written.size,
+                                       checksum=written.checksum, data_id=data_id, assignment="cut1"))
+    run(deliver())
+    crashed = subprocess.run([sys.executable, "-m", "fitsflow.archive_controller", "--instance", "cut"],
+                             env=dict(env, FITSFLOW_FAILPOINT=cut), capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == 137, crashed.stderr[-2000:]
+    assert f"failpoint {cut} reached" in crashed.stderr
+    again = subprocess.Popen([sys.executable, "-m", "fitsflow.archive_controller", "--instance", "cut"], env=env)
+    try:
+        book = Book(cfg.site.database_url)
+        key = f"{image}/R22_S00"
+        wait_for(lambda: (row := book.handoff(key)) is not None and row.state == "requested", 60,
+                 what="the hand-off to finish after the restart")
+        book.close()
+    finally:
+        again.terminate()
+        again.wait(30)
+    staged = [paths.oods_staging / "20261121" / written.path.name, paths.archive_staging / "20261121" / written.path.name]
+    assert all(p.exists() for p in staged) and os.path.samefile(*staged)
+    assert not written.path.exists(), "the incoming name must be gone"
+    assert os.stat(staged[0]).st_nlink == 2, "exactly the two staged names, no copies"
+    for target in ("oods", "archive"):
+        requests = drain(broker.url, f"/queue/fitsflow.{target}.ingest", timeout=3)
+        mine = [f for f in requests if json.loads(f.body)["image"] == image]
+        # A kill between sending and recording "requested" repeats the request: ingest is idempotent.
+        assert 1 <= len(mine) <= (2 if cut == "handoff.sent" else 1), (target, len(mine))
+        assert json.loads(mine[0].body)["data"]["path"] == str(staged[0] if target == "oods" else staged[1])
+
+
+def test_link_failure_is_an_error_event_not_a_request(tmp_path: Path, broker: PrivateBroker) -> None:
+    cfg = site(tmp_path, broker)
+    paths = cfg.paths.resolved()
+    image = "TESTCAM_O_20261121_000200"
+    written, data_id = make_sensor_file(paths.incoming, image)
+    blocker = paths.oods_staging / "20261121" / written.path.name
+    blocker.parent.mkdir(parents=True)
+    blocker.write_bytes(b"another file with this name")
+
+    async def main() -> None:
+        async with running(ArchiveControllerDaemon, cfg), Listener(cfg, "arch-l5", ["/topic/fitsflow.alerts"]) as listen:
+            await listen.bus.send(make("FILE_DELIVERED", image, path=str(written.path), size=written.size,
+                                       checksum=written.checksum, data_id=data_id, assignment="x"))
+            await async_wait_for(lambda: listen.of("ALERT"), 20)
+            assert "cannot link" in listen.of("ALERT")[0].data["message"]
+    run(main())
+    assert written.path.exists(), "the original must stay when a link failed"
+    assert drain(broker.url, "/queue/fitsflow.oods.ingest", timeout=2) == []
+    dead = drain(broker.url, "/queue/DLQ.fitsflow.archive.delivered", expect=1, timeout=10)
+    assert dead and "cannot link" in dead[0].headers["DLQReason"]
