@@ -19,7 +19,8 @@ system_packages() {
     if command -v apt-get >/dev/null; then
         # activemq: the real broker the tests and the demo start privately (pulls OpenJDK 17)
         # fitsverify: the FITS standard checker the forwarder's output is tested with
-        local want=(activemq fitsverify python3-venv)
+        # postgresql: the registries are tested against a real PostgreSQL (started privately)
+        local want=(activemq fitsverify postgresql python3-venv)
         local missing=()
         for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
         if [ "${#missing[@]}" -gt 0 ]; then

@@ -44,6 +44,8 @@ setup(
         "test": [
             "pytest>=7",
             "pytest-timeout>=2",
+            # PostgreSQL driver: the registry is tested against a real PostgreSQL too
+            "psycopg[binary]>=3.1",
         ],
     },
     entry_points={

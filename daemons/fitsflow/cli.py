@@ -2,6 +2,9 @@
 
     fitsflow --version
     fitsflow config check [--config FILE] [--json] [--no-dirs]
+    fitsflow oods ls|get [--image I] [--raft R] [--sensor S] [--obs-day D] [--json]
+    fitsflow oods tag|untag [data ID options]
+    fitsflow archive ls|get [data ID options]
 """
 
 from __future__ import annotations
@@ -34,6 +37,65 @@ def _config_check(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _registry(args: argparse.Namespace, table: str):  # type: ignore[no-untyped-def]
+    from fitsflow.core.ingest.registry import Registry  # SQLAlchemy only when needed
+
+    cfg = load_config(args.config, check_dirs=False)
+    return cfg, Registry(cfg.site.database_url, table)
+
+
+def _data_id_filters(args: argparse.Namespace) -> dict[str, object]:
+    return {"image": args.image, "raft": args.raft, "sensor": args.sensor, "obs_day": args.obs_day,
+            "instrument": args.instrument}
+
+
+def _oods_ls(args: argparse.Namespace) -> int:
+    try:
+        cfg, reg = _registry(args, args.table)
+    except ConfigError as exc:
+        print(f"fitsflow: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    repo = cfg.paths.resolved().oods_repo if args.table == "oods_files" else cfg.paths.resolved().archive_repo
+    rows = list(reg.query(**_data_id_filters(args)))
+    reg.close()
+    if args.json:
+        json.dump([{**e.data_id, "path": str(repo / e.path), "size": e.size, "checksum": e.checksum,
+                    "ingested_at": e.ingested_at.isoformat(), "protected": e.protected} for e in rows], sys.stdout,
+                  indent=1)
+        print()
+    elif args.get:
+        if len(rows) != 1:
+            print(f"fitsflow: {len(rows)} files match; a data ID names one (give --image, --raft, --sensor)",
+                  file=sys.stderr)
+            return 1
+        print(repo / rows[0].path)
+    else:
+        for e in rows:
+            d = e.data_id
+            flag = " protected" if e.protected else ""
+            print(f"{d['obs_day']}  {d['image']}  {d['raft']}_{d['sensor']}  {e.size:>10}  "
+                  f"{e.ingested_at:%Y-%m-%dT%H:%M:%SZ}{flag}  {repo / e.path}")
+        print(f"# {len(rows)} file(s)", file=sys.stderr)
+    return EX_OK
+
+
+def _oods_tag(args: argparse.Namespace) -> int:
+    cfg, reg = _registry(args, "oods_files")
+    rows = list(reg.query(**_data_id_filters(args)))
+    for e in rows:
+        reg.set_protected(e.data_id, args.command_name == "tag")
+    reg.close()
+    print(f"{len(rows)} file(s) {'protected from' if args.command_name == 'tag' else 'released to'} expiry")
+    return EX_OK
+
+
+def _add_data_id_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config")
+    for name in ("instrument", "image", "raft", "sensor"):
+        p.add_argument(f"--{name}")
+    p.add_argument("--obs-day", dest="obs_day")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fitsflow", description="fitsflow: observatory data backbone")
     parser.add_argument("--version", action="version", version=f"fitsflow {__version__}")
@@ -46,6 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print JSON instead of TOML-like text")
     check.add_argument("--no-dirs", action="store_true", help="skip the checks of the data directories")
     check.set_defaults(func=_config_check)
+
+    for area, table, what in (("oods", "oods_files", "the OODS"), ("archive", "archive_files", "the archive")):
+        top = sub.add_parser(area, help=f"find files in {what} registry")
+        top_sub = top.add_subparsers(dest=f"{area}_command", metavar="ACTION", required=True)
+        ls = top_sub.add_parser("ls", help="list files by data ID (any part of it)")
+        get = top_sub.add_parser("get", help="print the path of the one file of a data ID")
+        for p, is_get in ((ls, False), (get, True)):
+            _add_data_id_options(p)
+            p.add_argument("--json", action="store_true")
+            p.set_defaults(func=_oods_ls, table=table, get=is_get)
+        if area == "oods":
+            for action, text in (("tag", "protect from expiry"), ("untag", "allow expiry again")):
+                p = top_sub.add_parser(action, help=text)
+                _add_data_id_options(p)
+                p.set_defaults(func=_oods_tag, command_name=action)
     return parser
 
 
