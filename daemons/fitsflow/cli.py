@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--no-dirs", action="store_true", help="skip the checks of the data directories")
     check.set_defaults(func=_config_check)
 
+    from fitsflow import demo
+    demo.add_parser(sub)
+
     for area, table, what in (("oods", "oods_files", "the OODS"), ("archive", "archive_files", "the archive")):
         top = sub.add_parser(area, help=f"find files in {what} registry")
         top_sub = top.add_subparsers(dest=f"{area}_command", metavar="ACTION", required=True)
