@@ -28,6 +28,7 @@ from fitsflow.core.messages import Message
 from fitsflow.testing.broker import BrokerUnavailable, PrivateBroker
 from fitsflow.testing.config import make_site
 from fitsflow.testing.daemons import Listener
+from fitsflow.testing.stomp_tools import drain
 from fitsflow.testing.udp import free_udp_port
 
 RMEM = Path("/proc/sys/net/core/rmem_max")
@@ -220,12 +221,21 @@ class Demo:
                      f"{len(in_oods) / elapsed:.2f} images/s over {elapsed:.1f} s")
         lost = len(images) - len(in_oods)
         self.say(f"  images lost: {lost}" + ("" if lost == 0 else "  <-- see the daemons' logs"))
+        # What a clean run leaves nowhere: dead letters, files stranded between daemons.
+        dead = drain(self.broker.url, "/queue/DLQ.>", timeout=2.0) if self.broker else []
+        orphans = [p for p in paths.incoming.iterdir() if p.is_file()]
+        orphans += [p for d in (paths.oods_staging, paths.archive_staging) for p in d.rglob("*") if p.is_file()]
+        self.say(f"  dead-lettered messages: {len(dead)}; files left between daemons: {len(orphans)}")
+        for frame in dead[:5]:
+            self.say(f"    DLQ {frame.headers.get('DLQOrigin')}: {frame.headers.get('DLQReason', '')[:200]}")
+        for path in orphans[:5]:
+            self.say(f"    stranded: {path}")
         self.say(f"  files: OODS {paths.oods_repo}, archive {paths.archive_repo}")
         self.say(f"  registry: {cfg.site.database_url}  (fitsflow oods ls --config {cfg.source})")
         self.say(f"  logs: {self.work / 'logs'}")
         for m in p.alerts[:5]:
             self.say(f"  alert from {m.data['source']}: {m.data['message'][:200]}")
-        return 0 if lost == 0 and not p.failures else 1
+        return 0 if lost == 0 and not p.failures and not dead and not orphans else 1
 
 
 def main(args: argparse.Namespace) -> int:

@@ -189,7 +189,8 @@ def test_forwarder_join_both_orders_bit_exact_and_valid(tmp_path: Path, broker: 
                     primary = assert_fits_ok(path, recipe, index)
                     assert primary["IMGNAME"] == recipe.image and primary["HDRPART"] is False
             assert not [p for p in incoming.iterdir() if p.name.startswith(".tmp-")]
-            assert listen.of("FORWARDER_HEARTBEAT") and listen.of("FORWARDER_HEARTBEAT")[0].data["forwarder"] == "f1"
+            await async_wait_for(lambda: listen.of("FORWARDER_HEARTBEAT"), 10, what="a forwarder heartbeat")
+            assert listen.of("FORWARDER_HEARTBEAT")[0].data["forwarder"] == "f1"
             # The same assignment again: no second file, no second delivery.
             await listen.bus.send(make("FORWARD_IMAGE", first.image, sensors=SENSORS, assignment="a1"),
                                   "/queue/fitsflow.forwarder.f1")

@@ -136,7 +136,7 @@ def test_bad_files_are_quarantined_with_their_path(tmp_path: Path, broker: Priva
                     assert Path(m.data["path"]).exists() and m.data["description"]
             flip_reason = next(m.data["description"] for m in listen.of("IMAGE_IN_OODS")
                                if Path(m.data["path"]).name == flipped.path.name)
-            assert "checksum" in flip_reason.lower(), flip_reason
+            assert "datasum does not match" in flip_reason.lower(), flip_reason
             # Unsafe paths in a request are dead-lettered, not followed.
             for bad in ("/etc/passwd", str(paths.oods_staging / ".." / ".." / "x.fits")):
                 await listen.bus.send(make("INGEST_REQUEST", "TESTCAM_O_20261121_000009", path=bad, data_id={},

@@ -33,6 +33,7 @@ handoffs = Table(
     Column("archive", String(512), nullable=False),
     Column("size", String(20), nullable=False),
     Column("checksum", String(80), nullable=False),
+    Column("inode", String(80), nullable=False),      # "dev:ino:mtime_ns" of the verified incoming file
     Column("data_id", Text, nullable=False),
     Column("state", String(16), nullable=False),      # verified | linked | unlinked | requested
     Column("updated_at", DateTime(timezone=True), nullable=False),
@@ -58,6 +59,7 @@ class HandOffRow:
     archive: str
     size: int
     checksum: str
+    inode: str
     data_id: dict[str, Any]
     state: str
 
@@ -127,7 +129,7 @@ class Book:
             with self.engine.begin() as c:
                 c.execute(insert(handoffs).values(key=row.key, image=row.image, incoming=row.incoming, oods=row.oods,
                                                   archive=row.archive, size=str(row.size), checksum=row.checksum,
-                                                  data_id=json.dumps(row.data_id), state=row.state,
+                                                  inode=row.inode, data_id=json.dumps(row.data_id), state=row.state,
                                                   updated_at=_now()))
             return True
         except IntegrityError:
@@ -144,5 +146,5 @@ class Book:
 
 
 def _row(r: Any) -> HandOffRow:
-    return HandOffRow(r.key, r.image, r.incoming, r.oods, r.archive, int(r.size), r.checksum, json.loads(r.data_id),
-                      r.state)
+    return HandOffRow(r.key, r.image, r.incoming, r.oods, r.archive, int(r.size), r.checksum, r.inode,
+                      json.loads(r.data_id), r.state)

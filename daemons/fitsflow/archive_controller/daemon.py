@@ -169,14 +169,14 @@ class ArchiveControllerDaemon(Daemon):
         async with self._lock(key):
             if await asyncio.to_thread(self.book.handoff, key) is None:
                 try:
-                    await asyncio.to_thread(verify, src, int(d["size"]), str(d["checksum"]),
-                                            self.acfg.verify_checksum)
+                    inode = await asyncio.to_thread(verify, src, int(d["size"]), str(d["checksum"]),
+                                                    self.acfg.verify_checksum)
                 except HandOffError as exc:
                     await self._error(f"{image} {raft}_{sensor}: {exc}")
                     raise Reject(str(exc)) from None
                 row = HandOffRow(key, image, str(src), str(self.oods_staging / day / src.name),
                                  str(self.archive_staging / day / src.name), int(d["size"]), str(d["checksum"]),
-                                 data_id, "verified")
+                                 inode, data_id, "verified")
                 await asyncio.to_thread(self.book.start_handoff, row)
                 failpoint("handoff.verified")
         await self._advance(key)

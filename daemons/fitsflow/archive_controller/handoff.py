@@ -27,27 +27,43 @@ class HandOffError(Exception):
     """A step that cannot succeed (a link refused, a file missing or different)."""
 
 
-def verify(path: Path, size: int, checksum: str, check_crc: bool) -> None:
+def identity(st: os.stat_result) -> str:
+    """dev:ino:mtime_ns. The inode number alone is not enough (a freed inode is reused at
+    once for the next file); linking changes ctime but not mtime, and nobody writes a
+    delivered file again."""
+    return f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
+
+
+def verify(path: Path, size: int, checksum: str, check_crc: bool) -> str:
+    """Check size (and CRC) against the announcement; returns the file's identity.
+
+    The steps after this one recognise the file by that identity, never by another name:
+    the ingesters may consume the staged names at any moment after the links exist."""
     try:
-        actual = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         raise HandOffError(f"{path} does not exist") from None
-    if actual != size:
-        raise HandOffError(f"{path} has {actual} bytes, {size} announced")
+    if st.st_size != size:
+        raise HandOffError(f"{path} has {st.st_size} bytes, {size} announced")
     if check_crc:
         crc = file_crc32(path)
         if crc != checksum:
             raise HandOffError(f"{path} has checksum {crc}, {checksum} announced")
+    return identity(st)
+
+
+def _same_file(path: Path, ident: str) -> bool:
+    try:
+        return identity(path.stat()) == ident
+    except FileNotFoundError:
+        return False
 
 
 def link_step(row: HandOffRow, dir_mode: int) -> None:
     src = Path(row.incoming)
     targets = [Path(row.oods), Path(row.archive)]
-    if not src.exists():
-        # Only a crash after the unlink (and before its commit) gets here: the links must be there.
-        if all(t.exists() for t in targets) and os.path.samefile(targets[0], targets[1]):
-            return
-        raise HandOffError(f"{src} is gone and the staged links are not both there")
+    if not _same_file(src, row.inode):
+        raise HandOffError(f"{src} is gone or replaced since it was verified (expected file {row.inode})")
     for target in targets:
         target.parent.mkdir(mode=dir_mode, parents=True, exist_ok=True)
         try:
@@ -59,11 +75,12 @@ def link_step(row: HandOffRow, dir_mode: int) -> None:
 
 
 def unlink_step(row: HandOffRow) -> None:
+    """Remove the incoming name, if it is still the verified file (a repeat after a crash
+    finds it gone). The staged names may already be consumed by the ingesters: not checked."""
     src = Path(row.incoming)
-    staged = Path(row.oods)
     if src.exists():
-        if not os.path.samefile(src, staged):
-            raise HandOffError(f"{src} is not the file staged as {staged}; not removed")
+        if not _same_file(src, row.inode):
+            raise HandOffError(f"{src} is not the file verified for this hand-off ({row.inode}); not removed")
         os.unlink(src)
     fsync_dir(src.parent)
 

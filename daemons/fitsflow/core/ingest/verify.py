@@ -3,20 +3,18 @@ outside, so every field that becomes a path is checked against its pattern."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from astropy.io import fits
-from astropy.io.fits.verify import VerifyWarning
-from astropy.utils.exceptions import AstropyUserWarning
 
 from fitsflow.core.checksum import file_crc32
 from fitsflow.core.errors import UnsafePath
 from fitsflow.core.layout import COMPONENT_NAME, OBS_DAY, check_name
 
 STATUS_OK, STATUS_INGEST_FAILURE, STATUS_METADATA_FAILURE = 0, 1, 2
+BLOCK = 2880
 
 
 class BadFile(Exception):
@@ -41,26 +39,26 @@ def inspect(path: Path, expected_checksum: str | None = None) -> Inspected:
     checksum = file_crc32(path)
     if expected_checksum and checksum != expected_checksum:
         raise BadFile(STATUS_INGEST_FAILURE, f"checksum {checksum} differs from the announced {expected_checksum}")
+    size = path.stat().st_size
+    if size == 0 or size % BLOCK:
+        raise BadFile(STATUS_INGEST_FAILURE, f"truncated or corrupt: {size} bytes is not a whole number of "
+                                             f"{BLOCK}-byte FITS blocks")
+    # Checksums through astropy's verify_* return codes, not its warnings: warnings are
+    # process-wide state, and files are inspected in several threads at once.
     try:
-        # astropy reports checksum mismatches and header problems as warnings. They are
-        # recorded and judged after the file is closed: turned into exceptions inside
-        # fits.open they would leave its file descriptor open.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with fits.open(path, checksum=True, memmap=False, lazy_load_hdus=False) as hdul:
-                n_hdus = len(hdul)
-                primary = hdul[0].header
-                ext = hdul[1].header if n_hdus > 1 else None
-                if ext is not None:
-                    hdul[1].data  # noqa: B018 - reading the data is what verifies DATASUM
+        with fits.open(path, checksum=False, memmap=False, lazy_load_hdus=False) as hdul:
+            if len(hdul) < 2:
+                raise BadFile(STATUS_METADATA_FAILURE, f"{len(hdul)} HDU(s); a sensor file has 2")
+            for i, hdu in enumerate(hdul[:2]):
+                if hdu.verify_datasum() == 0:
+                    raise BadFile(STATUS_INGEST_FAILURE, f"HDU {i}: DATASUM does not match the data (corrupt)")
+                if hdu.verify_checksum() == 0:
+                    raise BadFile(STATUS_INGEST_FAILURE, f"HDU {i}: CHECKSUM does not match (corrupt)")
+            primary, ext = hdul[0].header.copy(), hdul[1].header.copy()
+    except BadFile:
+        raise
     except Exception as exc:  # noqa: BLE001 - astropy raises many types for broken files
         raise BadFile(STATUS_INGEST_FAILURE, f"not a valid FITS file: {type(exc).__name__}: {exc}") from None
-    problems = [w for w in caught if issubclass(w.category, (AstropyUserWarning, VerifyWarning))]
-    if problems:
-        raise BadFile(STATUS_INGEST_FAILURE, f"not a valid FITS file: {problems[0].category.__name__}: "
-                                             f"{problems[0].message}")
-    if ext is None:
-        raise BadFile(STATUS_METADATA_FAILURE, f"{n_hdus} HDU(s); a sensor file has 2")
     try:
         data_id = {"instrument": _text(primary, "INSTRUME"), "image": check_name(_text(primary, "IMGNAME")),
                    "group": _text(primary, "GROUPID"), "snap": _int(primary, "SNAP"),
