@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,6 +89,16 @@ class SensorWriter:
         if self.journal.exists():  # a restart: carry on where the last run stopped
             self.received = {int(x) for x in self.journal.read_text().split() if x.isdigit()}
         self._journal = open(self.journal, "a")
+        self._claimed: set[int] = set(self.received)
+        self._lock = threading.Lock()
+
+    def claim(self, index: int) -> bool:
+        """Reserve stripe ``index`` for writing; False if it is stored or being written
+        (a duplicate heap). Call from the event loop before handing the write to a thread."""
+        if index in self.received or index in self._claimed:
+            return False
+        self._claimed.add(index)
+        return True
 
     def write_stripe(self, index: int, row_start: int, pixels: np.ndarray) -> bool:
         """Write one stripe; False if it was already there (a duplicate heap)."""
@@ -98,9 +109,10 @@ class SensorWriter:
         written = 0
         while written < len(data):
             written += os.pwrite(self._fd, data[written:], offset + written)
-        self.received.add(index)
-        self._journal.write(f"{index}\n")
-        self._journal.flush()
+        with self._lock:  # writes of different stripes may run in parallel threads
+            self.received.add(index)
+            self._journal.write(f"{index}\n")
+            self._journal.flush()
         return True
 
     @property

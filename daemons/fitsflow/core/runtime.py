@@ -43,6 +43,13 @@ BROKER_WAIT_S = 15.0
 STATUS_PERIOD_S = 5.0
 
 
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Cancel a role's background task and wait until it has really ended."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 class Role(Protocol):
     """One job inside a daemon (a receiver, a scanner, a cleaner...): same lifecycle for all."""
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from fitsflow.core.runtime import cancel_and_wait
 from fitsflow.core.errors import UnsafePath
 from fitsflow.core.handoff import remove_stale_temps
 from fitsflow.core.layout import IMAGE_NAME
@@ -72,9 +73,7 @@ class ImageAssembler:
         self._task = asyncio.create_task(self._deadlines(), name="assembler deadlines")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         for state in self.images.values():
             for writer in state.writers.values():
                 writer.close()  # journals stay: the next start resumes these sensors
@@ -141,19 +140,23 @@ class ImageAssembler:
                               raft=stripe.raft, sensor=stripe.sensor, rows=stripe.rows, cols=stripe.cols,
                               dtype=stripe.pixels.dtype.str, t_start=stripe.t_start, t_end=stripe.t_end,
                               stripe_count=stripe.count)
-            writer = await asyncio.to_thread(self._open_writer, meta)
+            # Synchronous (no await): two stripes of a new sensor written concurrently must
+            # find the same writer.
+            writer = self._open_writer(meta)
             state.writers[key] = writer
         elif (writer.meta.rows, writer.meta.cols, writer.meta.stripe_count) != (stripe.rows, stripe.cols, stripe.count):
             _log.warning("image %s sensor %s: stripe with shape %dx%d/%d differs from %dx%d/%d; dropped",
                          stripe.image, key, stripe.rows, stripe.cols, stripe.count, writer.meta.rows,
                          writer.meta.cols, writer.meta.stripe_count, extra={"IMAGE": stripe.image})
             return False
-        # In the loop on purpose: a pwrite into the page cache releases the GIL and is shorter
-        # than a hop to a worker thread; fsync happens once per sensor, in a thread.
-        if not writer.write_stripe(stripe.index, stripe.row_start, stripe.pixels):
-            return False
-        if writer.complete:
-            await self._finish_sensor(state, key)
+        if not writer.claim(stripe.index):
+            return False  # a duplicate, or the same stripe being written right now
+        # Stripes are independent pwrites at their own offsets: several may be written at once
+        # (the stream keeps up to `writers` in flight), in threads, while the next heaps arrive.
+        await asyncio.to_thread(writer.write_stripe, stripe.index, stripe.row_start, stripe.pixels)
+        if writer.complete and state.writers.get(key) is writer:
+            del state.writers[key]  # taken before any await: finished exactly once
+            await self._finish_sensor(state, key, writer)
             if state.expected is not None and state.expected <= set(state.done):
                 await self._announce(state)
         return True
@@ -164,8 +167,8 @@ class ImageAssembler:
         (writer.dir / f".{meta.name}.meta").write_text(json.dumps(meta.__dict__))
         return writer
 
-    async def _finish_sensor(self, state: ImageState, key: str) -> None:
-        writer = state.writers.pop(key)
+    async def _finish_sensor(self, state: ImageState, key: str, writer: SensorWriter | None = None) -> None:
+        writer = writer or state.writers.pop(key)
         try:
             meta = await asyncio.to_thread(writer.finish)
         except OSError:

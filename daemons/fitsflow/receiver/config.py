@@ -28,6 +28,8 @@ class ReceiverConfig:
     max_heaps: int = 4
     #: Complete heaps queued between spead2 and the writer per stream (spead2 ring heaps).
     ring_heaps: int = 8
+    #: Stripes written at once per stream (in threads, while the next heaps arrive).
+    writers: int = 2
     #: After its first heap (or its START_INTEGRATION + exposure time), an image gets this
     #: long to arrive whole; then READOUT_COMPLETE lists what is missing.
     image_timeout_s: float = 10.0
@@ -47,8 +49,9 @@ class ReceiverConfig:
 
     def pool_heaps(self) -> int:
         """Memory-pool buffers per stream: every heap that can be alive at once, plus one
-        (spead2's rule: max_heaps being assembled + ring_heaps queued + 1 being processed)."""
-        return self.max_heaps + self.ring_heaps + 1
+        (spead2's rule: max_heaps being assembled + ring_heaps queued + 1 being processed,
+        and here the stripes still being written)."""
+        return self.max_heaps + self.ring_heaps + self.writers + 1
 
     def validate(self, check) -> None:  # type: ignore[no-untyped-def]
         for name, streams in [("receiver.streams", self.streams)] + [
@@ -58,7 +61,7 @@ class ReceiverConfig:
                     parse_host_port(s)
                 except ValueError as exc:
                     check.fail(name, str(exc))
-        for key in ("socket_buffer_bytes", "max_heap_bytes", "max_heaps", "ring_heaps", "image_timeout_s",
+        for key in ("socket_buffer_bytes", "max_heap_bytes", "max_heaps", "ring_heaps", "writers", "image_timeout_s",
                     "stats_interval_s"):
             check.positive(f"receiver.{key}", getattr(self, key))
         if not 0 <= self.loss_alert_fraction <= 1:

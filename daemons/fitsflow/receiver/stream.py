@@ -21,6 +21,7 @@ import spead2
 import spead2.recv
 import spead2.recv.asyncio
 
+from fitsflow.core.runtime import cancel_and_wait
 from fitsflow.core.errors import FitsflowError
 from fitsflow.core.layout import COMPONENT_NAME, IMAGE_NAME
 from fitsflow.core.spead_format import ITEMS, PIXEL_DTYPES, Stripe, decode_name, stripe_bounds
@@ -69,6 +70,8 @@ class SpeadStreamReceiver:
         self._stream: spead2.recv.asyncio.Stream | None = None
         self._task: asyncio.Task[None] | None = None
         self._warned: set[str] = set()
+        self._slots = asyncio.Semaphore(cfg.writers)
+        self._writes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         pool = spead2.MemoryPool(lower=16384, upper=self.cfg.max_heap_bytes + 65536,
@@ -91,9 +94,8 @@ class SpeadStreamReceiver:
     async def stop(self) -> None:
         if self._stream is not None:
             self._stream.stop()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
+        await asyncio.gather(*self._writes, return_exceptions=True)  # stripes in flight land
         if self._stream is not None:
             _log.info("stream %s stopped: %s", self.address, self.describe())
 
@@ -132,6 +134,14 @@ class SpeadStreamReceiver:
                 self._warn_once(kind, f"heap {heap.cnt} on {self.address} rejected: {reason}")
                 continue
             self.counters.heaps_complete += 1
+            await self._slots.acquire()  # at most `writers` stripes in flight; then wait
+            task = asyncio.create_task(self._store(stripe))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _store(self, stripe: Stripe) -> None:
+        """Store one stripe (runs concurrently with the next heaps and other stripes)."""
+        try:
             try:
                 stored = await self.sink(stripe)
             except OSError as exc:  # one sensor's storage failing must not stop the stream
@@ -140,12 +150,14 @@ class SpeadStreamReceiver:
                            stripe.sensor, exc, extra={"IMAGE": stripe.image})
                 if self.on_storage_error is not None:
                     await self.on_storage_error(f"{stripe.image} {stripe.raft}_{stripe.sensor}: {exc}")
-                continue
+                return
             if stored:
                 self.counters.stripes_stored += 1
                 self.counters.bytes_stored += stripe.pixels.nbytes
             else:
                 self.counters.heaps_duplicate += 1
+        finally:
+            self._slots.release()
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from fitsflow.core.runtime import cancel_and_wait
 from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.layout import inside
 
@@ -34,9 +35,7 @@ class CacheCleaner:
         self._task = asyncio.create_task(self._run(), name="oods cleaner")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     @property
     def task(self) -> asyncio.Task[None] | None:

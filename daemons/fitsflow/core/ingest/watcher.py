@@ -19,6 +19,7 @@ from typing import Callable
 
 from inotify_simple import INotify, flags
 
+from fitsflow.core.runtime import cancel_and_wait
 from fitsflow.core.handoff import TEMP_PREFIX
 
 _log = logging.getLogger(__name__)
@@ -51,9 +52,7 @@ class StagingWatcher:
             asyncio.get_running_loop().remove_reader(self._inotify.fileno())
             self._inotify.close()
             self._inotify = None
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     @property
     def task(self) -> asyncio.Task[None] | None:
