@@ -57,9 +57,7 @@ async def measure(base: Path, broker: PrivateBroker, files: int) -> None:
     async def on(msg: Message) -> None:
         got[Path(msg.data["path"]).name] = time.perf_counter()
     try:
-        async with Listener(cfg, "bench-handoff", ["/topic/fitsflow.oods"]) as listen:
-            for sub in listen.bus._subs.values():
-                sub.handler = on
+        async with Listener(cfg, "bench-handoff", ["/topic/fitsflow.oods"], handler=on) as listen:
             await asyncio.sleep(3.0)
             print(f"{'size':>8} {'delivered->OODS p50':>20} {'p99':>8} {'files/s':>8} {'bare hand-off':>14} "
                   f"{'CRC read':>10}")

@@ -148,10 +148,8 @@ class Demo:
         cfg = load_config(site)
         progress = Progress(sensors=9)
         listen = Listener(cfg, "demo", ["/topic/fitsflow.readout", "/topic/fitsflow.header", "/topic/fitsflow.oods",
-                                        "/topic/fitsflow.archive", "/topic/fitsflow.alerts", "/topic/fitsflow.state"])
-        listen._on = progress.on  # type: ignore[method-assign]
-        for sub in listen.bus._subs.values():
-            sub.handler = progress.on
+                                        "/topic/fitsflow.archive", "/topic/fitsflow.alerts", "/topic/fitsflow.state"],
+                          handler=progress.on)
         async with listen:
             self.start_daemons(site)
             wanted = {f"{m.replace('_', '-')}@{i}" for m, i in DAEMONS}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from typing import AsyncIterator, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
@@ -32,13 +32,14 @@ async def running(cls: type[D], cfg: Config, instance: str = "t") -> AsyncIterat
 
 
 class Listener:
-    """Collects the messages of some destinations, by type."""
+    """Collects the messages of some destinations (or hands them to ``handler``)."""
 
-    def __init__(self, cfg: Config, name: str, destinations: list[str]) -> None:
+    def __init__(self, cfg: Config, name: str, destinations: list[str],
+                 handler: Callable[[Message], Awaitable[None]] | None = None) -> None:
         self.bus = MessageBus.from_config(cfg, name)
         self.messages: list[Message] = []
         for dest in destinations:
-            self.bus.subscribe(dest, self._on)
+            self.bus.subscribe(dest, handler or self._on)
 
     async def _on(self, msg: Message) -> None:
         self.messages.append(msg)
