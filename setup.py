@@ -46,11 +46,15 @@ setup(
             "pytest-timeout>=2",
             # PostgreSQL driver: the registry is tested against a real PostgreSQL too
             "psycopg[binary]>=3.1",
+            # a real SMTP server for the panic mailer's tests
+            "aiosmtpd>=1.4",
         ],
     },
     entry_points={
         "console_scripts": [
             "fitsflow = fitsflow.cli:main",
+            "fitsflow-wrap = fitsflow.wrap:main",
+            "fitsflow-panic-mailer = fitsflow.panic_mailer.__main__:main",
             "fitsflow-receiver = fitsflow.receiver.__main__:main",
             "fitsflow-camera-sim = fitsflow.camera_sim.__main__:main",
             "fitsflow-header-service = fitsflow.header_service.__main__:main",
@@ -66,6 +70,7 @@ setup(
             "archive_controller = fitsflow.archive_controller.config:ArchiveControllerConfig",
             "oods = fitsflow.oods.config:OodsConfig",
             "archive_ingest = fitsflow.archive_ingest.config:ArchiveIngestConfig",
+            "panic_mailer = fitsflow.panic_mailer.config:PanicMailerConfig",
         ],
     },
 )

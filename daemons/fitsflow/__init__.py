@@ -6,3 +6,12 @@ a separate daemon; they share :mod:`fitsflow.core` and talk through an ActiveMQ 
 """
 
 __version__ = "0.1.0"
+
+
+def panic(message: str, *, config: str | None = None) -> str:
+    """Raise a panic: the on-call shifter is e-mailed. See :mod:`fitsflow.core.panic`.
+
+    Imported lazily so that ``import fitsflow`` stays light."""
+    from fitsflow.core.panic import panic as _panic
+
+    return _panic(message, config=config)

@@ -2,6 +2,7 @@
 
     fitsflow --version
     fitsflow config check [--config FILE] [--json] [--no-dirs]
+    fitsflow panic "TEXT" | --flush
     fitsflow oods ls|get [--image I] [--raft R] [--sensor S] [--obs-day D] [--json]
     fitsflow oods tag|untag [data ID options]
     fitsflow archive ls|get [data ID options]
@@ -16,6 +17,25 @@ import sys
 from fitsflow import __version__
 from fitsflow.core.config import load_config
 from fitsflow.core.errors import EX_CONFIG, EX_OK, ConfigError
+
+
+def _panic(args: argparse.Namespace) -> int:
+    from fitsflow.core.panic import flush_panic_outbox, panic
+
+    if args.flush:
+        try:
+            cfg = load_config(args.config, check_dirs=False)
+        except ConfigError as exc:
+            print(f"fitsflow: configuration error: {exc}", file=sys.stderr)
+            return EX_CONFIG
+        print(f"{flush_panic_outbox(cfg)} panic(s) sent from the outbox")
+        return EX_OK
+    if not args.text:
+        print("fitsflow panic: give the text of the panic (or --flush)", file=sys.stderr)
+        return 2
+    how = panic(" ".join(args.text), config=args.config)
+    print(f"panic raised ({how})")
+    return EX_OK if how == "broker" else 1
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -111,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from fitsflow import demo
     demo.add_parser(sub)
+
+    p = sub.add_parser("panic", help="raise a panic (the on-call shifter is e-mailed)")
+    p.add_argument("text", nargs="*")
+    p.add_argument("--config")
+    p.add_argument("--flush", action="store_true", help="send panics waiting in this host's outbox")
+    p.set_defaults(func=_panic)
 
     for area, table, what in (("oods", "oods_files", "the OODS"), ("archive", "archive_files", "the archive")):
         top = sub.add_parser(area, help=f"find files in {what} registry")

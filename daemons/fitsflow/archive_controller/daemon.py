@@ -122,6 +122,7 @@ class ArchiveControllerDaemon(Daemon):
             _log.error(problem, extra={"IMAGE": image})
             await self.bus.send(make("ALERT", severity="error", source=self.ident, message=problem,
                                      sender=self.ident))
+            await self.raise_panic(f"{self.ident}: forwarder pool empty: {problem}")
 
     async def _assign_loop(self) -> None:
         while True:
@@ -209,5 +210,6 @@ class ArchiveControllerDaemon(Daemon):
         _log.info("%s handed off to the OODS and the archive", Path(row.oods).name, extra={"IMAGE": row.image})
 
     async def _error(self, problem: str) -> None:
+        """A refused delivery or hand-off (it also ends in a dead letter, which panics)."""
         _log.error(problem)
         await self.bus.send(make("ALERT", severity="error", source=self.ident, message=problem, sender=self.ident))

@@ -265,12 +265,15 @@ def load_config(path: str | os.PathLike[str] | None = None, *, check_dirs: bool 
         cls = known[name]
         if cls is not None:  # a section for a daemon that runs on other hosts: not ours to check
             sections[name] = _build(cls, table, name, check)
+    # Core sections are checked always; a daemon's only when the file has it (its defaults
+    # must be valid for every other daemon; the daemon itself checks what it cannot default).
+    checked = set(sections) | set(CORE_SECTIONS)
     for name, cls in known.items():
         if cls is not None and name not in sections:
             sections[name] = cls()
-    for sec in sections.values():
+    for name, sec in sections.items():
         validate = getattr(sec, "validate", None)
-        if validate is not None:
+        if validate is not None and name in checked:
             validate(check)
     return Config(source=source, sections=MappingProxyType(sections))
 

@@ -127,6 +127,37 @@ class Daemon:
     async def wait_failure(self) -> None:
         await self._failure.wait()
 
+    async def raise_panic(self, problem: str) -> None:
+        """A serious error: the on-call shifter is mailed (through this daemon's bus, so it
+        waits in the outbox when no broker is reachable). Never raises."""
+        try:
+            from fitsflow.core.panic import build_panic
+
+            await self.bus.send(build_panic(problem, program=f"fitsflow-{self.name}"))
+        except Exception:  # noqa: BLE001 - the panic path must not take the daemon down
+            _log.exception("%s: cannot raise a panic for: %s", self.ident, problem)
+
+    async def panic_on_dead_letter(self, destination: str, reason: str, msg: messages.Message | None) -> None:
+        what = f"{msg.type} {msg.id}" + (f" (image {msg.image})" if msg.image else "") if msg else "a message"
+        await self.raise_panic(f"{self.ident}: {what} dead-lettered to {destination}: {reason[:1000]}")
+
+    async def forward_host_panics(self) -> None:
+        """Panics that programs on this host could not send wait in the host's panic outbox;
+        move them into this daemon's bus (which delivers or keeps them durably)."""
+        from fitsflow.core.bus.store import BusStore
+        from fitsflow.core.panic import panic_outbox
+
+        path = panic_outbox(self.cfg)
+        if not path.exists() or not self.bus.connected_brokers:
+            return
+        store = await asyncio.to_thread(BusStore, path)
+        try:
+            for entry in store.outbox_head(100):
+                await self.bus.send_raw(entry.destination, entry.body, entry.headers)
+                store.outbox_remove(entry.seq)
+        finally:
+            store.close()
+
 
 DaemonFactory = Callable[[Config, MessageBus, argparse.Namespace], Daemon]
 
@@ -169,6 +200,8 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
     instance = args.instance or socket.gethostname()
     bus = MessageBus.from_config(cfg, f"{name}-{instance}")
     daemon = factory(cfg, bus, args)
+    if bus.on_dead_letter is None:  # a daemon may have its own (the panic mailer does)
+        bus.on_dead_letter = daemon.panic_on_dead_letter
     notifier.notify(f"STATUS=starting {daemon.ident}, connecting to {len(cfg.bus.brokers)} broker(s)")
     await bus.start(consume=False)  # handlers run once the daemon has started (and recovered)
     if not await _wait_broker(bus, stop, notifier):
@@ -202,6 +235,10 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
         if time.monotonic() >= next_state:
             next_state = time.monotonic() + STATUS_PERIOD_S
             await _announce(daemon)
+            try:
+                await daemon.forward_host_panics()
+            except Exception:  # noqa: BLE001 - informative path; never fatal
+                _log.exception("cannot forward the host's panic outbox")
     failure.cancel()
     stopping.cancel()
 

@@ -164,8 +164,10 @@ class ForwarderDaemon(Daemon):
                 if (a.assignment, name) not in self._alerted:  # once per sensor, not every retry
                     self._alerted.add((a.assignment, name))
                     free = shutil.disk_usage(self.incoming).free
-                    await self._alert(f"{a.image} {name}: cannot write {filename} in {self.incoming}: {exc} "
-                                      f"({free} bytes free there)")
+                    problem = (f"{a.image} {name}: cannot write {filename} in {self.incoming}: {exc} "
+                               f"({free} bytes free there)")
+                    await self._alert(problem)
+                    await self.raise_panic(f"{self.ident}: {problem}")
                 return  # stays pending: retried on the next wake-up
             except Exception as exc:  # noqa: BLE001 - a bad input or a bug: this sensor fails, others go on
                 _log.exception("%s %s: writing %s failed", a.image, name, filename, extra={"IMAGE": a.image})

@@ -112,6 +112,8 @@ class HeaderServiceDaemon(Daemon):
         _log.error(problem)
         self.spawn(self.bus.send(make("ALERT", severity="error", source=self.ident, message=problem,
                                       sender=self.ident)), "alert")
+        if self.storage_faults == 1 or self.storage_faults % 100 == 0:
+            self.spawn(self.raise_panic(f"{self.ident}: {problem}"), "panic")
 
     async def _deadlines(self) -> None:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from fitsflow.core.bus import MessageBus
@@ -18,6 +19,7 @@ from fitsflow.receiver.stream import RejectedPacketCounter, SpeadStreamReceiver
 
 _log = logging.getLogger(__name__)
 RMEM_MAX = Path("/proc/sys/net/core/rmem_max")
+PANIC_EVERY_S = 600.0
 
 
 def check_rmem_max(requested: int) -> str | None:
@@ -46,6 +48,7 @@ class ReceiverDaemon(Daemon):
         self.rejected = RejectedPacketCounter()
         self.loss = LossMonitor(self.streams, self.rcfg.loss_alert_fraction)
         self.alerts = 0
+        self._last_panic = -PANIC_EVERY_S
         self.roles = [self.assembler, *self.streams]
         # Durable: a restarted receiver still learns which sensors to expect.
         bus.subscribe(CAMERA_EVENTS, self.on_camera_event, name=f"receiver-events-{self.instance}",
@@ -92,6 +95,8 @@ class ReceiverDaemon(Daemon):
                                                                            "MSGTYPE": "READOUT_COMPLETE"})
 
     async def _storage_error(self, problem: str) -> None:
+        if self.state != "ALARM":
+            await self.raise_panic(f"{self.ident}: cannot store readouts: {problem}")
         self.state = "ALARM"
         await self.bus.send(make("ALERT", severity="error", source=self.ident,
                                  message=f"raw buffer store: {problem}", sender=self.ident))
@@ -107,3 +112,6 @@ class ReceiverDaemon(Daemon):
                 _log.error("packet loss above threshold: %s", problem)
                 await self.bus.send(make("ALERT", severity="error", source=self.ident, message=problem,
                                          sender=self.ident))
+                if time.monotonic() - self._last_panic > PANIC_EVERY_S:  # a shifter needs one mail, not one a minute
+                    self._last_panic = time.monotonic()
+                    await self.raise_panic(f"{self.ident}: UDP packet loss above threshold: {problem}")

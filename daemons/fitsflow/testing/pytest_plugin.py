@@ -29,6 +29,17 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
     b.stop()
 
 
+@pytest.fixture(scope="module")
+def module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    """A broker for one test module: queues are persistent, so a module whose tests consume
+    shared queues (FILE_DELIVERED, PANIC...) should not see another module's leftovers.
+    Use it by overriding ``broker`` in the module: ``broker = module_broker_fixture``."""
+    b = PrivateBroker(tmp_path_factory.mktemp("activemq-module"), name="module")
+    b.start()
+    yield b
+    b.stop()
+
+
 @pytest.fixture
 def broker_factory(tmp_path: Path) -> Iterator[Callable[..., PrivateBroker]]:
     made: list[PrivateBroker] = []

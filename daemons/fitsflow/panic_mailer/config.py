@@ -1,0 +1,44 @@
+"""``[panic_mailer]`` configuration."""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PanicMailerConfig:
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    #: Upgrade the connection with STARTTLS before logging in (required to send a password).
+    starttls: bool = False
+    #: TOML file with username/password for SMTP AUTH; mode 0600, owned by the service user.
+    credentials_file: Path | None = None
+    sender: str = "fitsflow@localhost"
+    recipients: tuple[str, ...] = ()
+    #: The same panic (program, host, text) repeated within this window → one more mail with
+    #: the count, at the end of the window.
+    fold_window_s: float = 300.0
+    #: More mails than this in an hour → the rest go into one digest per window.
+    max_mails_per_hour: int = 20
+    #: Longest wait between attempts while the SMTP server is unreachable (s).
+    retry_max_s: float = 60.0
+
+    def validate(self, check) -> None:  # type: ignore[no-untyped-def]
+        if not self.recipients:
+            check.fail("panic_mailer.recipients", "at least one address is needed")
+        for key in ("fold_window_s", "max_mails_per_hour", "retry_max_s", "smtp_port"):
+            check.positive(f"panic_mailer.{key}", getattr(self, key))
+        if self.credentials_file is not None:
+            try:
+                mode = self.credentials_file.stat().st_mode
+            except OSError as exc:
+                check.fail("panic_mailer.credentials_file", f"{self.credentials_file}: {exc.strerror}")
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                check.fail("panic_mailer.credentials_file",
+                           f"{self.credentials_file} is readable by others (mode {stat.S_IMODE(mode):04o}); "
+                           "chmod 600 it")
+            if not self.starttls:
+                check.fail("panic_mailer.starttls", "a password must not cross the network in clear: "
+                                                    "set starttls = true with credentials_file")
