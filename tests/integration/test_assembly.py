@@ -9,7 +9,6 @@ import datetime as dt
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Awaitable
 

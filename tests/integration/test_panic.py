@@ -19,7 +19,7 @@ from fitsflow.panic_mailer.daemon import PanicMailerDaemon
 from fitsflow.testing.broker import PrivateBroker, free_port
 from fitsflow.testing.config import make_site
 from fitsflow.testing.daemons import Listener, running
-from fitsflow.testing.wait import async_wait_for, wait_for
+from fitsflow.testing.wait import async_wait_for
 
 pytestmark = pytest.mark.broker
 

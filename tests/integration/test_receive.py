@@ -10,7 +10,7 @@ import random
 import socket
 import struct
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import numpy as np
 import pytest

@@ -97,11 +97,11 @@ class HeaderServiceDaemon(Daemon):
             raise Requeue(f"header store unwritable: {exc}", delay=5.0) from None
         self.state = "ON"
         rec.written = True
+        self.written += 1  # counted when on disk, before anyone hears of it
+        self.partial += header.partial
         await asyncio.to_thread(self.store.save, rec)
         await self.bus.send(make("HEADER_READY", rec.image, path=str(path), partial=header.partial,
                                  missing_keywords=header.missing_keywords, sender=self.ident))
-        self.written += 1
-        self.partial += header.partial
         level = logging.WARNING if header.partial else logging.INFO
         _log.log(level, "header of %s written%s", rec.image,
                  f", partial: missing {header.missing_keywords}" if header.partial else "",

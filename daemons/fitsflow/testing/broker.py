@@ -90,7 +90,7 @@ class PrivateBroker:
         if self.proc is not None and self.proc.poll() is None:
             return self
         self._prepare()
-        cmd = ["java", f"-Xms64M", f"-Xmx{self.heap_mb}M", *_JAVA_OPENS,
+        cmd = ["java", "-Xms64M", f"-Xmx{self.heap_mb}M", *_JAVA_OPENS,
                f"-Dactivemq.classpath={self.conf_dir}", f"-Dactivemq.home={ACTIVEMQ_HOME}",
                f"-Dactivemq.base={self.base}", f"-Dactivemq.conf={self.conf_dir}",
                f"-Dactivemq.data={self.data_dir}", f"-Dbroker.name={self.name}",

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from fitsflow.core.errors import UnsafePath
 from fitsflow.core.handoff import fsync_dir, link_into
 from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.ingest.verify import (STATUS_INGEST_FAILURE, STATUS_OK, BadFile, Inspected, inspect)
@@ -171,5 +170,3 @@ def _image_from_name(name: str) -> str:
     guess = "_".join(parts[1:-2]) if len(parts) > 3 else ""
     return guess if IMAGE_NAME.fullmatch(guess) else "unknown"
 
-
-__all__ = ["Ingester", "IngestStats", "UnsafePath"]
