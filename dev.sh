@@ -20,7 +20,8 @@ system_packages() {
         # activemq: the real broker the tests and the demo start privately (pulls OpenJDK 17)
         # fitsverify: the FITS standard checker the forwarder's output is tested with
         # postgresql: the registries are tested against a real PostgreSQL (started privately)
-        local want=(activemq fitsverify postgresql python3-venv)
+        # systemd: systemd-analyze/-sysusers/-tmpfiles check the shipped units and drop-ins
+        local want=(activemq fitsverify postgresql systemd python3-venv)
         local missing=()
         for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
         if [ "${#missing[@]}" -gt 0 ]; then

@@ -1,0 +1,74 @@
+"""systemd units and drop-ins: systemd-analyze verify (with empty stderr — it exits 0 on
+unknown keys), the hardening score, and sysusers/tmpfiles applied to a scratch root."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fitsflow.core.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+UNITS = sorted((REPO / "units").glob("*.service"))
+MAX_EXPOSURE = 2.5  # issue 7's bound; the units reach 1.2 today
+
+# No skip when the tools are missing: ./dev.sh installs them (Debian package 'systemd'), and a
+# check that silently skips never runs.
+
+
+def installed_copy(tmp_path: Path, unit: Path) -> Path:
+    """The unit as an admin would have it: an instance name for templates, ExecStart pointing
+    at the installed scripts (here: this environment's)."""
+    name = unit.name.replace("@.service", "@t1.service")
+    text = unit.read_text().replace("/usr/bin/", f"{Path(sys.executable).parent}/")
+    (tmp_path / name).write_text(text)
+    shutil.copy(REPO / "units" / "fitsflow.target", tmp_path / "fitsflow.target")
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_verify_is_clean(tmp_path: Path, unit: Path) -> None:
+    copy = installed_copy(tmp_path, unit)
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(copy)], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_hardening_score(tmp_path: Path, unit: Path) -> None:
+    copy = installed_copy(tmp_path, unit)
+    done = subprocess.run(["systemd-analyze", "security", "--offline=yes", f"--threshold={int(MAX_EXPOSURE * 10)}",
+                           str(copy)], capture_output=True, text=True, cwd=tmp_path)
+    score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", done.stdout).group(1))
+    assert done.returncode == 0 and score <= MAX_EXPOSURE, done.stdout[-2000:]
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_service_contract(unit: Path) -> None:
+    text = unit.read_text()
+    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "RestartPreventExitStatus=78", "User=fitsflow",
+                 "StateDirectory=fitsflow", "ReadWritePaths=/var/lib/fitsflow\n", "PartOf=fitsflow.target",
+                 "WantedBy=fitsflow.target"):
+        assert line in text, f"{unit.name}: {line!r} missing"
+
+
+def test_tmpfiles_make_the_tree_the_default_config_expects(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for sub in ("etc", "usr/lib/sysusers.d", "usr/lib/tmpfiles.d"):
+        (root / sub).mkdir(parents=True)
+    shutil.copy(REPO / "etc/sysusers.d/fitsflow.conf", root / "usr/lib/sysusers.d")
+    shutil.copy(REPO / "etc/tmpfiles.d/fitsflow.conf", root / "usr/lib/tmpfiles.d")
+    subprocess.run(["systemd-sysusers", f"--root={root}"], check=True, capture_output=True)
+    assert "fitsflow:" in (root / "etc/passwd").read_text()
+    subprocess.run(["systemd-tmpfiles", "--create", f"--root={root}"], check=True, capture_output=True)
+    shipped = (REPO / "etc/fitsflow/fitsflow.toml").read_text()
+    moved = shipped.replace("/var/lib/fitsflow", str(root / "var/lib/fitsflow"))
+    cfg_path = tmp_path / "fitsflow.toml"
+    cfg_path.write_text(moved)
+    cfg = load_config(cfg_path)  # every data directory exists, one filesystem
+    assert (cfg.paths.resolved().incoming.stat().st_mode & 0o7777) == 0o2775
