@@ -6,6 +6,7 @@ import concurrent.futures
 import itertools
 import logging
 import threading
+import time
 from typing import Callable, Mapping
 
 import stomp
@@ -50,7 +51,17 @@ class StompLink(BrokerLink):
         conn.set_listener("fitsflow", _Listener(self, generation))
         user, password = self._credentials or (None, None)
         try:
-            conn.connect(user, password, wait=True, headers={"client-id": client_id})
+            # Not wait=True: stomp.py then waits for CONNECTED with no time limit (its own
+            # timeout argument only changes the polling), so a broker that accepts TCP but
+            # never answers would hold this thread for ever, silently.
+            conn.connect(user, password, wait=False, headers={"client-id": client_id})
+            deadline = time.monotonic() + self._timeout
+            while not conn.is_connected():
+                if conn.transport.connection_error:
+                    raise stomp.exception.ConnectFailedException("refused by the broker")
+                if time.monotonic() > deadline:
+                    raise stomp.exception.ConnectFailedException(f"no CONNECTED within {self._timeout:.0f} s")
+                time.sleep(0.01)
         except (stomp.exception.StompException, OSError) as exc:
             try:
                 conn.disconnect()
