@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import socket
+import sys
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -210,8 +212,6 @@ def utcnow_iso() -> str:
 
 
 def default_sender() -> str:
-    import sys
-    import os
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
     return f"{prog}@{socket.gethostname()}"
 

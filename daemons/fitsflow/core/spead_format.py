@@ -44,7 +44,6 @@ ITEMS: tuple[ItemSpec, ...] = (
     ItemSpec(0x1010, "pixels", "Pixels of this stripe, row-major, rows x sensor_cols", (None,), "<i4"),
 )
 ITEM_BY_NAME = {i.name: i for i in ITEMS}
-REQUIRED = frozenset(ITEM_BY_NAME)
 #: Pixel types a receiver accepts in the descriptor of ``pixels``.
 PIXEL_DTYPES = frozenset({"<i4", "<u2", "<i2", "<f4", "<u4"})
 
@@ -80,10 +79,6 @@ class Stripe:
     t_start: float
     t_end: float
     pixels: np.ndarray  # 1-D, rows_in_stripe * cols elements
-
-    @property
-    def stripe_rows(self) -> int:
-        return self.pixels.size // self.cols
 
 
 def stripe_bounds(rows: int, count: int, index: int) -> tuple[int, int]:
