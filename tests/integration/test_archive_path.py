@@ -82,10 +82,6 @@ def run(coro: Awaitable[None]) -> None:
 OUT = ["/topic/fitsflow.oods", "/topic/fitsflow.archive", "/topic/fitsflow.alerts"]
 
 
-@pytest.mark.skip(reason="OPEN BUG: with six buses in one event loop, about 1 run in 4 never finishes its "
-                         "set-up (loop and threads idle, 3 of 6 STOMP connections made; no timeout fires). "
-                         "Not understood yet. The same flow, every daemon its own process, is tested by "
-                         "test_demo (exactly once, no dead letters, no stranded files).")
 def test_images_reach_oods_and_archive_exactly_once(tmp_path: Path, broker: PrivateBroker) -> None:
     cfg = site(tmp_path, broker)
     images = [f"TESTCAM_O_20261121_{n:06d}" for n in (1, 2)]

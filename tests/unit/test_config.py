@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from fitsflow.cli import main as cli_main
-from fitsflow.core.config import load_config, mask_url, parse_broker_url
+from fitsflow.core.config import _Checker, load_config, mask_url, parse_broker_url
 from fitsflow.core.errors import EX_CONFIG, ConfigError
 from fitsflow.testing.config import make_site
 
@@ -77,9 +78,52 @@ def test_bad_broker_url(cfg_file: Path) -> None:
     assert error_of(cfg_file).key == "bus.brokers"
 
 
-def test_tls_url_refused_until_supported(cfg_file: Path) -> None:
-    rewrite(cfg_file, '"stomp://127.0.0.1:61613"', '"stomp+ssl://broker:61612"')
-    assert "stomp+ssl" in error_of(cfg_file).problem
+def test_plaintext_only_to_a_loopback_broker(cfg_file: Path) -> None:
+    rewrite(cfg_file, '"stomp://127.0.0.1:61613"', '"stomp://broker.example.org:61613"')
+    err = error_of(cfg_file)
+    assert err.key == "bus.brokers" and "stomp+ssl" in err.problem
+    rewrite(cfg_file, "[bus]\n", "[bus]\nallow_plaintext = true\n")
+    load_config(cfg_file)
+    rewrite(cfg_file, '"stomp://broker.example.org:61613"', '"stomp+ssl://broker.example.org:61612"')
+    assert load_config(cfg_file).bus.brokers == ("stomp+ssl://broker.example.org:61612",)
+
+
+@pytest.mark.parametrize("mode, ok", [(0o600, True), (0o400, True), (0o640, False), (0o644, False), (0o606, False)])
+def test_secret_files_must_be_private(cfg_file: Path, tmp_path: Path, mode: int, ok: bool) -> None:
+    secret = tmp_path / "creds.toml"
+    secret.write_text('username = "u"\npassword = "p"\n')
+    secret.chmod(mode)
+    rewrite(cfg_file, "[bus]\n", f'[bus]\ncredentials_file = "{secret}"\n')
+    if ok:
+        assert load_config(cfg_file).bus.credentials_file == secret
+    else:
+        err = error_of(cfg_file)
+        assert err.key == "bus.credentials_file" and f"chmod 600 {secret}" in err.problem
+
+
+def test_secret_file_of_another_user() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chown and switch users")
+    with tempfile.TemporaryDirectory() as d:
+        os.chmod(d, 0o755)  # the other user must be able to stat the key
+        key = Path(d) / "client.key"
+        key.write_text("key")
+        key.chmod(0o600)
+        os.chown(key, 65534, 65534)
+        _Checker("f.toml", check_dirs=False).secret_file("bus.tls_key_file", key)  # root may check anyone's
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                os.setgid(65533)
+                os.setuid(65533)
+                _Checker("f.toml", check_dirs=False).secret_file("bus.tls_key_file", key)
+                code = 1
+            except ConfigError as exc:
+                code = 0 if "owned by uid 65534, not by uid 65533" in exc.problem else 2
+            finally:
+                os._exit(code)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
 
 
 def test_missing_directory(cfg_file: Path) -> None:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import ipaddress
 import os
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -54,6 +56,14 @@ class BusConfig:
     brokers: tuple[str, ...] = ("stomp://127.0.0.1:61613",)
     #: TOML file with ``username`` and ``password`` (mode 0600, owned by the service user).
     credentials_file: Path | None = None
+    #: CA certificates (PEM) that sign the brokers' certificates, for stomp+ssl:// URLs; the
+    #: system's CA store when unset. The broker's name must match its certificate.
+    tls_ca_file: Path | None = None
+    #: Client certificate and key (PEM) for brokers that require one; the key mode 0600.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: Allow stomp:// (plaintext) to a broker that is not on this host's loopback.
+    allow_plaintext: bool = False
     #: STOMP heart-beat in both directions; a silent broker is declared lost after 2×.
     heartbeat_ms: int = 10_000
     #: Handler failures before a message goes to its dead-letter queue.
@@ -75,17 +85,25 @@ class BusConfig:
                 address = parse_broker_url(url)
             except ValueError as exc:
                 check.fail("bus.brokers", str(exc))
-            if address.tls:
-                # Refuse rather than silently talk plaintext to a TLS port.
-                check.fail("bus.brokers", f"{mask_url(url)}: stomp+ssl is not supported by this version")
+            if not address.tls and not self.allow_plaintext and not _is_loopback(address.host):
+                check.fail("bus.brokers", f"{mask_url(url)}: a password must not cross the network in clear; "
+                                          "use stomp+ssl:// (or set bus.allow_plaintext = true on a closed network)")
         check.positive("bus.heartbeat_ms", self.heartbeat_ms)
         check.positive("bus.max_attempts", self.max_attempts)
         check.positive("bus.retry_delay_s", self.retry_delay_s)
         check.positive("bus.receipt_timeout_s", self.receipt_timeout_s)
         check.positive("bus.reconnect_max_s", self.reconnect_max_s)
         check.positive("bus.prefetch", self.prefetch)
-        if self.credentials_file is not None and not self.credentials_file.is_file():
-            check.fail("bus.credentials_file", f"{self.credentials_file} is not a readable file")
+        if self.credentials_file is not None:
+            check.secret_file("bus.credentials_file", self.credentials_file)
+        if self.tls_ca_file is not None and not self.tls_ca_file.is_file():
+            check.fail("bus.tls_ca_file", f"{self.tls_ca_file} is not a readable file")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            check.fail("bus.tls_cert_file", "tls_cert_file and tls_key_file go together")
+        if self.tls_cert_file is not None and not self.tls_cert_file.is_file():
+            check.fail("bus.tls_cert_file", f"{self.tls_cert_file} is not a readable file")
+        if self.tls_key_file is not None:
+            check.secret_file("bus.tls_key_file", self.tls_key_file)
 
 
 @dataclass(frozen=True)
@@ -207,6 +225,15 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return m.group(1).strip("[]"), int(m.group(2))
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def mask_url(url: str) -> str:
     """Hide the password of ``scheme://user:password@host``."""
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:****@", url)
@@ -295,6 +322,22 @@ class _Checker:
     def pattern(self, key: str, value: str, regex: str) -> None:
         if not re.fullmatch(regex, value):
             self.fail(key, f"{value!r} does not match {regex}")
+
+    def secret_file(self, key: str, path: Path) -> None:
+        """A file holding a secret: must exist, be owned by the user running fitsflow (root
+        may check anyone's) and be neither group- nor world-accessible."""
+        try:
+            st = path.stat()
+        except OSError as exc:
+            self.fail(key, f"{path}: {exc.strerror}")
+        if not stat.S_ISREG(st.st_mode):
+            self.fail(key, f"{path} is not a regular file")
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            self.fail(key, f"{path} is accessible to group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                           f"chmod 600 {path}")
+        euid = os.geteuid()
+        if euid != 0 and st.st_uid != euid:
+            self.fail(key, f"{path} is owned by uid {st.st_uid}, not by uid {euid} that runs fitsflow")
 
     def directory(self, key: str, path: Path) -> None:
         if not self.check_dirs:

@@ -31,6 +31,12 @@ class Disconnected(FitsflowError):
     """No broker could take the operation (the transport library's errors end up here)."""
 
 
+class Refused(Disconnected):
+    """The broker answered with an ERROR: it refuses this login, destination or frame
+    (e.g. the identity may not write there). Sending again will not help until someone
+    changes the broker's configuration."""
+
+
 class MessageError(FitsflowError):
     """A message body or its headers do not follow the message catalogue."""
 

@@ -58,17 +58,14 @@ def build_panic(message: str, *, program: str | None = None, argv: list[str] | N
 def _send_direct(cfg: Config, msg: Message) -> str | None:
     """Try each broker once; returns the broker used, or None."""
     from fitsflow.core.bus.stomp_link import StompLink
-    from fitsflow.core.config import read_credentials
 
-    creds = read_credentials(cfg.bus.credentials_file) if cfg.bus.credentials_file else None
-    for url in cfg.bus.brokers:
-        link = StompLink(url, heartbeat_ms=0, credentials=creds, connect_timeout_s=SEND_TIMEOUT_S)
+    for link in StompLink.for_brokers(cfg.bus, heartbeat_ms=0, connect_timeout_s=SEND_TIMEOUT_S):
         try:
             link.connect(f"panic-{uuid.uuid4().hex[:12]}")
             link.send(destination_of("PANIC"), msg.encode(), msg.headers()).result(SEND_TIMEOUT_S)
-            return url
+            return link.url
         except (Disconnected, TimeoutError, OSError) as exc:
-            _log.debug("panic via %s failed: %s", url, exc)
+            _log.debug("panic via %s failed: %s", link.url, exc)
         finally:
             link.close()
     return None

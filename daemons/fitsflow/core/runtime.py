@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import os
 import signal
@@ -141,6 +142,18 @@ class Daemon:
         what = f"{msg.type} {msg.id}" + (f" (image {msg.image})" if msg.image else "") if msg else "a message"
         await self.raise_panic(f"{self.ident}: {what} dead-lettered to {destination}: {reason[:1000]}")
 
+    async def panic_on_refused(self, destination: str, what: str, reason: str) -> None:
+        problem = f"{self.ident}: the broker refuses {what} {destination}: {reason[:1000]}"
+        if what == "login":
+            # This bus cannot reach the broker with its identity: go the host's way
+            # (other brokers, host outbox, journal at CRIT).
+            from fitsflow.core.panic import build_panic, deliver
+
+            await asyncio.to_thread(deliver, build_panic(problem, program=f"fitsflow-{self.name}"), self.cfg)
+        else:
+            await self.raise_panic(problem + " (messages are kept in the bus store's refused table)"
+                                   if what == "send" else problem)
+
     async def forward_host_panics(self) -> None:
         """Panics that programs on this host could not send wait in the host's panic outbox;
         move them into this daemon's bus (which delivers or keeps them durably)."""
@@ -157,6 +170,16 @@ class Daemon:
                 store.outbox_remove(entry.seq)
         finally:
             store.close()
+
+
+def log_task_stacks() -> None:
+    """``kill -USR1 PID``: log where every asyncio task of the daemon is waiting (for a
+    daemon that looks stuck; the watchdog only says *that* it is)."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        print(f"--- {task.get_name()}", file=out)
+        task.print_stack(limit=8, file=out)
+    _log.warning("asyncio tasks:\n%s", out.getvalue())
 
 
 DaemonFactory = Callable[[Config, MessageBus, argparse.Namespace], Daemon]
@@ -196,12 +219,14 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, log_task_stacks)
 
     instance = args.instance or socket.gethostname()
     bus = MessageBus.from_config(cfg, f"{name}-{instance}")
     daemon = factory(cfg, bus, args)
     if bus.on_dead_letter is None:  # a daemon may have its own (the panic mailer does)
         bus.on_dead_letter = daemon.panic_on_dead_letter
+    bus.on_refused = bus.on_refused or daemon.panic_on_refused
     notifier.notify(f"STATUS=starting {daemon.ident}, connecting to {len(cfg.bus.brokers)} broker(s)")
     await bus.start(consume=False)  # handlers run once the daemon has started (and recovered)
     if not await _wait_broker(bus, stop, notifier):

@@ -15,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+from fitsflow.core.aio import wait_event
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
 from fitsflow.core.errors import Reject, UnsafePath
@@ -100,10 +101,7 @@ class ForwarderDaemon(Daemon):
 
     async def _work(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self.wake.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self.wake, 0.5)
             self.wake.clear()
             for a in self.book.open_items():
                 if a.assignment not in self.in_progress and self._ready(a):

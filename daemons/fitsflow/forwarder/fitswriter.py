@@ -142,7 +142,11 @@ def write_fits(directory: Path, filename: str, hdus: fits.HDUList) -> WrittenFil
                     crc = zlib.crc32(block, crc)
                 crc = _write_data(fh, image.data, crc)
             else:
-                fits.HDUList([primary, image]).writeto(fh, checksum=True, output_verify="exception")
+                # Our own fixed comment again: writeto(checksum=True) would stamp "now" into
+                # CHECKSUM's comment, and a repeated assignment would not give the same bytes.
+                primary.add_checksum(when=when)
+                image.add_checksum(when=when)
+                fits.HDUList([primary, image]).writeto(fh, checksum=False, output_verify="exception")
                 crc = None
     except OSError:
         raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +30,7 @@ class PanicMailerConfig:
         for key in ("fold_window_s", "max_mails_per_hour", "retry_max_s", "smtp_port"):
             check.positive(f"panic_mailer.{key}", getattr(self, key))
         if self.credentials_file is not None:
-            try:
-                mode = self.credentials_file.stat().st_mode
-            except OSError as exc:
-                check.fail("panic_mailer.credentials_file", f"{self.credentials_file}: {exc.strerror}")
-            if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                check.fail("panic_mailer.credentials_file",
-                           f"{self.credentials_file} is readable by others (mode {stat.S_IMODE(mode):04o}); "
-                           "chmod 600 it")
+            check.secret_file("panic_mailer.credentials_file", self.credentials_file)
             if not self.starttls:
                 check.fail("panic_mailer.starttls", "a password must not cross the network in clear: "
                                                     "set starttls = true with credentials_file")

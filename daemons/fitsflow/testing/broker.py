@@ -53,7 +53,8 @@ class PrivateBroker:
     """An ActiveMQ process of our own. Use as a context manager or start()/stop()."""
 
     def __init__(self, base: Path, *, name: str = "fitsflow-test", stomp_port: int | None = None,
-                 config: Path | None = None, heap_mb: int = 256) -> None:
+                 config: Path | None = None, properties: dict[str, str] | None = None,
+                 heap_mb: int = 256, tls: bool = False) -> None:
         self.base = Path(base)
         self.name = name
         self.stomp_port = stomp_port or free_port()
@@ -63,12 +64,14 @@ class PrivateBroker:
         self.data_dir = self.base / "data"
         self.log_path = self.base / "broker.log"
         self._config = config
+        self.properties = dict(properties or {})
+        self.tls = tls  # the STOMP connector of the configuration speaks stomp+ssl
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     @property
     def url(self) -> str:
-        return f"stomp://127.0.0.1:{self.stomp_port}"
+        return f"{'stomp+ssl' if self.tls else 'stomp'}://127.0.0.1:{self.stomp_port}"
 
     def _prepare(self) -> None:
         jar = ACTIVEMQ_HOME / "bin" / "activemq.jar"
@@ -80,7 +83,10 @@ class PrivateBroker:
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         target = self.conf_dir / "activemq.xml"
-        if self._config is not None:
+        if self._config is not None and self._config.is_dir():
+            # A complete instance directory (activemq.xml, login.config, *.properties)
+            shutil.copytree(self._config, self.conf_dir, dirs_exist_ok=True)
+        elif self._config is not None:
             shutil.copyfile(self._config, target)
         else:
             target.write_text(resources.files("fitsflow.testing").joinpath("activemq.xml").read_text())
@@ -95,6 +101,9 @@ class PrivateBroker:
                f"-Dactivemq.base={self.base}", f"-Dactivemq.conf={self.conf_dir}",
                f"-Dactivemq.data={self.data_dir}", f"-Dbroker.name={self.name}",
                f"-Dstomp.port={self.stomp_port}", f"-Dopenwire.port={self.openwire_port}",
+               *(f"-D{k}={v}" for k, v in self.properties.items()),
+               *([f"-Djava.security.auth.login.config={self.conf_dir / 'login.config'}"]
+                 if (self.conf_dir / "login.config").is_file() else []),
                "-jar", str(ACTIVEMQ_HOME / "bin" / "activemq.jar"), "start",
                f"xbean:file:{self.conf_dir / 'activemq.xml'}"]
         log = open(self.log_path, "ab")

@@ -25,6 +25,13 @@ Receiving (:meth:`MessageBus.subscribe`)
     retries are driven here, not by NACK; while a message waits for its retry it stays
     unacked, so a crash hands it back to the broker and the attempt count survives on disk.
 
+Refusals
+    A broker that refuses a send or a subscription (its authorization map does not let this
+    identity write or read there) will not change its mind by itself: the message is kept in
+    the store's ``refused`` table (back into the outbox at the next start), the refusal is
+    logged and reported once per destination through ``on_refused`` (daemons raise a panic),
+    and everything else carries on.
+
 Connections
     One task per broker reconnects with capped exponential back-off and jitter, re-subscribes,
     and relies on STOMP heart-beats to notice a silent broker.
@@ -42,10 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, Mapping
 
+from fitsflow.core.aio import wait_event, wait_for
 from fitsflow.core.bus.link import BrokerLink, Frame, LinkCallbacks, Subscription
 from fitsflow.core.bus.store import BusStore
-from fitsflow.core.config import BusConfig, Config, read_credentials
-from fitsflow.core.errors import Disconnected, MessageError, Reject, Requeue
+from fitsflow.core.config import BusConfig, Config
+from fitsflow.core.errors import Disconnected, MessageError, Refused, Reject, Requeue
 from fitsflow.core.messages import Message, decode, destination_of
 
 _log = logging.getLogger(__name__)
@@ -53,6 +61,8 @@ _log = logging.getLogger(__name__)
 Handler = Callable[[Message], Awaitable[None]]
 #: Called after a message was dead-lettered: (destination, reason, message or None).
 DeadLetterHook = Callable[[str, str, "Message | None"], Awaitable[None]]
+#: Called once per destination the broker refuses: (destination, "send"|"subscribe", reason).
+RefusedHook = Callable[[str, str, str], Awaitable[None]]
 
 #: Headers the broker sets on delivery; they are not copied to a dead-lettered message.
 _DELIVERY_HEADERS = {"message-id", "destination", "subscription", "ack", "redelivered", "expires",
@@ -79,6 +89,7 @@ class BusStats:
     requeued: int = 0
     failures: int = 0
     dead_lettered: int = 0
+    refused: int = 0
     stale: int = 0
     connects: int = 0
     disconnects: int = 0
@@ -109,7 +120,7 @@ class MessageBus:
     ``subscribe`` what the daemon consumes, ``await start()``, and ``await stop()`` at the end."""
 
     def __init__(self, cfg: BusConfig, name: str, store: BusStore, links: list[BrokerLink], *,
-                 on_dead_letter: DeadLetterHook | None = None) -> None:
+                 on_dead_letter: DeadLetterHook | None = None, on_refused: RefusedHook | None = None) -> None:
         if not links:
             raise ValueError("a bus needs at least one broker link")
         self.cfg = cfg
@@ -118,6 +129,11 @@ class MessageBus:
         self.links = links
         self.stats = BusStats()
         self.on_dead_letter = on_dead_letter
+        self.on_refused = on_refused
+        self._refusals_reported: set[tuple[str, str]] = set()
+        requeued = store.requeue_refused()
+        if requeued:
+            _log.warning("%s: %d message(s) refused by the broker earlier are tried again", name, requeued)
         self._subs: dict[str, _Sub] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._link_down: dict[int, asyncio.Event] = {}
@@ -133,9 +149,7 @@ class MessageBus:
         """A bus over STOMP links to the configured brokers, its store in site.state_dir."""
         from fitsflow.core.bus.stomp_link import StompLink  # the only route to stomp.py
 
-        creds = read_credentials(cfg.bus.credentials_file) if cfg.bus.credentials_file else None
-        links: list[BrokerLink] = [StompLink(u, heartbeat_ms=cfg.bus.heartbeat_ms, credentials=creds)
-                                   for u in cfg.bus.brokers]
+        links: list[BrokerLink] = list(StompLink.for_brokers(cfg.bus))
         store = BusStore(Path(cfg.site.state_dir) / f"{name}.bus.sqlite")
         return cls(cfg.bus, name, store, links, **kwargs)  # type: ignore[arg-type]
 
@@ -165,11 +179,7 @@ class MessageBus:
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until at least one broker is connected; False on timeout."""
-        try:
-            await asyncio.wait_for(self._any_up.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        return await wait_event(self._any_up, timeout)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop consuming, let busy handlers finish (up to ``grace_s``), try one last outbox
@@ -205,7 +215,8 @@ class MessageBus:
         """One line for STATUS=: brokers up, outbox, outcome counters."""
         s = self.stats
         return (f"brokers {len(self.connected_brokers)}/{len(self.links)}, outbox {self._outbox_count}, "
-                f"handled {s.handled}, retried {s.failures}, dead-lettered {s.dead_lettered}")
+                f"handled {s.handled}, retried {s.failures}, dead-lettered {s.dead_lettered}"
+                + (f", refused {s.refused}" if s.refused else ""))
 
     # -- sending -----------------------------------------------------------------------
 
@@ -222,10 +233,24 @@ class MessageBus:
             self._to_outbox(destination, headers, body, "no broker connected" if link is None else "outbox not empty")
             return
         try:
-            await asyncio.wait_for(asyncio.wrap_future(link.send(destination, body, headers)),
+            await wait_for(asyncio.wrap_future(link.send(destination, body, headers)),
                                    self.cfg.receipt_timeout_s)
-        except (Disconnected, asyncio.TimeoutError) as exc:
+        except Refused as exc:
+            self.store.refuse(destination, headers, body, str(exc))
+            await self._refused(destination, "send", str(exc))
+        except (Disconnected, TimeoutError) as exc:
             self._to_outbox(destination, headers, body, str(exc) or "no receipt in time")
+
+    async def _refused(self, destination: str, what: str, reason: str) -> None:
+        self.stats.refused += 1
+        _log.error("%s: %s %s refused by the broker: %s", self.name, what, destination, reason)
+        if (destination, what) in self._refusals_reported or self.on_refused is None:
+            return
+        self._refusals_reported.add((destination, what))
+        try:
+            await self.on_refused(destination, what, reason)
+        except Exception:  # noqa: BLE001 - reporting must not break sending
+            _log.exception("%s: refusal hook failed", self.name)
 
     def _producer_link(self) -> BrokerLink | None:
         return next((link for link in self.links if link.connected), None)
@@ -241,10 +266,7 @@ class MessageBus:
 
     async def _flush_outbox(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._outbox_wake.wait(), 1.0)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._outbox_wake, 1.0)
             self._outbox_wake.clear()
             if self._outbox_count:
                 await self._flush_once()
@@ -260,9 +282,14 @@ class MessageBus:
                 return
             for entry in entries:
                 try:
-                    await asyncio.wait_for(asyncio.wrap_future(link.send(entry.destination, entry.body, entry.headers)),
+                    await wait_for(asyncio.wrap_future(link.send(entry.destination, entry.body, entry.headers)),
                                            self.cfg.receipt_timeout_s)
-                except (Disconnected, asyncio.TimeoutError) as exc:
+                except Refused as exc:
+                    self.store.refuse(entry.destination, entry.headers, entry.body, str(exc), seq=entry.seq)
+                    self._outbox_count -= 1
+                    await self._refused(entry.destination, "send", str(exc))
+                    continue
+                except (Disconnected, TimeoutError) as exc:
                     _log.info("%s: outbox flush paused: %s", self.name, exc or "no receipt in time")
                     return
                 self.store.outbox_remove(entry.seq)
@@ -430,6 +457,10 @@ class MessageBus:
         while True:
             try:
                 await asyncio.to_thread(link.connect, self.name)
+            except Refused as exc:  # wrong password, unknown identity: retrying fast is pointless
+                await self._refused(link.url, "login", str(exc))
+                await asyncio.sleep(self.cfg.reconnect_max_s * random.uniform(0.8, 1.2))
+                continue
             except Disconnected as exc:
                 if delay >= 1.0:
                     _log.warning("%s: %s; retrying in %.1f s", self.name, exc, delay)
@@ -441,9 +472,13 @@ class MessageBus:
                 # Up only once the broker confirmed every subscription: nothing sent after
                 # wait_connected() can be missed.
                 for sub in list(self._subs.values()):
-                    await asyncio.wait_for(asyncio.wrap_future(self._subscribe_link(link, sub)),
-                                           self.cfg.receipt_timeout_s)
-            except (Disconnected, asyncio.TimeoutError) as exc:
+                    try:
+                        await wait_for(asyncio.wrap_future(self._subscribe_link(link, sub)),
+                                               self.cfg.receipt_timeout_s)
+                    except Refused as exc:
+                        # The other subscriptions still work; this one is retried at reconnect.
+                        await self._refused(sub.destination, "subscribe", str(exc))
+            except (Disconnected, TimeoutError) as exc:
                 _log.warning("%s: subscribing on %s failed (%s); reconnecting", self.name, link.url, exc)
                 await asyncio.to_thread(link.close)
                 await asyncio.sleep(delay)

@@ -5,34 +5,78 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import logging
+import re
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping
 
 import stomp
 import stomp.exception
 
 from fitsflow.core.bus.link import BrokerLink, Frame, Subscription
-from fitsflow.core.config import BrokerAddress, parse_broker_url
-from fitsflow.core.errors import Disconnected
+from fitsflow.core.config import BrokerAddress, BusConfig, parse_broker_url, read_credentials
+from fitsflow.core.errors import Disconnected, Refused
 
 _log = logging.getLogger(__name__)
+
+
+class _RedactPasscode(logging.Filter):
+    """stomp.py logs every frame it sends at DEBUG, the CONNECT frame's passcode included:
+    blank it before any handler sees the record."""
+
+    _PASSCODE = re.compile(r"passcode:[^\\'\n]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "passcode:" in text:
+            record.msg, record.args = self._PASSCODE.sub("passcode:********", text), None
+        return True
+
+
+logging.getLogger("stomp.py").addFilter(_RedactPasscode())
 _receipts = itertools.count(1)
 
 
+@dataclass(frozen=True)
+class TlsSettings:
+    """How a stomp+ssl:// link checks the broker and proves who it is (bus.tls_*)."""
+
+    ca_file: Path | None = None  # None: the system's CA store
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @classmethod
+    def from_config(cls, bus: BusConfig) -> TlsSettings:
+        return cls(bus.tls_ca_file, bus.tls_cert_file, bus.tls_key_file)
+
+
 class StompLink(BrokerLink):
-    """One STOMP 1.1 connection with heart-beats, receipts and client-individual acks."""
+    """One STOMP 1.1 connection with heart-beats, receipts and client-individual acks.
+
+    ``stomp+ssl://`` URLs speak TLS with certificate and host-name verification always on."""
 
     def __init__(self, url: str, *, heartbeat_ms: int = 10_000, credentials: tuple[str, str] | None = None,
-                 connect_timeout_s: float = 5.0) -> None:
+                 connect_timeout_s: float = 5.0, tls: TlsSettings | None = None) -> None:
         super().__init__(url)
         self.address: BrokerAddress = parse_broker_url(url)
+        self._tls = tls or TlsSettings()
         self._heartbeat_ms = heartbeat_ms
         self._credentials = credentials
         self._timeout = connect_timeout_s
         self._conn: stomp.Connection | None = None
         self._lock = threading.Lock()
         self._pending: dict[str, concurrent.futures.Future[None]] = {}
+        self._last_error = ""
+
+    @classmethod
+    def for_brokers(cls, bus: BusConfig, **kwargs: object) -> list[StompLink]:
+        """One link per configured broker, with the configured credentials and TLS settings."""
+        creds = read_credentials(bus.credentials_file) if bus.credentials_file else None
+        kwargs.setdefault("heartbeat_ms", bus.heartbeat_ms)
+        return [cls(url, credentials=creds, tls=TlsSettings.from_config(bus), **kwargs)  # type: ignore[arg-type]
+                for url in bus.brokers]
 
     @property
     def connected(self) -> bool:
@@ -47,6 +91,13 @@ class StompLink(BrokerLink):
             timeout=self._timeout,
             keepalive=True,
         )
+        if self.address.tls:
+            # stomp.py builds an SSLContext(PROTOCOL_TLS_CLIENT): hostname check and
+            # CERT_REQUIRED are on as long as verify=True.
+            conn.set_ssl(for_hosts=[(self.address.host, self.address.port)], verify=True,
+                         ca_certs=str(self._tls.ca_file) if self._tls.ca_file else None,
+                         cert_file=str(self._tls.cert_file) if self._tls.cert_file else None,
+                         key_file=str(self._tls.key_file) if self._tls.key_file else None)
         generation = self.generation + 1
         conn.set_listener("fitsflow", _Listener(self, generation))
         user, password = self._credentials or (None, None)
@@ -58,15 +109,18 @@ class StompLink(BrokerLink):
             deadline = time.monotonic() + self._timeout
             while not conn.is_connected():
                 if conn.transport.connection_error:
-                    raise stomp.exception.ConnectFailedException("refused by the broker")
+                    raise Refused(f"{self.address}: login refused by the broker: "
+                                  f"{self._last_error or 'no reason given'}")
                 if time.monotonic() > deadline:
                     raise stomp.exception.ConnectFailedException(f"no CONNECTED within {self._timeout:.0f} s")
                 time.sleep(0.01)
-        except (stomp.exception.StompException, OSError) as exc:
+        except (stomp.exception.StompException, OSError, Refused) as exc:
             try:
                 conn.disconnect()
             except Exception:  # noqa: BLE001 - best effort on a connection that never came up
                 pass
+            if isinstance(exc, Refused):
+                raise
             raise Disconnected(f"{self.address}: cannot connect: {str(exc) or type(exc).__name__}") from None
         with self._lock:
             self._conn = conn
@@ -126,7 +180,7 @@ class StompLink(BrokerLink):
             if error is None:
                 fut.set_result(None)
             else:
-                fut.set_exception(Disconnected(f"{self.address}: broker refused: {error}"))
+                fut.set_exception(Refused(f"{self.address}: broker refused: {error}"))
 
     def _fail_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
@@ -151,8 +205,11 @@ class _Listener(stomp.ConnectionListener):
         message = frame.headers.get("message", "") or frame.body[:200]
         receipt = frame.headers.get("receipt-id")
         _log.warning("%s: broker ERROR frame: %s", self.link.address, message)
+        self.link._last_error = message
         if receipt:
             self.link._receipt(receipt, message)
+        else:  # a connection-level error (e.g. frame too large): the broker closes the connection
+            self.link._fail_pending(f"{self.link.address}: broker error: {message}")
 
     def on_disconnected(self) -> None:
         self.link._fail_pending(f"{self.link.address}: connection lost")

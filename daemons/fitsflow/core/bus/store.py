@@ -3,6 +3,9 @@
 - **outbox**: messages that could not be handed to a broker yet, in send order. A message is
   in the outbox only once SQLite has fsynced it (``synchronous=FULL``), so "accepted by
   ``send``" means "on a broker or on this disk".
+- **refused**: messages the broker refused (an identity may not write that destination).
+  Kept, not retried in a loop; put back into the outbox at the next start, so they flow
+  once an operator has fixed the broker's authorization map and restarted the daemon.
 - **processed**: ids of messages whose handler finished, per subscription, so a redelivery
   (which after a broker crash carries no ``redelivered`` flag) is acked without a second run.
 - **attempts**: handler failures per message, so the dead-letter limit holds across
@@ -27,6 +30,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     headers TEXT NOT NULL,
     body TEXT NOT NULL,
     queued_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refused (
+    seq INTEGER PRIMARY KEY,
+    destination TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body TEXT NOT NULL,
+    queued_at REAL NOT NULL,
+    reason TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS processed (
     subscription TEXT NOT NULL,
@@ -94,6 +105,28 @@ class BusStore:
 
     def outbox_size(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def refuse(self, destination: str, headers: Mapping[str, str], body: str, reason: str,
+               seq: int | None = None) -> None:
+        """Keep a message the broker refused; ``seq`` moves it out of the outbox."""
+        with self._db:
+            self._db.execute("BEGIN")
+            if seq is not None:
+                self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            self._db.execute("INSERT INTO refused (destination, headers, body, queued_at, reason) "
+                             "VALUES (?, ?, ?, ?, ?)", (destination, json.dumps(dict(headers)), body, time.time(), reason))
+
+    def refused_size(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM refused").fetchone()[0])
+
+    def requeue_refused(self) -> int:
+        """Move every refused message back to the end of the outbox; returns how many."""
+        with self._db:
+            self._db.execute("BEGIN")
+            n = self._db.execute("INSERT INTO outbox (destination, headers, body, queued_at) "
+                                 "SELECT destination, headers, body, queued_at FROM refused ORDER BY seq").rowcount
+            self._db.execute("DELETE FROM refused")
+        return int(n)
 
     # -- processed ids -----------------------------------------------------------------
 
