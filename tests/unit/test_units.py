@@ -15,7 +15,7 @@ from fitsflow.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = sorted((REPO / "units").glob("*.service"))
-MAX_EXPOSURE = 2.5  # issue 7's bound; the units reach 1.2 today
+MAX_EXPOSURE = 2.0  # the security goal (issue 7 asked for 2.5); the units reach 1.2 today
 
 # No skip when the tools are missing: ./dev.sh installs them (Debian package 'systemd'), and a
 # check that silently skips never runs.
