@@ -21,7 +21,9 @@ system_packages() {
         # fitsverify: the FITS standard checker the forwarder's output is tested with
         # postgresql: the registries are tested against a real PostgreSQL (started privately)
         # systemd: systemd-analyze/-sysusers/-tmpfiles check the shipped units and drop-ins
-        local want=(activemq fitsverify postgresql systemd python3-venv)
+        # chromium: the status page is tested in headless Chromium (a screenshot of real data)
+        # openssl: the TLS tests make their own CA (keytool comes with the JRE)
+        local want=(activemq fitsverify postgresql systemd python3-venv chromium openssl)
         local missing=()
         for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
         if [ "${#missing[@]}" -gt 0 ]; then

@@ -21,7 +21,7 @@ setup(
     python_requires=">=3.11",
     package_dir={"": "daemons"},
     packages=find_packages("daemons"),
-    package_data={"fitsflow.testing": ["activemq.xml"]},
+    package_data={"fitsflow.testing": ["activemq.xml"], "fitsflow.recorder": ["static/*"]},
     install_requires=[
         # stomp.py: the STOMP client (only fitsflow.core.bus.stomp_transport imports it)
         "stomp.py>=8.1",
@@ -55,6 +55,7 @@ setup(
             "fitsflow = fitsflow.cli:main",
             "fitsflow-wrap = fitsflow.wrap:main",
             "fitsflow-panic-mailer = fitsflow.panic_mailer.__main__:main",
+            "fitsflow-recorder = fitsflow.recorder.__main__:main",
             "fitsflow-receiver = fitsflow.receiver.__main__:main",
             "fitsflow-camera-sim = fitsflow.camera_sim.__main__:main",
             "fitsflow-header-service = fitsflow.header_service.__main__:main",
@@ -71,6 +72,7 @@ setup(
             "oods = fitsflow.oods.config:OodsConfig",
             "archive_ingest = fitsflow.archive_ingest.config:ArchiveIngestConfig",
             "panic_mailer = fitsflow.panic_mailer.config:PanicMailerConfig",
+            "recorder = fitsflow.recorder.config:RecorderConfig",
         ],
     },
 )

@@ -2,6 +2,7 @@
 
     fitsflow --version
     fitsflow config check [--config FILE] [--json] [--no-dirs]
+    fitsflow status [-n N] [--json]
     fitsflow panic "TEXT" | --flush
     fitsflow oods ls|get [--image I] [--raft R] [--sensor S] [--obs-day D] [--json]
     fitsflow oods tag|untag [data ID options]
@@ -129,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--no-dirs", action="store_true", help="skip the checks of the data directories")
     check.set_defaults(func=_config_check)
 
-    from fitsflow import demo
+    from fitsflow import demo, status
     demo.add_parser(sub)
+    status.add_parser(sub)
 
     p = sub.add_parser("panic", help="raise a panic (the on-call shifter is e-mailed)")
     p.add_argument("text", nargs="*")

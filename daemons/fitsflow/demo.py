@@ -24,7 +24,7 @@ from fitsflow.camera_sim.simulator import CameraSimulator, SimSettings, default_
 from fitsflow.camera_sim.store import ImageStore
 from fitsflow.core.config import load_config
 from fitsflow.core.messages import Message
-from fitsflow.testing.broker import BrokerUnavailable, PrivateBroker
+from fitsflow.testing.broker import BrokerUnavailable, PrivateBroker, free_port
 from fitsflow.testing.config import make_site
 from fitsflow.testing.daemons import Listener
 from fitsflow.testing.stomp_tools import drain
@@ -34,7 +34,7 @@ RMEM = Path("/proc/sys/net/core/rmem_max")
 SOCKET_BUFFER = 64 * 1024 * 1024
 #: (module, instance) of every daemon the demo runs
 DAEMONS = [("receiver", "r1"), ("header_service", "h1"), ("archive_controller", "c1"), ("forwarder", "f1"),
-           ("forwarder", "f2"), ("oods", "o1"), ("archive_ingest", "a1")]
+           ("forwarder", "f2"), ("oods", "o1"), ("archive_ingest", "a1"), ("recorder", "r1")]
 
 
 @dataclass
@@ -78,6 +78,7 @@ class Demo:
         self.args = args
         self.work = Path(args.workdir).absolute()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.page_port = 0
         self.broker: PrivateBroker | None = None
         self.old_rmem: str | None = None
 
@@ -106,11 +107,13 @@ class Demo:
                 buffer = int(RMEM.read_text())
                 self.say(f"  net.core.rmem_max is {buffer} (not root: not raised); expect loss at high rates")
         sensors = default_sensors(1)
+        self.page_port = free_port()
         return make_site(self.work, [self.broker.url], instrument="DEMOCAM", extra={
             "receiver": {"streams": [f"127.0.0.1:{self.port}"], "socket_buffer_bytes": buffer,
                          "max_heap_bytes": 16 << 20, "image_timeout_s": 30.0, "expected_sensors": sensors},
             "forwarder": {"heartbeat_s": 1.0, "join_timeout_s": 60.0},
             "oods": {"rescan_s": 10.0}, "archive_ingest": {"rescan_s": 10.0},
+            "recorder": {"http_port": self.page_port},
             "bus": {"heartbeat_ms": 10000}})
 
     def start_daemons(self, site: Path) -> None:
@@ -124,11 +127,19 @@ class Demo:
             log.close()
 
     def stop(self) -> None:
-        for proc in self.procs.values():
+        # The recorder last, so that it records the others' final OFF state.
+        last = {n: p for n, p in self.procs.items() if n.startswith("recorder@")}
+        self._stop_all({n: p for n, p in self.procs.items() if n not in last})
+        if last:
+            time.sleep(1.0)  # their OFF messages reach the recorder
+            self._stop_all(last)
+
+    def _stop_all(self, procs: dict[str, subprocess.Popen[bytes]]) -> None:
+        for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 20
-        for name, proc in self.procs.items():
+        for name, proc in procs.items():
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -161,6 +172,7 @@ class Demo:
                     return 1
                 await asyncio.sleep(0.2)
             self.say(f"  {len(wanted)} daemons up: {', '.join(sorted(wanted))}")
+            self.say(f"  status page (while the demo runs): http://127.0.0.1:{self.page_port}/")
             settings = SimSettings(instrument="DEMOCAM", sensors=default_sensors(1), rows=a.rows, cols=a.cols,
                                    stripe_rows=max(1, (4 << 20) // (a.cols * 4)))
             mib = 9 * a.rows * a.cols * 4 / 2**20
@@ -230,6 +242,7 @@ class Demo:
         self.say(f"  files: OODS {paths.oods_repo}, archive {paths.archive_repo}")
         self.say(f"  registry: {cfg.site.database_url}  (fitsflow oods ls --config {cfg.source})")
         self.say(f"  logs: {self.work / 'logs'}")
+        self.say(f"  status (recorder's view, also after the demo): fitsflow status --config {cfg.source}")
         for m in p.alerts[:5]:
             self.say(f"  alert from {m.data['source']}: {m.data['message'][:200]}")
         return 0 if lost == 0 and not p.failures and not dead and not orphans else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,16 @@ def test_demo_runs_clean_end_to_end(tmp_path: Path) -> None:
     assert first.returncode == 0, out[-3000:] + first.stderr[-3000:]
     assert "whole in OODS 4; whole in archive 4; ingest failures 0" in out
     assert "images lost: 0" in out and "dead-lettered messages: 0; files left between daemons: 0" in out
+    # The recorder (a daemon of the demo) saw the same: every image in the archive, every
+    # other daemon's last state OFF (they stopped cleanly, before the recorder).
+    status = subprocess.run([sys.executable, "-m", "fitsflow", "status", "--json", "--config", str(work / "fitsflow.toml")],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert [i["stage"] for i in doc["images"]] == ["in archive"] * 4, doc["images"]
+    states = {d["daemon"]: d["state"] for d in doc["daemons"]}
+    assert len(states) == 8 and "recorder@r1" in states, status.stdout  # the demo runs 8 daemons
+    assert {s for d, s in states.items() if d != "recorder@r1"} == {"OFF"}, states
     # A second run works without cleanup and leaves no daemon behind.
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:]

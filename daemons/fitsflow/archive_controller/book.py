@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, Text, select, update, insert
 from sqlalchemy.exc import IntegrityError
 
-from fitsflow.core.ingest.registry import make_engine
+from fitsflow.core.db import make_engine
 
 metadata = MetaData()
 assignments = Table(

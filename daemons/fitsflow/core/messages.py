@@ -104,7 +104,8 @@ CATALOGUE: dict[str, MessageType] = {t.name: t for t in [
        {"severity": str, "source": str, "message": str}, {"details": dict}, has_image=False),
     _t("DAEMON_STATE", "/topic/fitsflow.state",
        "A daemon instance's state (INIT, ON, STANDBY, ALARM, FAULT, OFF) and a one-line status.",
-       {"daemon": str, "host": str, "state": str, "status": str}, {"details": dict}, has_image=False),
+       {"daemon": str, "host": str, "state": str, "status": str}, {"target": str, "details": dict},
+       has_image=False),
 ]}
 
 

@@ -75,6 +75,8 @@ class Daemon:
         self.instance = instance or socket.gethostname()
         self.roles: list[Role] = []
         self.state = "INIT"
+        #: The state the daemon is asked to be in (docs/states.md): ON while it runs, OFF once stopping.
+        self.target = "ON"
         self._tasks: set[asyncio.Task[None]] = set()
         self.failed: BaseException | None = None
         self._failure = asyncio.Event()
@@ -123,7 +125,8 @@ class Daemon:
     async def publish_state(self) -> None:
         """Announce this instance's state (DAEMON_STATE) for the recorder and ``fitsflow status``."""
         await self.bus.send(messages.make("DAEMON_STATE", daemon=self.ident, host=socket.gethostname(),
-                                          state=self.state, status=self.status(), sender=self.ident))
+                                          state=self.state, target=self.target, status=self.status(),
+                                          sender=self.ident))
 
     async def wait_failure(self) -> None:
         await self._failure.wait()
@@ -267,6 +270,7 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
     failure.cancel()
     stopping.cancel()
 
+    daemon.target = "OFF"
     notifier.notify("STOPPING=1\nSTATUS=stopping")
     _log.info("%s stopping", daemon.ident)
     code = EX_SOFTWARE if daemon.failed is not None else EX_OK

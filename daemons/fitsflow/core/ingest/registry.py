@@ -10,25 +10,14 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from sqlalchemy import (Boolean, Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint, create_engine,
-                        delete, event, func, insert, select, update)
+from sqlalchemy import (Boolean, Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint, delete, func,
+                        insert, select, update)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from fitsflow.core.db import make_engine
+
 DATA_ID_KEYS = ("instrument", "image", "group", "snap", "raft", "sensor", "obs_day")
-
-
-def make_engine(url: str) -> Engine:
-    engine = create_engine(url, future=True, pool_pre_ping=True)
-    if engine.dialect.name == "sqlite":
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")  # a registry row is a promise to a pipeline
-            cur.execute("PRAGMA busy_timeout=10000")
-            cur.close()
-    return engine
 
 
 def files_table(metadata: MetaData, name: str) -> Table:

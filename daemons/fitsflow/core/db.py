@@ -1,0 +1,23 @@
+"""The SQL database of a site (``site.database_url``): one engine factory for every daemon."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL (readers never block the writer), a durable
+    commit and a busy timeout, since several daemons may share one file on a small site."""
+    engine = create_engine(url, future=True, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")  # a registry row is a promise to a pipeline
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+    return engine

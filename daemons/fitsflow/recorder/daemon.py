@@ -1,0 +1,81 @@
+"""The recorder daemon: wiring, then the message handler.
+
+It reads topics only, so it takes nothing from any other consumer: ``/topic/fitsflow.>``
+(every topic) and ``/topic/mirror.fitsflow.>`` (the broker's copies of every queue: ActiveMQ
+mirrored queues, see docs/messages.md). Both subscriptions are durable: messages published
+while the recorder is down are kept by the broker and recorded when it is back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+
+from fitsflow.core.bus import MessageBus
+from fitsflow.core.config import Config
+from fitsflow.core.messages import Message
+from fitsflow.core.runtime import Daemon
+from fitsflow.recorder.config import RecorderConfig
+from fitsflow.recorder.store import RecorderStore
+from fitsflow.recorder.web import StatusPage
+
+_log = logging.getLogger(__name__)
+
+TOPICS = "/topic/fitsflow.>"
+QUEUE_MIRRORS = "/topic/mirror.fitsflow.>"
+PRUNE_EVERY_S = 3600.0
+
+
+def original_destination(destination: str) -> str:
+    """``/topic/mirror.fitsflow.panic`` → ``/queue/fitsflow.panic``; others unchanged."""
+    prefix = "/topic/mirror."
+    return "/queue/" + destination[len(prefix):] if destination.startswith(prefix) else destination
+
+
+class RecorderDaemon(Daemon):
+    name = "recorder"
+
+    def __init__(self, cfg: Config, bus: MessageBus, args: argparse.Namespace) -> None:
+        super().__init__(cfg, bus, args.instance)
+        self.rcfg: RecorderConfig = cfg.section("recorder")
+        self.store = RecorderStore(self.rcfg.database_url or cfg.site.database_url)
+        self.page = StatusPage(self.store, self.rcfg)
+        self.roles = [self.page]
+        self.recorded = 0
+        self.repeats = 0
+        bus.subscribe(TOPICS, self.on_message, name="recorder-topics", durable=True)
+        bus.subscribe(QUEUE_MIRRORS, self.on_message, name="recorder-queues", durable=True)
+        # The real consumer of a malformed message reports it; the recorder only counts.
+        bus.on_dead_letter = self._dead_letter
+
+    async def start(self) -> None:
+        await super().start()
+        self.spawn(self._prune(), "prune")
+
+    async def stop(self) -> None:
+        await super().stop()
+        self.store.close()
+
+    def status(self) -> str:
+        return (f"{self.recorded} messages recorded ({self.repeats} repeats ignored), page {self.page.url}; "
+                f"{self.bus.describe()}")
+
+    async def on_message(self, msg: Message) -> None:
+        done = await asyncio.to_thread(self.store.record, msg, original_destination(msg.destination), time.time())
+        if done.new:
+            self.recorded += 1
+        else:
+            self.repeats += 1
+
+    async def _dead_letter(self, destination: str, reason: str, msg: Message | None) -> None:
+        _log.warning("%s: not recorded (%s): %s", self.ident, destination, reason[:300])
+
+    async def _prune(self) -> None:
+        while True:
+            cutoff = time.time() - self.rcfg.retention_days * 86400
+            n = await asyncio.to_thread(self.store.prune, cutoff)
+            if n:
+                _log.info("%s: pruned %d messages older than %.0f days", self.ident, n, self.rcfg.retention_days)
+            await asyncio.sleep(PRUNE_EVERY_S)
