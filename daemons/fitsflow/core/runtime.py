@@ -192,7 +192,8 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"fitsflow-{name}", description=description)
     parser.add_argument("--config", help="configuration file (default: $FITSFLOW_CONFIG or "
                                          "/etc/fitsflow/fitsflow.toml)")
-    parser.add_argument("--instance", default="", help="instance name (template units pass %%i)")
+    parser.add_argument("--instance", default="", help="instance name (template units pass %%i); "
+                                                       "'auto': this host's short name")
     parser.add_argument("--log-level", default=os.environ.get("FITSFLOW_LOG_LEVEL", "INFO"))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -203,6 +204,8 @@ def run_daemon(name: str, factory: DaemonFactory, argv: list[str] | None = None,
     """Entry point of a daemon's console script; returns the process exit code."""
     parser = parser or build_parser(name, description)
     args = parser.parse_args(argv)
+    if args.instance == "auto":  # a Pacemaker clone runs the same unit name on every node
+        args.instance = socket.gethostname().split(".")[0]
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
