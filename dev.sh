@@ -23,7 +23,10 @@ system_packages() {
         # systemd: systemd-analyze/-sysusers/-tmpfiles check the shipped units and drop-ins
         # chromium: the status page is tested in headless Chromium (a screenshot of real data)
         # openssl: the TLS tests make their own CA (keytool comes with the JRE)
-        local want=(activemq fitsverify postgresql systemd python3-venv chromium openssl)
+        # pcs, pacemaker-cli-utils: pacemaker/fitsflow-cib is built and checked offline (crm_verify, crm_simulate)
+        # rpm, rpmlint, createrepo-c, dnf: the RPMs are built, linted and installed into a scratch root
+        local want=(activemq fitsverify postgresql systemd python3-venv chromium openssl
+                    pcs pacemaker-cli-utils rpm rpmlint createrepo-c dnf)
         local missing=()
         for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
         if [ "${#missing[@]}" -gt 0 ]; then

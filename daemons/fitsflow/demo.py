@@ -261,15 +261,3 @@ def main(args: argparse.Namespace) -> int:
         return 1
     finally:
         demo.stop()
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("demo", help="run the whole pipeline on this machine and report")
-    p.add_argument("--images", type=int, default=20)
-    p.add_argument("--rows", type=int, default=4096)
-    p.add_argument("--cols", type=int, default=4096)
-    p.add_argument("--rate", type=float, default=400e6, help="UDP send rate, bytes/s (default 400 MB/s)")
-    p.add_argument("--workdir", default=os.environ.get("FITSFLOW_DEMO_DIR", "/var/tmp/fitsflow-demo"),
-                   help="everything goes here; emptied at the start of each run")
-    p.add_argument("--timeout", type=float, default=300.0, help="how long to wait for the last image (s)")
-    p.set_defaults(func=main)
