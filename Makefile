@@ -11,7 +11,7 @@ DEBIAN_FLAGS := $(if $(wildcard /etc/debian_version),--nodeps --load $(CURDIR)/r
 # %check runs the unit tests with an interpreter that has the dependencies: the project's venv if any.
 CHECK_PYTHON := $(if $(wildcard .venv/bin/python),--define 'fitsflow_check_python $(CURDIR)/.venv/bin/python')
 
-.PHONY: rpm lint clean tarball
+.PHONY: rpm deps-rpm lint clean tarball
 
 tarball:
 	mkdir -p $(TOP)/SOURCES
@@ -20,6 +20,14 @@ tarball:
 
 rpm: tarball
 	rpmbuild -ba $(DEBIAN_FLAGS) $(CHECK_PYTHON) --define '_topdir $(TOP)' --define 'fitsflow_release $(RELEASE)' rpm/fitsflow.spec
+
+# The pure-Python dependencies EL lacks (rpm/deps/), from their PyPI sdists.
+DEPS := sdnotify==0.3.2 inotify_simple==1.3.5
+deps-rpm:
+	mkdir -p $(TOP)/SOURCES
+	python3 -m pip download --quiet --no-deps --no-binary :all: --dest $(TOP)/SOURCES $(DEPS)
+	for spec in rpm/deps/*.spec; do \
+	    rpmbuild -ba $(DEBIAN_FLAGS) --define '_topdir $(TOP)' $$spec || exit 1; done
 
 lint:
 	rpmlint -r rpm/rpmlintrc rpm/fitsflow.spec $(TOP)/RPMS/noarch/*.rpm $(TOP)/SRPMS/*.rpm

@@ -25,8 +25,9 @@ system_packages() {
         # openssl: the TLS tests make their own CA (keytool comes with the JRE)
         # pcs, pacemaker-cli-utils: pacemaker/fitsflow-cib is built and checked offline (crm_verify, crm_simulate)
         # rpm, rpmlint, createrepo-c, dnf: the RPMs are built, linted and installed into a scratch root
+        # busybox-static: the shell of the test-only base system in that root (scriptlets run)
         local want=(activemq fitsverify postgresql systemd python3-venv chromium openssl
-                    pcs pacemaker-cli-utils rpm rpmlint createrepo-c dnf)
+                    pcs pacemaker-cli-utils rpm rpmlint createrepo-c dnf busybox-static)
         local missing=()
         for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
         if [ "${#missing[@]}" -gt 0 ]; then
