@@ -192,6 +192,18 @@ def test_packet_loss_gives_partial_sensors_with_exact_missing_rows(
         assert c.heaps_incomplete == 2 and c.bytes_lost > 0
         await async_wait_for(lambda: h.alerts, 10, what="a loss ALERT")
         assert "lost" in h.alerts[0].data["message"] and h.alerts[0].data["severity"] == "error"
+        # The camera re-sends the image (catch-up): the stripes the partial sensors lack fill
+        # them in place; the others are duplicates. A new READOUT_COMPLETE says it is whole.
+        announced = len(h.readouts)
+        with SpeadSender([("127.0.0.1", h.port)], rate_bytes_s=100e6) as sender:
+            sim.sender = sender  # the camera sends directly now: no loss
+            assert await sim.resend(r.image)
+        await async_wait_for(lambda: len(h.readouts) > announced and h.readout(r.image).data["partial"] == [], 30,
+                             what="the refilled image announced whole")
+        assert not read_meta(h.raw_root, r.image, "R22", "S00").partial
+        h.assert_bit_exact(r.image, r.image_seq, SENSORS)
+        leftovers = [p.name for p in h.raw_root.joinpath(r.image).glob(".*") if p.suffix in (".assembling", ".stripes", ".meta")]
+        assert leftovers == [], "the refill left temporary files"
         await h.close()
     run(main())
 

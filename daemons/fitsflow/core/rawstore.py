@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -91,6 +92,19 @@ class SensorWriter:
         self._journal = open(self.journal, "a")
         self._claimed: set[int] = set(self.received)
         self._lock = threading.Lock()
+
+    @classmethod
+    def refill(cls, root: Path, meta: SensorMeta) -> SensorWriter:
+        """Reopen a published *partial* sensor to add the stripes it lacks (a re-send by the
+        camera): the published .raw stays readable until ``finish`` replaces it atomically."""
+        writer_dir = image_dir(root, meta.image)
+        key = sensor_key(meta.raft, meta.sensor)
+        temp, journal = writer_dir / f".{key}.assembling", writer_dir / f".{key}.stripes"
+        if not journal.exists():  # (a restart during a refill finds both already there)
+            shutil.copyfile(writer_dir / f"{key}.raw", temp)
+            atomic_write_bytes(journal, "".join(f"{i}\n" for i in meta.stripes_received).encode())
+        fresh = SensorMeta(**{**asdict(meta), "stripes_received": [], "missing_rows": [], "partial": False})
+        return cls(root, fresh)
 
     def claim(self, index: int) -> bool:
         """Reserve stripe ``index`` for writing; False if it is stored or being written

@@ -102,7 +102,7 @@ class ImageAssembler:
         for journal in d.glob(".*.stripes"):
             key = journal.name[1:-len(".stripes")]
             meta_path = d / f".{key}.meta"
-            if key not in state.done and meta_path.exists():
+            if meta_path.exists() and (key not in state.done or state.done[key].partial):  # incl. a refill
                 state.writers[key] = SensorWriter(self.root, SensorMeta(**json.loads(meta_path.read_text())))
         remove_stale_temps(d)
         return state
@@ -131,10 +131,19 @@ class ImageAssembler:
         except UnsafePath:
             return False
         state = self._state(stripe.image)
-        if key in state.done:
-            self.late_stripes += 1
-            return False
         writer = state.writers.get(key)
+        done = state.done.get(key)
+        if writer is None and done is not None:
+            if not done.partial or stripe.index in done.stripes_received or \
+                    (done.rows, done.cols, done.stripe_count) != (stripe.rows, stripe.cols, stripe.count):
+                self.late_stripes += 1
+                return False
+            # A stripe a partial sensor lacks (the camera re-sends it): fill the gaps.
+            _log.info("image %s sensor %s: refilling a partial sensor", stripe.image, key,
+                      extra={"IMAGE": stripe.image})
+            writer = SensorWriter.refill(self.root, done)
+            (writer.dir / f".{key}.meta").write_text(json.dumps(writer.meta.__dict__))
+            state.writers[key] = writer
         if writer is None:
             meta = SensorMeta(image=stripe.image, image_seq=stripe.image_seq, group=stripe.group, snap=stripe.snap,
                               raft=stripe.raft, sensor=stripe.sensor, rows=stripe.rows, cols=stripe.cols,
