@@ -20,7 +20,7 @@ assignments = Table(
     Column("image", String(80), nullable=False, index=True),
     Column("forwarder", String(64), nullable=True),  # NULL: waiting for a live forwarder
     Column("sensors", Text, nullable=False),          # JSON list
-    Column("state", String(16), nullable=False),      # open | done | reassigned
+    Column("state", String(16), nullable=False),      # open | done | reassigned | deferred | superseded
     Column("sent", Boolean, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
@@ -80,9 +80,43 @@ class Book:
 
     # -- assignments -------------------------------------------------------------------
 
-    def has_assignments(self, image: str) -> bool:
+    def sensor_states(self, image: str) -> dict[str, str]:
+        """Each sensor of ``image`` the controller knows: "delivered", "open" (assigned, on
+        its way) or "deferred" (partial, waiting for the camera's re-send)."""
         with self.engine.connect() as c:
-            return c.execute(select(assignments.c.assignment).where(assignments.c.image == image)).first() is not None
+            rows = c.execute(select(assignments.c.sensors, assignments.c.state).where(
+                assignments.c.image == image, assignments.c.state.in_(("open", "deferred")))).all()
+            keys = c.execute(select(handoffs.c.key).where(handoffs.c.image == image)).all()
+        states = {s: r.state for r in rows for s in json.loads(r.sensors)}
+        states.update({k.key.split("/", 1)[1]: "delivered" for k in keys})
+        return states
+
+    def deferred_assignments(self, older_than: dt.datetime) -> list[Assignment]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(assignments).where(assignments.c.state == "deferred",
+                                                       assignments.c.updated_at < older_than)).all()
+        return [Assignment(r.assignment, r.image, r.forwarder, json.loads(r.sensors), r.state, r.sent) for r in rows]
+
+    def supersede_deferred(self, image: str, sensors: set[str]) -> list[str]:
+        """Take ``sensors`` out of ``image``'s deferred assignments (they are being assigned
+        now); what stays deferred gets a new deferred row. Returns the sensors taken."""
+        taken: list[str] = []
+        with self.engine.begin() as c:
+            for r in c.execute(select(assignments).where(assignments.c.image == image,
+                                                         assignments.c.state == "deferred")).all():
+                held = json.loads(r.sensors)
+                mine = [x for x in held if x in sensors]
+                if not mine:
+                    continue
+                taken += mine
+                c.execute(update(assignments).where(assignments.c.assignment == r.assignment)
+                          .values(state="superseded", updated_at=_now()))
+                rest = [x for x in held if x not in sensors]
+                if rest:
+                    c.execute(insert(assignments).values(assignment=f"{r.assignment}+", image=image, forwarder=None,
+                                                         sensors=json.dumps(rest), state="deferred", sent=False,
+                                                         updated_at=r.updated_at))
+        return taken
 
     def add_assignments(self, items: list[Assignment]) -> None:
         with self.engine.begin() as c:

@@ -16,6 +16,20 @@ class ArchiveControllerConfig:
     #: Re-read each delivered file to check its CRC-32 (size is always checked).
     verify_checksum: bool = True
 
+    #: Partial sensors (rows lost on the way) wait this long for the camera's re-send
+    #: (catch-up) before they are forwarded as they are, flagged partial. 0: at once.
+    partial_grace_s: float = 0.0
+    #: Catch-up: ask the camera to re-send an image whose sensors are not all in the archive
+    #: this long after its END_READOUT (needs a camera that keeps images: RESEND_IMAGE).
+    catchup: bool = True
+    catchup_after_s: float = 120.0
+    catchup_interval_s: float = 10.0
+    catchup_max_resends: int = 3
+
     def validate(self, check) -> None:  # type: ignore[no-untyped-def]
+        for key in ("catchup_after_s", "catchup_interval_s", "catchup_max_resends"):
+            check.positive(f"archive_controller.{key}", getattr(self, key))
+        if self.partial_grace_s < 0:
+            check.fail("archive_controller.partial_grace_s", "must be >= 0")
         check.positive("archive_controller.liveness_timeout_s", self.liveness_timeout_s)
         check.positive("archive_controller.assign_interval_s", self.assign_interval_s)

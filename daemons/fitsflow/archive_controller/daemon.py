@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import itertools
 import logging
 import time
@@ -11,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from fitsflow.archive_controller.book import Assignment, Book, HandOffRow
+from fitsflow.archive_controller.catchup import CatchUp
 from fitsflow.archive_controller.config import ArchiveControllerConfig
 from fitsflow.archive_controller.handoff import HandOffError, run_handoff, verify
 from fitsflow.core.bus import MessageBus
@@ -44,6 +46,9 @@ class ArchiveControllerDaemon(Daemon):
         bus.subscribe("/topic/fitsflow.forwarder.heartbeat", self.on_heartbeat, name="controller-heartbeats")
         bus.subscribe(destination_of("FILE_DELIVERED"), self.on_file_delivered, name="controller-delivered",
                       concurrency=4)
+        self.catchup = CatchUp(self.acfg, cfg.site.database_url, bus, self.ident, self.raise_panic) \
+            if self.acfg.catchup else None
+        self.roles = [self.catchup] if self.catchup else []
 
     async def start(self) -> None:
         await super().start()
@@ -62,7 +67,7 @@ class ArchiveControllerDaemon(Daemon):
     def status(self) -> str:
         live = len(self.live_forwarders())
         return (f"{live} forwarders live, {self.handoffs_done} hand-offs, {self.reassignments} reassignments; "
-                f"{self.bus.describe()}")
+                + (f"{self.catchup.status()}; " if self.catchup else "") + self.bus.describe())
 
     # -- forwarders --------------------------------------------------------------------
 
@@ -91,17 +96,30 @@ class ArchiveControllerDaemon(Daemon):
     # -- event handlers ----------------------------------------------------------------
 
     async def on_readout_complete(self, msg: Message) -> None:
+        """Assign the sensors stored and not yet assigned or delivered. Sent again after a
+        re-send by the camera (catch-up), it assigns what was missing or is now whole."""
         image = msg.image or ""
         try:
             check_name(image)
-            sensors = [check_name(str(s), "sensor", COMPONENT_NAME) for s in msg.data["present"]]
+            present = [check_name(str(s), "sensor", COMPONENT_NAME) for s in msg.data["present"]]
+            partial = {str(s) for s in msg.data.get("partial") or []}
         except UnsafePath as exc:
             raise Reject(str(exc)) from None
-        if await asyncio.to_thread(self.book.has_assignments, image):
-            return  # seen before (a re-announcement adds no work here)
-        plan = self._plan(image, sensors)
-        await asyncio.to_thread(self.book.add_assignments, plan)
-        await self._send_assignments(plan)
+        known = await asyncio.to_thread(self.book.sensor_states, image)
+        defer = [] if not self.acfg.partial_grace_s else \
+            [s for s in present if s in partial and s not in known]
+        ready = [s for s in present if s not in partial or not self.acfg.partial_grace_s]
+        ready = [s for s in ready if known.get(s) in (None, "deferred")]
+        if ready:
+            await asyncio.to_thread(self.book.supersede_deferred, image, set(ready))
+            plan = self._plan(image, ready)
+            await asyncio.to_thread(self.book.add_assignments, plan)
+            await self._send_assignments(plan)
+        if defer:
+            _log.info("%s: %d partial sensors wait %.0f s for a re-send", image, len(defer), self.acfg.partial_grace_s,
+                      extra={"IMAGE": image})
+            await asyncio.to_thread(self.book.add_assignments, [
+                Assignment(f"{image}-deferred-{uuid.uuid4().hex[:8]}", image, None, defer, "deferred", False)])
 
     async def _send_assignments(self, plan: list[Assignment]) -> None:
         for a in plan:
@@ -132,6 +150,13 @@ class ArchiveControllerDaemon(Daemon):
                 self.pool_empty_alerted = False
                 self.state = "ON"
             grace = time.monotonic() - self.started < self.acfg.liveness_timeout_s  # hear everyone first
+            if self.acfg.partial_grace_s and live:
+                # Partial sensors the camera did not re-send in time: forward them as they are.
+                cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=self.acfg.partial_grace_s)
+                for a in await asyncio.to_thread(self.book.deferred_assignments, cutoff):
+                    plan = self._plan(a.image, a.sensors)
+                    await asyncio.to_thread(self.book.reassign, a.assignment, plan)
+                    await self._send_assignments(plan)
             for a in await asyncio.to_thread(self.book.open_assignments):
                 delivered = await asyncio.to_thread(self.book.delivered_sensors, a.image)
                 left = [s for s in a.sensors if s not in delivered]

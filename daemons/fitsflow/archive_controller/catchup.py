@@ -1,0 +1,142 @@
+"""Catch-up: close the gaps the rest of fitsflow cannot.
+
+Images whose packets were sent while a receiver was down (or lost on the way) never become
+files. The camera announces every image it read out (END_READOUT); this role compares those
+announcements with what the archive registry holds and, for an image still incomplete
+``catchup_after_s`` later, asks the camera to send it again (RESEND_IMAGE, at most
+``catchup_max_resends`` times, ``catchup_after_s`` apart). A re-sent image flows through the
+normal path: the receiver stores the sensors it lacked (or fills partial ones), announces the
+readout again, and the controller assigns what is new. An image still incomplete after the
+last re-send raises one panic.
+
+State lives in the controller's database (table ``controller_expected``), so a restarted or
+failed-over controller carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Awaitable, Callable
+
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from fitsflow.archive_controller.config import ArchiveControllerConfig
+from fitsflow.core.bus import MessageBus
+from fitsflow.core.db import make_engine
+from fitsflow.core.errors import Reject, UnsafePath
+from fitsflow.core.ingest.registry import Registry
+from fitsflow.core.layout import COMPONENT_NAME, check_name
+from fitsflow.core.messages import CAMERA_EVENTS, Message, make
+
+_log = logging.getLogger(__name__)
+
+metadata = MetaData()
+expected_t = Table(
+    "controller_expected", metadata,
+    Column("image", String(80), primary_key=True),
+    Column("sensors", Text, nullable=False),          # JSON list the camera announced
+    Column("announced_at", Float, nullable=False),
+    Column("resends", Integer, nullable=False),
+    Column("last_resend_at", Float),
+    Column("state", String(16), nullable=False, index=True),  # waiting | complete | given-up
+)
+
+
+class CatchUp:
+    """A role of the archive controller (see the module docstring)."""
+
+    def __init__(self, cfg: ArchiveControllerConfig, database_url: str, bus: MessageBus, ident: str,
+                 panic: Callable[[str], Awaitable[None]]) -> None:
+        self.cfg = cfg
+        self.bus = bus
+        self.ident = ident
+        self.panic = panic
+        self.engine = make_engine(database_url)
+        metadata.create_all(self.engine)
+        self.archive = Registry(database_url, "archive_files")
+        self.resends = 0
+        self.closed = 0
+        self._task: asyncio.Task[None] | None = None
+        bus.subscribe(CAMERA_EVENTS, self.on_end_readout, name="controller-catchup",
+                      selector="MsgType = 'END_READOUT'", durable=True)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="catch-up")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.archive.close()
+        self.engine.dispose()
+
+    def status(self) -> str:
+        return f"catch-up: {self.resends} re-sends asked, {self.closed} gaps closed"
+
+    async def on_end_readout(self, msg: Message) -> None:
+        try:
+            image = check_name(msg.image or "")
+            sensors = sorted(check_name(str(s), "sensor", COMPONENT_NAME) for s in msg.data["sensors"])
+        except UnsafePath as exc:
+            raise Reject(str(exc)) from None
+        await asyncio.to_thread(self._expect, image, sensors)
+
+    def _expect(self, image: str, sensors: list[str]) -> None:
+        try:
+            with self.engine.begin() as c:
+                c.execute(insert(expected_t).values(image=image, sensors=json.dumps(sensors), announced_at=time.time(),
+                                                    resends=0, state="waiting"))
+        except IntegrityError:
+            pass  # a re-sent image announces itself again: nothing new
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.catchup_interval_s)
+            try:
+                await self.check()
+            except Exception:  # noqa: BLE001 - a database hiccup: next round
+                _log.exception("catch-up round failed")
+
+    async def check(self) -> None:
+        """One round: every waiting image old enough is checked against the archive."""
+        now = time.time()
+        for row in await asyncio.to_thread(self._due, now):
+            wanted = set(json.loads(row.sensors))
+            archived = await asyncio.to_thread(self._archived, row.image)
+            missing = sorted(wanted - archived)
+            if not missing:
+                await asyncio.to_thread(self._set, row.image, state="complete")
+                if row.resends:
+                    self.closed += 1
+                    _log.info("catch-up: %s complete after %d re-send(s)", row.image, row.resends,
+                              extra={"IMAGE": row.image})
+                continue
+            if row.resends >= self.cfg.catchup_max_resends:
+                await asyncio.to_thread(self._set, row.image, state="given-up")
+                await self.panic(f"{self.ident}: {row.image} still lacks {len(missing)} sensors in the archive "
+                                 f"after {row.resends} re-sends: {', '.join(missing[:10])}")
+                continue
+            await self.bus.send(make("RESEND_IMAGE", row.image, reason=f"not in the archive: {', '.join(missing)}",
+                                     sender=self.ident))
+            await asyncio.to_thread(self._set, row.image, resends=row.resends + 1, last_resend_at=now)
+            self.resends += 1
+            _log.warning("catch-up: %s lacks %s in the archive; re-send %d asked", row.image, ", ".join(missing),
+                         row.resends + 1, extra={"IMAGE": row.image, "MSGTYPE": "RESEND_IMAGE"})
+
+    def _due(self, now: float):  # type: ignore[no-untyped-def]
+        after = self.cfg.catchup_after_s
+        with self.engine.connect() as c:
+            return c.execute(select(expected_t).where(
+                expected_t.c.state == "waiting", expected_t.c.announced_at < now - after,
+                (expected_t.c.last_resend_at.is_(None)) | (expected_t.c.last_resend_at < now - after))).all()
+
+    def _archived(self, image: str) -> set[str]:
+        return {f"{e.data_id['raft']}_{e.data_id['sensor']}" for e in self.archive.query(image=image)}
+
+    def _set(self, image: str, **values: object) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(expected_t).where(expected_t.c.image == image).values(**values))
