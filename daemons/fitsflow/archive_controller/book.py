@@ -169,9 +169,9 @@ class Book:
         except IntegrityError:
             return False
 
-    def set_handoff_state(self, key: str, state: str) -> None:
+    def set_handoff_state(self, key: str, state: str, **values: Any) -> None:
         with self.engine.begin() as c:
-            c.execute(update(handoffs).where(handoffs.c.key == key).values(state=state, updated_at=_now()))
+            c.execute(update(handoffs).where(handoffs.c.key == key).values(state=state, updated_at=_now(), **values))
 
     def unfinished_handoffs(self) -> list[HandOffRow]:
         with self.engine.connect() as c:

@@ -14,7 +14,7 @@ from pathlib import Path
 from fitsflow.archive_controller.book import Assignment, Book, HandOffRow
 from fitsflow.archive_controller.catchup import CatchUp
 from fitsflow.archive_controller.config import ArchiveControllerConfig
-from fitsflow.archive_controller.handoff import HandOffError, run_handoff, verify
+from fitsflow.archive_controller.handoff import HandOffError, redelivered_copy, run_handoff, verify
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
 from fitsflow.core.errors import Reject, UnsafePath
@@ -205,10 +205,25 @@ class ArchiveControllerDaemon(Daemon):
                                  inode, data_id, "verified")
                 await asyncio.to_thread(self.book.start_handoff, row)
                 failpoint("handoff.verified")
+            else:
+                await self._drop_redelivery(key, src)
         await self._advance(key)
         lock = self._locks.get(key)
         if lock is not None and not lock.locked():
             del self._locks[key]  # done: the book remembers it
+
+    async def _drop_redelivery(self, key: str, src: Path) -> None:
+        """The sensor was handed off already; a second delivery (a reassignment after a
+        forwarder hang, a forwarder restarted mid-assignment) left an identical copy at the
+        incoming name: remove it, or refuse it if it is not identical."""
+        row = await asyncio.to_thread(self.book.handoff, key)
+        if row is None or row.state not in ("unlinked", "requested") or not src.exists():
+            return
+        if not await asyncio.to_thread(redelivered_copy, row):
+            await self._error(f"{key}: a different file was delivered for a sensor already handed off; left in place")
+            raise Reject(f"{src}: differs from the file handed off for {key}")
+        await asyncio.to_thread(src.unlink)
+        _log.info("%s: identical re-delivery removed", key, extra={"IMAGE": row.image})
 
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())

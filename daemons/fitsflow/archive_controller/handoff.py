@@ -59,11 +59,25 @@ def _same_file(path: Path, ident: str) -> bool:
         return False
 
 
+def redelivered_copy(row: HandOffRow) -> bool:
+    """True if the file now at the incoming name is not the verified one but has the same
+    size and checksum: another forwarder delivered the same sensor again (a reassignment
+    after a hang; FITS output is deterministic), which can stand in for it."""
+    src = Path(row.incoming)
+    try:
+        verify(src, row.size, row.checksum, True)
+    except HandOffError:
+        return False
+    return not _same_file(src, row.inode)
+
+
 def link_step(row: HandOffRow, dir_mode: int) -> None:
     src = Path(row.incoming)
     targets = [Path(row.oods), Path(row.archive)]
     if not _same_file(src, row.inode):
-        raise HandOffError(f"{src} is gone or replaced since it was verified (expected file {row.inode})")
+        if not redelivered_copy(row):
+            raise HandOffError(f"{src} is gone or replaced since it was verified (expected file {row.inode})")
+        row.inode = identity(src.stat())  # the identical copy takes the original's place
     for target in targets:
         target.parent.mkdir(mode=dir_mode, parents=True, exist_ok=True)
         try:
@@ -79,7 +93,7 @@ def unlink_step(row: HandOffRow) -> None:
     finds it gone). The staged names may already be consumed by the ingesters: not checked."""
     src = Path(row.incoming)
     if src.exists():
-        if not _same_file(src, row.inode):
+        if not _same_file(src, row.inode) and not redelivered_copy(row):
             raise HandOffError(f"{src} is not the file verified for this hand-off ({row.inode}); not removed")
         os.unlink(src)
     fsync_dir(src.parent)
@@ -90,7 +104,7 @@ async def run_handoff(book: Book, row: HandOffRow, request: Callable[[HandOffRow
     """Take ``row`` from its recorded state to ``requested``."""
     if row.state == "verified":
         await to_thread(link_step, row, dir_mode)
-        await to_thread(book.set_handoff_state, row.key, "linked")
+        await to_thread(book.set_handoff_state, row.key, "linked", inode=row.inode)
         row.state = "linked"
         failpoint("handoff.linked")
     if row.state == "linked":
