@@ -228,6 +228,9 @@ def test_forwarder_without_header_writes_flagged_file(tmp_path: Path, broker: Pr
         path = Path(listen.of("FILE_DELIVERED", image)[0].data["path"])
         with fits.open(path, checksum=True) as hdul:
             assert hdul[0].header["HDRPART"] is True and "no header" in hdul[0].header["HDRMISS"]
+        # Flagged, and still ingestable: the data ID keywords come from the forwarder itself.
+        from fitsflow.core.ingest.verify import inspect
+        assert inspect(path).data_id["image"] == image and inspect(path).data_id["instrument"] == "TESTCAM"
     run(main())
 
 

@@ -161,6 +161,10 @@ def test_no_image_lost_under_chaos(tmp_path: Path, broker_factory) -> None:  # t
 
     try:
         asyncio.run(camera())
+        # A daemon that died by itself (not by our kill -9) is a bug, even if systemd would
+        # restart it: say which, with its log.
+        crashed = pipeline.dead()
+        assert crashed == [], "\n\n".join(f"{n}:\n{pipeline.log_tail(n, 40)}" for n in crashed)
     finally:
         pipeline.stop_all()
     assert all(n >= 2 for n in pipeline.kills.values()), pipeline.kills

@@ -43,11 +43,13 @@ class AssignmentBook:
         atomic_write_bytes(self.dir / f"{check_name(a.assignment)}.json", json.dumps(asdict(a)).encode())
 
     def open_items(self) -> list[Assignment]:
-        return [a for a in self.items.values() if not a.complete]
+        # list() first: save() runs in worker threads and may add an item meanwhile
+        # ("dictionary changed size during iteration" killed the forwarder in the chaos test).
+        return [a for a in list(self.items.values()) if not a.complete]
 
     def prune(self, older_than_s: float) -> None:
         cutoff = time.time() - older_than_s
         for a in list(self.items.values()):
             if a.complete and a.received_at < cutoff:
                 (self.dir / f"{a.assignment}.json").unlink(missing_ok=True)
-                del self.items[a.assignment]
+                self.items.pop(a.assignment, None)

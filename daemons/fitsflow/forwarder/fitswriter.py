@@ -52,6 +52,12 @@ def build_hdus(header: ImageHeader, meta: SensorMeta, pixels: np.ndarray, filena
     h["FFVERS"] = (__version__, "fitsflow version")
     h["FILENAME"] = (filename, "Original file name")
     h["OBSDAY"] = (str(data_id["obs_day"]), "Observing day (UTC - 12 h)")
+    # The data ID, whatever the header service said or did not say: a file must always be
+    # ingestable (a minimal, flagged header still names its image).
+    for key, field_, comment in (("INSTRUME", "instrument", "Instrument"), ("IMGNAME", "image", "Image name"),
+                                 ("GROUPID", "group", "Group of images"), ("SNAP", "snap", "Snap within the group")):
+        if key not in h and data_id.get(field_) not in (None, ""):
+            h[key] = (data_id[field_], comment)
     if header.partial:
         h["HDRPART"] = (True, "Header incomplete: telemetry missing")
     image = fits.ImageHDU(data=pixels, name=f"{meta.raft}_{meta.sensor}")

@@ -26,8 +26,13 @@ def daemon_name(module: str, instance: str) -> str:
 class Pipeline:
     """Start, kill -9, stop (SIGSTOP/SIGCONT) and restart the daemons of one site."""
 
-    def __init__(self, site: Path, logs: Path, daemons: list[tuple[str, str]] | None = None) -> None:
+    def __init__(self, site: Path, logs: Path, daemons: list[tuple[str, str]] | None = None, *,
+                 profile: Path | None = None, log_level: str = "INFO") -> None:
+        """``profile``: run every daemon under cProfile, one ``<daemon>.prof`` there each
+        (written at a clean stop)."""
         self.site = site
+        self.profile = profile
+        self.log_level = log_level
         self.logs = logs
         self.logs.mkdir(parents=True, exist_ok=True)
         self.daemons = {daemon_name(m, i): (m, i) for m, i in (daemons or DAEMONS)}
@@ -38,8 +43,10 @@ class Pipeline:
         module, instance = self.daemons[name]
         env = dict(os.environ, FITSFLOW_CONFIG=str(self.site))
         env.pop("NOTIFY_SOCKET", None)
+        runner = ["-m", "cProfile", "-o", str(self.profile / f"{name}.prof")] if self.profile else []
         with open(self.logs / f"{module}-{instance}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", f"fitsflow.{module}", "--instance", instance],
+            self.procs[name] = subprocess.Popen([sys.executable, *runner, "-m", f"fitsflow.{module}", "--instance",
+                                                 instance, "--log-level", self.log_level],
                                                 env=env, stdout=log, stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
 

@@ -1,0 +1,197 @@
+"""End-to-end benchmark: camera → receiver → forwarder → hand-off → OODS, headless.
+
+    ./dev.sh bench e2e [--sizes 16,64] [--images 16] [--sensors 4] [--rate 300e6] [--profile]
+
+Every daemon runs as its own process against a private ActiveMQ, as in production. For each
+sensor size it sends images at a fixed UDP rate and reports, with baselines measured in the
+same run on the same machine:
+
+- latency per image, last packet → its last sensor announced in the OODS (IMAGE_IN_OODS):
+  p50 / p99 / max, and the same minus the raw write time of that image's bytes
+  (numpy.tofile + fsync at the rate measured here) — the goal is p50 < 100 ms and
+  p99 < 300 ms above it;
+- sustained throughput (bytes of pixels / s, first START → last IMAGE_IN_OODS) as a ratio of
+  the raw write rate (the disk) and of spead2's own loopback rate (spead2_bench);
+- the bare hand-off (2 link + unlink + directory fsyncs) as a floor;
+- each daemon's peak resident memory in the first and the second half of the run (growth
+  with the number of images would show);
+- with --profile: the top functions of the receiver and a forwarder (cProfile), to say where
+  the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from handoff import bare_handoff  # noqa: E402 - the bare hand-off of bench/handoff.py
+from receive import spead2_baseline, write_baseline  # noqa: E402 - the baselines of bench/receive.py
+
+from fitsflow.camera_sim.sender import SpeadSender  # noqa: E402
+from fitsflow.camera_sim.simulator import CameraSimulator, SimSettings, default_sensors  # noqa: E402
+from fitsflow.camera_sim.store import ImageStore  # noqa: E402
+from fitsflow.core.config import load_config  # noqa: E402
+from fitsflow.core.messages import Message  # noqa: E402
+from fitsflow.testing.broker import PrivateBroker, free_port  # noqa: E402
+from fitsflow.testing.config import make_site  # noqa: E402
+from fitsflow.testing.daemons import Listener  # noqa: E402
+from fitsflow.testing.pipeline import Pipeline  # noqa: E402
+from fitsflow.testing.udp import free_udp_port  # noqa: E402
+
+RMEM = Path("/proc/sys/net/core/rmem_max")
+BUFFER = 64 << 20
+
+
+def status_kib(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: float) -> dict:
+    rows = cols = int((mib * 2**20 / 4) ** 0.5)
+    sensors = default_sensors(1)[:args.sensors]
+    broker = PrivateBroker(base / "activemq", name=f"e2e{mib}").start()
+    port = free_udp_port()
+    site = make_site(base, [broker.url], instrument="BENCH", extra={
+        "receiver": {"streams": [f"127.0.0.1:{port}"], "socket_buffer_bytes": BUFFER,
+                     "max_heap_bytes": 16 << 20, "image_timeout_s": 30.0, "expected_sensors": sensors},
+        "forwarder": {"join_timeout_s": 60.0}, "recorder": {"http_port": free_port()},
+        "oods": {"rescan_s": 60.0}, "archive_ingest": {"rescan_s": 60.0}})
+    cfg = load_config(site)
+    profile = base / "profile" if args.profile else None
+    if profile:
+        profile.mkdir()
+    pipeline = Pipeline(site, base / "logs", profile=profile, log_level="WARNING")
+    oods: dict[str, dict[str, float]] = {}
+    ends: dict[str, float] = {}
+    rss: dict[str, list[tuple[int, int]]] = {}
+
+    async def on(msg: Message) -> None:
+        if msg.type == "IMAGE_IN_OODS" and msg.image:
+            oods.setdefault(msg.image, {})[str(msg.data.get("path"))] = time.time()
+
+    async def sample_memory(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            done = len([i for i in ends if len(oods.get(i, {})) >= len(sensors)])
+            for name, proc in pipeline.procs.items():
+                rss.setdefault(name, []).append((done, status_kib(proc.pid, "VmRSS")))
+            await asyncio.sleep(1.0)
+
+    try:
+        pipeline.start_all()
+        async with Listener(cfg, "bench-e2e", ["/topic/fitsflow.oods"], handler=on) as listen:
+            await asyncio.sleep(6)  # daemons up, forwarders heard by the controller
+            settings = SimSettings(instrument="BENCH", sensors=sensors, rows=rows, cols=cols,
+                                   stripe_rows=max(1, (4 << 20) // (cols * 4)))
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(sample_memory(stop))
+            t_first = time.time()
+            with SpeadSender([("127.0.0.1", port)], rate_bytes_s=args.rate) as sender:
+                sim = CameraSimulator(settings, listen.bus, sender, ImageStore(base / "camera-store", 10))
+                for _ in range(args.images):
+                    r = await sim.take_image()
+                    ends[r.image] = r.t_end
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and any(len(oods.get(i, {})) < len(sensors) for i in ends):
+                await asyncio.sleep(0.2)
+            stop.set()
+            await sampler
+    finally:
+        pipeline.stop_all()
+        broker.stop()
+    whole = [i for i in ends if len(oods.get(i, {})) >= len(sensors)]
+    lat = [max(oods[i].values()) - ends[i] for i in whole]
+    image_bytes = len(sensors) * rows * cols * 4
+    raw_write = image_bytes / write_rate
+    t_last = max((max(oods[i].values()) for i in whole), default=time.time())
+    result = {"mib": mib, "images": args.images, "whole": len(whole), "lat": lat, "raw_write": raw_write,
+              "throughput": len(whole) * image_bytes / (t_last - t_first), "rss": rss}
+    if profile:
+        result["profile"] = profile
+    return result
+
+
+def show_profile(path: Path, top: int = 8) -> None:
+    if not path.exists():
+        print(f"    (no profile at {path})")
+        return
+    st = pstats.Stats(str(path))
+    st.sort_stats("tottime")
+    width = 0
+    for func, (cc, nc, tt, ct, callers) in sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:top]:  # type: ignore[attr-defined]
+        name = f"{Path(func[0]).name}:{func[1]} {func[2]}"
+        width = max(width, len(name))
+        print(f"    {tt:8.2f} s self  {ct:8.2f} s cum  {name}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="16,64", help="MiB per sensor, comma-separated")
+    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--sensors", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=300e6, help="UDP send rate, bytes/s")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    if int(RMEM.read_text()) < BUFFER and os.geteuid() == 0:
+        RMEM.write_text(str(BUFFER))
+    with tempfile.TemporaryDirectory(prefix="fitsflow-e2e-", dir="/var/tmp") as tmp:
+        base = Path(tmp)
+        print("baselines (same machine, same run):", flush=True)
+        spead2 = spead2_baseline()
+        write = write_baseline(base, sensors=args.sensors)
+        src, a, b = base / "h.fits", base / "a" / "h.fits", base / "b" / "h.fits"
+        a.parent.mkdir(), b.parent.mkdir()
+        hand = []
+        for _ in range(20):
+            src.write_bytes(b"x" * 2880)
+            hand.append(bare_handoff(src, a, b))
+            a.unlink(), b.unlink()
+        print(f"  spead2_bench loopback: {spead2 / 1e9:.2f} GB/s; tofile+fsync: {write / 1e9:.2f} GB/s; "
+              f"bare hand-off: {statistics.median(hand) * 1e3:.2f} ms", flush=True)
+        for mib in [int(x) for x in args.sizes.split(",")]:
+            print(f"\n{args.images} images of {args.sensors} x {mib} MiB sensors at {args.rate / 1e6:.0f} MB/s:",
+                  flush=True)
+            r = asyncio.run(run_size(base / f"s{mib}", mib, args, write))
+            lat = r["lat"]
+            print(f"  whole in the OODS: {r['whole']}/{r['images']}")
+            if lat:
+                above = [x - r["raw_write"] for x in lat]
+                print(f"  last packet -> IMAGE_IN_OODS: p50 {pct(lat, .5) * 1e3:.0f} ms, p99 {pct(lat, .99) * 1e3:.0f} ms, "
+                      f"max {max(lat) * 1e3:.0f} ms; raw write of an image here {r['raw_write'] * 1e3:.0f} ms")
+                print(f"  above the raw write: p50 {pct(above, .5) * 1e3:.0f} ms (goal < 100), "
+                      f"p99 {pct(above, .99) * 1e3:.0f} ms (goal < 300)")
+                print(f"  sustained: {r['throughput'] / 1e6:.0f} MB/s = {r['throughput'] / write:.2f} x disk write, "
+                      f"{r['throughput'] / spead2:.2f} x spead2 loopback, {r['throughput'] / args.rate:.2f} x send rate")
+            print("  peak RSS (MiB) first half / second half of the images:")
+            for name, samples in sorted(r["rss"].items()):
+                half = r["images"] / 2
+                first = max((kib for n, kib in samples if n < half), default=0) / 1024
+                second = max((kib for n, kib in samples if n >= half), default=0) / 1024
+                print(f"    {name:24s} {first:7.1f} / {second:7.1f}")
+            if "profile" in r:
+                for name in ("receiver@r1", "forwarder@f1"):
+                    print(f"  profile of {name} (top by own time):")
+                    show_profile(r["profile"] / f"{name}.prof")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
