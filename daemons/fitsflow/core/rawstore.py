@@ -92,6 +92,12 @@ class SensorWriter:
         self._journal = open(self.journal, "a")
         self._claimed: set[int] = set(self.received)
         self._lock = threading.Lock()
+        # Stripes being written right now (in worker threads). finish()/close() wait for them:
+        # closing the fd under a pending pwrite lets the kernel give its number to the next
+        # file opened, and the late pwrite lands in another sensor's file (the chaos test
+        # caught exactly that when an image timed out during writes).
+        self._inflight = 0
+        self._idle = threading.Condition(self._lock)
 
     @classmethod
     def refill(cls, root: Path, meta: SensorMeta) -> SensorWriter:
@@ -116,17 +122,37 @@ class SensorWriter:
 
     def write_stripe(self, index: int, row_start: int, pixels: np.ndarray) -> bool:
         """Write one stripe; False if it was already there (a duplicate heap)."""
-        if index in self.received:
-            return False
-        data = memoryview(np.ascontiguousarray(pixels)).cast("B")
-        offset = row_start * self.meta.cols * self.itemsize
-        written = 0
-        while written < len(data):
-            written += os.pwrite(self._fd, data[written:], offset + written)
-        with self._lock:  # writes of different stripes may run in parallel threads
-            self.received.add(index)
-            self._journal.write(f"{index}\n")
-            self._journal.flush()
+        with self._lock:
+            if index in self.received or self._fd < 0:
+                return False  # a duplicate, or the sensor was finished meanwhile (a late stripe)
+            fd = self._fd
+            self._inflight += 1
+        try:
+            data = memoryview(np.ascontiguousarray(pixels)).cast("B")
+            offset = row_start * self.meta.cols * self.itemsize
+            written = 0
+            while written < len(data):
+                written += os.pwrite(fd, data[written:], offset + written)
+            with self._lock:  # writes of different stripes may run in parallel threads
+                self.received.add(index)
+                self._journal.write(f"{index}\n")
+                self._journal.flush()
+        finally:
+            with self._lock:
+                self._inflight -= 1
+                self._idle.notify_all()
+        return True
+
+    def _close_fd(self) -> bool:
+        """Close the pixel file once no write is in flight; False if already closed."""
+        with self._lock:
+            while self._inflight:
+                self._idle.wait()
+            if self._fd < 0:
+                return False
+            fd, self._fd = self._fd, -1
+        os.fsync(fd)
+        os.close(fd)
         return True
 
     @property
@@ -135,14 +161,12 @@ class SensorWriter:
 
     def finish(self) -> SensorMeta:
         """fsync and publish the sensor (.raw then .json); partial if stripes are missing."""
+        self._close_fd()  # after this no stripe can be added: `received` is final
         meta = self.meta
         meta.stripes_received = sorted(self.received)
         meta.missing_rows = _missing_rows(meta.rows, meta.stripe_count, self.received)
         meta.partial = bool(meta.missing_rows)
         meta.received_at = time.time()
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
         self._journal.close()
         os.rename(self.temp, self.final)
         atomic_write_bytes(self.meta_path, json.dumps(asdict(meta), indent=1).encode())
@@ -153,9 +177,7 @@ class SensorWriter:
 
     def close(self) -> None:
         """Stop without publishing (shutdown); the journal lets the next run resume."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if self._close_fd():
             self._journal.close()
 
 

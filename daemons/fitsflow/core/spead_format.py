@@ -9,7 +9,7 @@ decodes from its first complete heap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -79,6 +79,10 @@ class Stripe:
     t_start: float
     t_end: float
     pixels: np.ndarray  # 1-D, rows_in_stripe * cols elements
+    #: What owns the memory ``pixels`` views (the spead2 heap): kept until the stripe is
+    #: stored, or the heap's memory goes back to spead2's pool and the next heap overwrites
+    #: pixels still waiting to be written (seen in the chaos test under load).
+    owner: object = field(default=None, repr=False, compare=False)
 
 
 def stripe_bounds(rows: int, count: int, index: int) -> tuple[int, int]:

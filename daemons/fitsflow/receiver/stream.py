@@ -220,7 +220,8 @@ class SpeadStreamReceiver:
                           f"({(end - start) * cols} pixels), got row {row_start} and {pixels.size} pixels")
         return Stripe(image_seq=int(v["image_seq"]), image=image, group=group, snap=int(v["snap"]), raft=raft,
                       sensor=sensor, rows=rows, cols=cols, index=index, count=count, row_start=row_start,
-                      t_start=float(v["t_readout_start"]), t_end=float(v["t_readout_end"]), pixels=pixels)
+                      t_start=float(v["t_readout_start"]), t_end=float(v["t_readout_end"]), pixels=pixels,
+                      owner=heap)
 
 
 @functools.lru_cache(maxsize=256)
