@@ -7,6 +7,7 @@ as ``stripe_count`` heaps with every item's descriptor in every heap.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,12 +43,14 @@ class SpeadSender:
                                           max_heaps=8)
         self._streams = [spead2.send.UdpStream(self._pool, [dest], config, buffer_bytes) for dest in destinations]
         self._groups = []
+        self._locks: list[threading.Lock] = []
         for _ in destinations:
             ig = spead2.send.ItemGroup(flavour=spead2.Flavour(4, 64, HEAP_ADDRESS_BITS, 0))
             for spec in ITEMS:
                 if spec.name != "pixels":  # pixels: declared per heap, with that stripe's length
                     ig.add_item(spec.id, spec.name, spec.description, spec.shape, dtype=np.dtype(spec.dtype))
             self._groups.append(ig)
+            self._locks.append(threading.Lock())
         self._pixel_spec = ITEM_BY_NAME["pixels"]
         self._pixel_dtype = np.dtype(pixel_dtype)
         self.heaps_sent = 0
@@ -60,6 +63,14 @@ class SpeadSender:
                     stripe_count: int, only_stripes: set[int] | None = None) -> None:
         """Send one sensor's pixels (rows, cols) as ``stripe_count`` heaps (blocking)."""
         k = self.stream_of(sensor_index)
+        with self._locks[k]:
+            self._send_sensor(k, info, raft, sensor, pixels, stripe_count, only_stripes)
+
+    def _send_sensor(self, k: int, info: ReadoutInfo, raft: str, sensor: str, pixels: np.ndarray,
+                     stripe_count: int, only_stripes: set[int] | None) -> None:
+        # One ItemGroup per stream, filled item by item: two threads sending at once (a live
+        # image and a re-send) would mix one heap's names with another's pixels — the chaos
+        # test found image 46's rows inside image 111's file. Hence the per-stream lock.
         stream, ig = self._streams[k], self._groups[k]
         rows, cols = pixels.shape
         flat = pixels.reshape(-1)
