@@ -41,3 +41,18 @@ def test_finish_waits_for_a_write_in_flight(tmp_path: Path, monkeypatch: pytest.
     assert np.array_equal(got[:8], stripe) and not got[8:].any()
     # A stripe arriving after the finish is refused, not written anywhere.
     assert writer.write_stripe(1, 2, np.ones(8, dtype="<i4")) is False
+
+
+def test_a_crash_inside_finish_keeps_the_pixels(tmp_path: Path) -> None:
+    """Killed after renaming the pixels into place, before the .json: the next run must
+    resume from those pixels, not from an empty temp file."""
+    writer = SensorWriter(tmp_path, meta())
+    for index in (0, 1):
+        writer.write_stripe(index, 2 * index, np.full(8, index + 1, dtype="<i4"))
+    writer._close_fd()
+    os.rename(writer.temp, writer.final)  # ...and the process dies here
+    again = SensorWriter(tmp_path, meta())
+    assert again.complete
+    done = again.finish()
+    got = np.fromfile(tmp_path / "IMG_1" / "R22_S00.raw", dtype="<i4")
+    assert not done.partial and np.array_equal(got, np.repeat([1, 2], 8))

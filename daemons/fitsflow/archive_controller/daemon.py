@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import itertools
 import logging
+import os
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +35,7 @@ class ArchiveControllerDaemon(Daemon):
         self.acfg: ArchiveControllerConfig = cfg.section("archive_controller")
         paths = cfg.paths.resolved()
         self.incoming, self.oods_staging, self.archive_staging = paths.incoming, paths.oods_staging, paths.archive_staging
+        self.quarantine = paths.quarantine
         self.book = Book(cfg.site.database_url)
         #: forwarder → (last heartbeat, monotonic), load, capacity
         self.forwarders: dict[str, tuple[float, int, int]] = {}
@@ -219,11 +221,17 @@ class ArchiveControllerDaemon(Daemon):
         row = await asyncio.to_thread(self.book.handoff, key)
         if row is None or row.state not in ("unlinked", "requested") or not src.exists():
             return
-        if not await asyncio.to_thread(redelivered_copy, row):
-            await self._error(f"{key}: a different file was delivered for a sensor already handed off; left in place")
-            raise Reject(f"{src}: differs from the file handed off for {key}")
-        await asyncio.to_thread(src.unlink)
-        _log.info("%s: identical re-delivery removed", key, extra={"IMAGE": row.image})
+        if await asyncio.to_thread(redelivered_copy, row):
+            await asyncio.to_thread(src.unlink)
+            _log.info("%s: identical re-delivery removed", key, extra={"IMAGE": row.image})
+            return
+        # Not identical: the same pixels with another header (the first copy was written with
+        # a minimal header at the join timeout, the second with the real one). The first is
+        # registered; keep the second for a person, out of the pipeline's way.
+        target = self.quarantine / "redelivered" / f"{src.name}.{int(time.time() * 1000)}"
+        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(os.rename, src, target)
+        await self._error(f"{key}: another version of a sensor already handed off was delivered; kept as {target}")
 
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())

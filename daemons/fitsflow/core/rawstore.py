@@ -83,6 +83,11 @@ class SensorWriter:
         self.journal = self.dir / f".{key}.stripes"
         self.itemsize = np.dtype(meta.dtype).itemsize
         nbytes = meta.rows * meta.cols * self.itemsize
+        if self.journal.exists() and not self.temp.exists() and self.final.exists():
+            # The last run died inside finish(), between renaming the pixels into place and
+            # writing the .json that publishes them: take them back (opening a fresh temp
+            # file here would replace good pixels with zeros — the chaos test caught that).
+            os.rename(self.final, self.temp)
         self._fd = os.open(self.temp, os.O_RDWR | os.O_CREAT, 0o644)
         if os.fstat(self._fd).st_size != nbytes:
             os.ftruncate(self._fd, nbytes)  # sparse: never-written rows read as zeros
