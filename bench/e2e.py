@@ -82,11 +82,14 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
     pipeline = Pipeline(site, base / "logs", profile=profile, log_level="WARNING")
     oods: dict[str, dict[str, float]] = {}
     ends: dict[str, float] = {}
+    ready: set[str] = set()
     rss: dict[str, list[tuple[int, int]]] = {}
 
     async def on(msg: Message) -> None:
         if msg.type == "IMAGE_IN_OODS" and msg.image:
             oods.setdefault(msg.image, {})[str(msg.data.get("path"))] = time.time()
+        elif msg.type == "DAEMON_STATE" and msg.data["state"] == "ON":
+            ready.add(str(msg.data["daemon"]))
 
     async def sample_memory(stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -97,8 +100,13 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
 
     try:
         pipeline.start_all()
-        async with Listener(cfg, "bench-e2e", ["/topic/fitsflow.oods"], handler=on) as listen:
-            await asyncio.sleep(6)  # daemons up, forwarders heard by the controller
+        async with Listener(cfg, "bench-e2e", ["/topic/fitsflow.oods", "/topic/fitsflow.state"], handler=on) as listen:
+            # Every daemon ON (its subscriptions exist: nothing sent from now on is missed),
+            # then a few seconds for the controller to hear the forwarders.
+            deadline = time.monotonic() + 120
+            while not set(pipeline.daemons) <= ready and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(3)
             settings = SimSettings(instrument="BENCH", sensors=sensors, rows=rows, cols=cols,
                                    stripe_rows=max(1, (4 << 20) // (cols * 4)))
             stop = asyncio.Event()

@@ -147,6 +147,8 @@ def test_bad_files_are_quarantined_with_their_path(tmp_path: Path, broker: Priva
             for bad in ("/etc/passwd", str(paths.oods_staging / ".." / ".." / "x.fits")):
                 await listen.bus.send(make("INGEST_REQUEST", "TESTCAM_O_20261121_000009", path=bad, data_id={},
                                            checksum="crc32:00000000"), "/queue/fitsflow.oods.ingest")
+            # Both handled before the daemon stops (else the second waits on the queue).
+            await async_wait_for(lambda: oods.bus.stats.dead_lettered >= 2, 30, what="both requests dead-lettered")
             assert oods.failed is None
     run(main())
     dead = drain(broker.url, "/queue/DLQ.fitsflow.oods.ingest", expect=2, timeout=15)
