@@ -20,6 +20,7 @@ from fitsflow.core.bus.link import Subscription
 from fitsflow.core.bus.stomp_link import StompLink, TlsSettings
 from fitsflow.core.errors import Disconnected, Refused
 from fitsflow.core.messages import CATALOGUE, MAX_BODY_BYTES, destination_of, make
+from fitsflow.testing.broker import free_port
 from fitsflow.testing.daemons import running
 from fitsflow.testing.pki import TestPKI
 from fitsflow.testing.stomp_tools import drain
@@ -151,7 +152,8 @@ def test_an_identity_cannot_write_what_it_does_not_own(secure: SecureBroker, ide
     ("panic-mailer", "/queue/fitsflow.panic", True),
     ("receiver", "/queue/fitsflow.panic", False),  # nobody else reads panics
     ("forwarder", "/queue/fitsflow.oods.ingest", False),
-    ("recorder", "/topic/fitsflow.>", True),
+    ("recorder", "/topic/fitsflow.readout", True),
+    ("recorder", "/topic/fitsflow.>", False),  # a wildcard would lock every other topic consumer out
     ("recorder", "/topic/mirror.fitsflow.>", True),  # queue traffic, mirrored by the broker
     ("oods", "/topic/mirror.fitsflow.>", False),
 ])
@@ -166,6 +168,27 @@ def test_reading_is_limited_to_consumers(secure: SecureBroker, identity: str, de
                 fut.result(5)
     finally:
         link.close()
+
+
+def test_the_recorder_does_not_lock_other_consumers_out(secure: SecureBroker, tmp_path: Path) -> None:
+    """With the recorder subscribed (as its daemon does), the other roles still subscribe to
+    their topics — a wildcard subscription by the recorder would make the broker refuse them."""
+    from fitsflow.recorder.daemon import RecorderDaemon
+
+    cfg = secure.config(tmp_path, "recorder", extra={"recorder": {"http_port": free_port()}})
+
+    async def scenario() -> None:
+        async with running(RecorderDaemon, cfg, "sec"):
+            for identity, topic in (("archive-controller", "/topic/fitsflow.readout"),
+                                    ("forwarder", "/topic/fitsflow.header"), ("receiver", "/topic/fitsflow.camera.events")):
+                link = connect(secure.url(), **secure.link_kwargs(identity))
+                try:
+                    await asyncio.wrap_future(link.subscribe(Subscription(id="s", destination=topic, selector=None,
+                                                                          prefetch=1)))
+                finally:
+                    link.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
 def test_refused_sends_are_kept_and_reported_once(secure: SecureBroker, tmp_path: Path, unique: str) -> None:
@@ -270,7 +293,7 @@ def test_untrusted_paths_and_oversized_bodies_are_dead_lettered(secure: SecureBr
                 for body in [bad("/etc/passwd"), bad(f"{cfg.paths.resolved().incoming}/../../../../etc/passwd"),
                              bad("x" * (MAX_BODY_BYTES + 10))]:
                     link.send(delivered, body, {"persistent": "true", "MsgClass": "fitsflow"}).result(5)
-                with pytest.raises(Disconnected, match="maximum frame size"):  # above maxFrameSize: never enters
+                with pytest.raises(Disconnected):  # above maxFrameSize: an ERROR frame or a dropped connection
                     link.send(delivered, "y" * (2 << 20), {"persistent": "true"}).result(5)
             finally:
                 link.close()

@@ -1,9 +1,14 @@
 """The recorder daemon: wiring, then the message handler.
 
-It reads topics only, so it takes nothing from any other consumer: ``/topic/fitsflow.>``
-(every topic) and ``/topic/mirror.fitsflow.>`` (the broker's copies of every queue: ActiveMQ
-mirrored queues, see docs/messages.md). Both subscriptions are durable: messages published
-while the recorder is down are kept by the broker and recorded when it is back.
+It reads topics only, so it takes nothing from any other consumer: every topic of the message
+catalogue, one by one, and ``/topic/mirror.fitsflow.>`` (the broker's copies of every queue:
+ActiveMQ mirrored queues, see docs/messages.md). All subscriptions are durable: messages
+published while the recorder is down are kept by the broker and recorded when it is back.
+
+Not ``/topic/fitsflow.>``: a wildcard subscription makes ActiveMQ create a wildcard destination,
+after which every other consumer of a fitsflow topic is checked for read permission on
+``fitsflow.>`` and refused (measured with the shipped authorization map; the security test
+guards it). Only the recorder reads ``mirror.*``, so its wildcard there harms nobody.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
-from fitsflow.core.messages import Message
+from fitsflow.core.messages import CATALOGUE, Message
 from fitsflow.core.runtime import Daemon
 from fitsflow.recorder.config import RecorderConfig
 from fitsflow.recorder.store import RecorderStore
@@ -23,7 +28,7 @@ from fitsflow.recorder.web import StatusPage
 
 _log = logging.getLogger(__name__)
 
-TOPICS = "/topic/fitsflow.>"
+TOPICS = sorted({t.destination for t in CATALOGUE.values() if t.destination.startswith("/topic/")})
 QUEUE_MIRRORS = "/topic/mirror.fitsflow.>"
 PRUNE_EVERY_S = 3600.0
 
@@ -45,7 +50,8 @@ class RecorderDaemon(Daemon):
         self.roles = [self.page]
         self.recorded = 0
         self.repeats = 0
-        bus.subscribe(TOPICS, self.on_message, name="recorder-topics", durable=True)
+        for topic in TOPICS:
+            bus.subscribe(topic, self.on_message, name=f"recorder-{topic.rsplit('/', 1)[-1]}", durable=True)
         bus.subscribe(QUEUE_MIRRORS, self.on_message, name="recorder-queues", durable=True)
         # The real consumer of a malformed message reports it; the recorder only counts.
         bus.on_dead_letter = self._dead_letter
