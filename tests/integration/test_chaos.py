@@ -155,7 +155,16 @@ def test_no_image_lost_under_chaos(tmp_path: Path, broker_factory) -> None:  # t
                 if counts == [IMAGES * len(SENSORS)] * 2:
                     break
                 await asyncio.sleep(2)
-            await asyncio.sleep(3)  # late duplicates, if any, would show now
+            # Then until the hand-off directories stay empty: duplicates written late (a
+            # reassigned sensor's first forwarder finishing) are still being cleaned up.
+            paths = cfg.paths.resolved()
+            quiet_since = time.monotonic()
+            while time.monotonic() < deadline + 120 and time.monotonic() - quiet_since < 10:
+                busy = any(p.is_file() for d in (paths.incoming, paths.oods_staging, paths.archive_staging)
+                           for p in d.rglob("*"))
+                if busy:
+                    quiet_since = time.monotonic()
+                await asyncio.sleep(1)
             await bus.stop()
         print("chaos:", "; ".join(chaos.events))
 
