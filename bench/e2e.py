@@ -142,11 +142,8 @@ def show_profile(path: Path, top: int = 8) -> None:
         print(f"    (no profile at {path})")
         return
     st = pstats.Stats(str(path))
-    st.sort_stats("tottime")
-    width = 0
-    for func, (cc, nc, tt, ct, callers) in sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:top]:  # type: ignore[attr-defined]
+    for func, (_cc, _nc, tt, ct, _callers) in sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:top]:  # type: ignore[attr-defined]
         name = f"{Path(func[0]).name}:{func[1]} {func[2]}"
-        width = max(width, len(name))
         print(f"    {tt:8.2f} s self  {ct:8.2f} s cum  {name}")
 
 

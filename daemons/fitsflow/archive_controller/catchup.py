@@ -31,6 +31,7 @@ from fitsflow.core.errors import Reject, UnsafePath
 from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.layout import COMPONENT_NAME, check_name
 from fitsflow.core.messages import CAMERA_EVENTS, Message, make
+from fitsflow.core.runtime import cancel_and_wait
 
 _log = logging.getLogger(__name__)
 
@@ -68,9 +69,7 @@ class CatchUp:
         self._task = asyncio.create_task(self._loop(), name="catch-up")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         self.archive.close()
         self.engine.dispose()
 

@@ -19,6 +19,7 @@ from email.message import EmailMessage
 from typing import Callable
 
 from fitsflow.core.config import read_credentials
+from fitsflow.core.runtime import cancel_and_wait
 from fitsflow.core.messages import Message
 from fitsflow.panic_mailer.config import PanicMailerConfig
 
@@ -79,9 +80,7 @@ class Mailer:
         self._task = asyncio.create_task(self._windows(), name="panic folding windows")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     @property
     def task(self) -> asyncio.Task[None] | None:

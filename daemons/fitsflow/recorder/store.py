@@ -132,7 +132,7 @@ class RecorderStore:
             self._daemon(conn, d, now)
             return None
         if t == "FORWARDER_HEARTBEAT":
-            self._touch_daemon(conn, str(d.get("forwarder", msg.sender)), msg.sender, now)
+            self._touch_daemon(conn, str(d.get("forwarder", msg.sender)), now)
             return None
         if not msg.image:
             return None
@@ -198,7 +198,7 @@ class RecorderStore:
         if conn.execute(update(daemons_t).where(daemons_t.c.ident == ident).values(**values)).rowcount == 0:
             conn.execute(insert(daemons_t).values(ident=ident, first_seen=now, **values))
 
-    def _touch_daemon(self, conn: Connection, ident: str, sender: str, now: float) -> None:
+    def _touch_daemon(self, conn: Connection, ident: str, now: float) -> None:
         """A forwarder heartbeat counts as a sign of life of its forwarder daemon."""
         conn.execute(update(daemons_t).where(daemons_t.c.ident == f"forwarder@{ident}").values(last_seen=now))
 
