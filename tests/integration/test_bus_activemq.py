@@ -17,6 +17,7 @@ from fitsflow.core.bus import MessageBus
 from fitsflow.core.bus.stomp_link import StompLink
 from fitsflow.core.bus.store import BusStore
 from fitsflow.core.config import BusConfig
+from fitsflow.core.errors import Disconnected, Refused
 from fitsflow.core.messages import Message, make
 from fitsflow.testing.broker import PrivateBroker
 from fitsflow.testing.stomp_tools import drain
@@ -100,6 +101,7 @@ from fitsflow.core.bus import MessageBus
 from fitsflow.core.bus.stomp_link import StompLink
 from fitsflow.core.bus.store import BusStore
 from fitsflow.core.config import BusConfig
+from fitsflow.core.errors import Disconnected, Refused
 url, queue, marker = sys.argv[1:4]
 async def main():
     bus = MessageBus(BusConfig(brokers=(url,)), "hang", BusStore(Path(marker + ".sqlite")), [StompLink(url)])
@@ -268,3 +270,21 @@ def test_two_brokers_consumers_on_all(tmp_path: Path, broker_factory: Callable[.
         await consumer.stop()
     run(main)
     assert sorted(got) == sorted([f"a{i}" for i in range(10)] + [f"b{i}" for i in range(10)])
+
+
+def test_client_id_still_taken_is_transient_not_a_refusal(broker: PrivateBroker, unique: str) -> None:
+    """After a quick reconnect the broker may not yet have dropped our previous connection
+    ("client-id already connected"): the link must report a plain Disconnected (the bus
+    retries) — not Refused, which would page the shifter for nothing."""
+    first, second = StompLink(broker.url, heartbeat_ms=0), StompLink(broker.url, heartbeat_ms=0)
+    first.connect(unique)
+    try:
+        with pytest.raises(Disconnected) as caught:
+            second.connect(unique)
+        assert not isinstance(caught.value, Refused), caught.value
+        assert "already connected" in str(caught.value)
+    finally:
+        first.close()
+        second.close()
+    second.connect(unique)  # free again once the first one left
+    second.close()

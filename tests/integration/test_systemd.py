@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -17,96 +15,20 @@ import pytest
 
 from fitsflow.testing.broker import PrivateBroker, free_port
 from fitsflow.testing.config import to_toml
+from fitsflow.testing.nspawn import Container, system_venv
 
 REPO = Path(__file__).resolve().parents[2]
-#: A venv made with the system Python (/usr is all the container sees of the host); outside
-#: /root, /home and /tmp, which the units' ProtectHome=/PrivateTmp= hide from the daemon.
-VENV = Path("/opt/fitsflow-test-venv")
 UNIT = "fitsflow-archive-ingest.service"
-#: Services of this machine's packages that would start in the container and are not ours.
-MASK = ["corosync", "pacemaker", "pcsd", "pcsd-ruby", "logd", "activemq", "postgresql", "systemd-firstboot"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker,
               pytest.mark.skipif(os.geteuid() != 0 or shutil.which("systemd-nspawn") is None,
                                  reason="needs root and systemd-nspawn (Debian's systemd-container)")]
 
 
-def _venv() -> Path:
-    """The container's fitsflow: the checkout installed (not editable) into VENV."""
-    if not (VENV / "bin" / "python").exists():
-        subprocess.run(["/usr/bin/python3", "-m", "venv", VENV], check=True)
-    subprocess.run([VENV / "bin" / "pip", "install", "-q", "--force-reinstall", "--no-deps", REPO], check=True,
-                   capture_output=True)
-    subprocess.run([VENV / "bin" / "pip", "install", "-q", REPO], check=True, capture_output=True)
-    return VENV
-
-
-class Container:
-    """systemd as PID 1 over this host's /usr, with a volatile root; commands via nsenter."""
-
-    def __init__(self) -> None:
-        args = ["systemd-nspawn", "--quiet", "--keep-unit", "--register=no", "--directory=/", "--volatile=yes",
-                f"--bind-ro={VENV}", "--boot", "--console=pipe", *(f"systemd.mask={m}.service" for m in MASK)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        self.init = 0
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not self.init:
-            kids = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
-            self.init = int(kids.stdout.split()[0]) if kids.stdout.split() else 0
-            time.sleep(0.1)
-        state = ""
-        while self.init and time.monotonic() < deadline:
-            # basic.target is all the test needs; "starting" may last while some unrelated
-            # unit of this machine's packages waits for something a container lacks.
-            state = self.run("systemctl", "is-system-running", check=False).stdout.strip()
-            basic = self.run("systemctl", "is-active", "basic.target", check=False).stdout.strip()
-            if state in ("running", "degraded") or (state == "starting" and basic == "active"):
-                return
-            time.sleep(0.2)
-        jobs = self.run("systemctl", "list-jobs", "--no-pager", check=False).stdout if self.init else ""
-        self.close()
-        raise TimeoutError(f"the container's systemd did not boot (state {state!r}); jobs:\n{jobs}")
-
-    def run(self, *cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["nsenter", "-t", str(self.init), "-a", *cmd], capture_output=True, text=True,
-                              input=input, timeout=120)
-        if check and proc.returncode:
-            raise AssertionError(f"{' '.join(cmd)}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def write(self, path: str, text: str) -> None:
-        self.run("sh", "-c", f"mkdir -p $(dirname {path}) && cat > {path}", input=text)
-
-    def show(self, unit: str) -> dict[str, str]:
-        out = self.run("systemctl", "show", unit, "-p",
-                       "ActiveState,SubState,StatusText,MainPID,NRestarts,Result").stdout
-        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-    def wait(self, unit: str, what: str, cond, timeout: float = 90.0) -> dict[str, str]:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            state = self.show(unit)
-            if cond(state):
-                return state
-            time.sleep(0.2)
-        raise AssertionError(f"{unit}: {what} not reached; last {state}\n"
-                             + self.run("journalctl", "-u", unit, "-n", "40", "--no-pager", check=False).stdout)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # nspawn halts the container
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def container() -> Iterator[Container]:
-    _venv()
-    c = Container()
+    venv = system_venv(REPO)
+    c = Container(binds_ro=[venv])
     try:
         # The packages' drop-ins: the service user and the data tree.
         c.write("/etc/sysusers.d/fitsflow.conf", (REPO / "etc/sysusers.d/fitsflow.conf").read_text())
@@ -115,7 +37,7 @@ def container() -> Iterator[Container]:
         c.run("systemd-tmpfiles", "--create", "/etc/tmpfiles.d/fitsflow.conf")
         # The shipped unit, as the RPM installs it but for ExecStart= (the test venv), and a
         # short watchdog so that the hang test takes seconds, not the shipped 30 s.
-        unit = (REPO / "units" / UNIT).read_text().replace("ExecStart=/usr/bin/", f"ExecStart={VENV}/bin/")
+        unit = (REPO / "units" / UNIT).read_text().replace("ExecStart=/usr/bin/", f"ExecStart={venv}/bin/")
         c.write(f"/etc/systemd/system/{UNIT}", unit)
         c.write(f"/etc/systemd/system/{UNIT}.d/test.conf", "[Service]\nWatchdogSec=6\n")
         c.run("systemctl", "daemon-reload")

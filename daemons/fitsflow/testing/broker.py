@@ -30,6 +30,22 @@ _JAVA_OPENS = [
 ]
 
 
+def broker_command(base: Path, conf_dir: Path, data_dir: Path, *, name: str, stomp_port: int,
+                   openwire_port: int, heap_mb: int = 256, properties: dict[str, str] | None = None) -> list[str]:
+    """The java command line of a foreground ActiveMQ with its instance in ``conf_dir``
+    (activemq.xml, and login.config when present) and its store in ``data_dir``."""
+    return ["java", "-Xms64M", f"-Xmx{heap_mb}M", *_JAVA_OPENS,
+            f"-Dactivemq.classpath={conf_dir}", f"-Dactivemq.home={ACTIVEMQ_HOME}",
+            f"-Dactivemq.base={base}", f"-Dactivemq.conf={conf_dir}",
+            f"-Dactivemq.data={data_dir}", f"-Dbroker.name={name}",
+            f"-Dstomp.port={stomp_port}", f"-Dopenwire.port={openwire_port}",
+            *(f"-D{k}={v}" for k, v in (properties or {}).items()),
+            *([f"-Djava.security.auth.login.config={conf_dir / 'login.config'}"]
+              if (conf_dir / "login.config").is_file() else []),
+            "-jar", str(ACTIVEMQ_HOME / "bin" / "activemq.jar"), "start",
+            f"xbean:file:{conf_dir / 'activemq.xml'}"]
+
+
 class BrokerUnavailable(RuntimeError):
     """ActiveMQ is not installed or did not come up."""
 
@@ -96,16 +112,8 @@ class PrivateBroker:
         if self.proc is not None and self.proc.poll() is None:
             return self
         self._prepare()
-        cmd = ["java", "-Xms64M", f"-Xmx{self.heap_mb}M", *_JAVA_OPENS,
-               f"-Dactivemq.classpath={self.conf_dir}", f"-Dactivemq.home={ACTIVEMQ_HOME}",
-               f"-Dactivemq.base={self.base}", f"-Dactivemq.conf={self.conf_dir}",
-               f"-Dactivemq.data={self.data_dir}", f"-Dbroker.name={self.name}",
-               f"-Dstomp.port={self.stomp_port}", f"-Dopenwire.port={self.openwire_port}",
-               *(f"-D{k}={v}" for k, v in self.properties.items()),
-               *([f"-Djava.security.auth.login.config={self.conf_dir / 'login.config'}"]
-                 if (self.conf_dir / "login.config").is_file() else []),
-               "-jar", str(ACTIVEMQ_HOME / "bin" / "activemq.jar"), "start",
-               f"xbean:file:{self.conf_dir / 'activemq.xml'}"]
+        cmd = broker_command(self.base, self.conf_dir, self.data_dir, name=self.name, stomp_port=self.stomp_port,
+                             openwire_port=self.openwire_port, heap_mb=self.heap_mb, properties=self.properties)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=self.base, start_new_session=True)

@@ -87,6 +87,9 @@ class StompLink(BrokerLink):
         conn = stomp.Connection(
             [(self.address.host, self.address.port)],
             heartbeats=(self._heartbeat_ms, self._heartbeat_ms),
+            # ActiveMQ may send its heart-beat up to twice the negotiated interval after the
+            # last frame (AMQ-4710); stomp.py's default 1.5 then drops healthy connections.
+            heart_beat_receive_scale=2.5,
             reconnect_attempts_max=1,  # the bus owns reconnection, with its own back-off
             timeout=self._timeout,
             keepalive=True,
@@ -109,17 +112,21 @@ class StompLink(BrokerLink):
             deadline = time.monotonic() + self._timeout
             while not conn.is_connected():
                 if conn.transport.connection_error:
+                    if "already connected" in (self._last_error or ""):
+                        # The broker has not yet noticed that our previous connection is
+                        # gone (client-id still taken): transient, retried with back-off.
+                        raise Disconnected(f"{self.address}: {self._last_error}")
                     raise Refused(f"{self.address}: login refused by the broker: "
                                   f"{self._last_error or 'no reason given'}")
                 if time.monotonic() > deadline:
                     raise stomp.exception.ConnectFailedException(f"no CONNECTED within {self._timeout:.0f} s")
                 time.sleep(0.01)
-        except (stomp.exception.StompException, OSError, Refused) as exc:
+        except (stomp.exception.StompException, OSError, Disconnected) as exc:
             try:
                 conn.disconnect()
             except Exception:  # noqa: BLE001 - best effort on a connection that never came up
                 pass
-            if isinstance(exc, Refused):
+            if isinstance(exc, Disconnected):  # Refused included
                 raise
             raise Disconnected(f"{self.address}: cannot connect: {str(exc) or type(exc).__name__}") from None
         with self._lock:

@@ -1,0 +1,398 @@
+"""A 3-node Pacemaker/corosync cluster on one machine, running fitsflow from the shipped units
+and the shipped pacemaker/fitsflow-cib — the HA lab of tests/ha (docs/ha-lab.md).
+
+Each node is a systemd-nspawn container booting this machine's systemd (nspawn.Container) in
+a network namespace of its own, wired by a veth to a bridge in the switch namespace
+``halab-sw``; the host joins the switch too (``halab0``, 10.99.0.2) so that the test's camera
+simulator and bus clients reach the virtual IPs. Inside, systemd starts corosync and
+pacemaker; Pacemaker starts fitsflow's units (``systemd:`` resources) and ActiveMQ.
+
+Shared storage stands in for the SAN/NAS: one host directory bind-mounted into every node as
+/var/lib/fitsflow (data tree, state, registries) and one as ActiveMQ's store (KahaDB).
+
+Killing a node is a power cut: SIGKILL to the container's init (the kernel kills everything
+in it), then its network namespace is deleted, taking its veth and any VIP with it.
+
+    python tests/ha/halab.py up [--base DIR]     build and start the lab, leave it running
+    python tests/ha/halab.py status|down         crm_mon of the first live node | tear down
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fitsflow.testing.broker import ACTIVEMQ_HOME, broker_command
+from fitsflow.testing.config import to_toml
+from fitsflow.testing.nspawn import DEFAULT_MASK, Container, remove_cgroup, system_venv
+
+REPO = Path(__file__).resolve().parents[2]
+SWITCH = "halab-sw"
+HOST_IF = "halab0"
+HOST_IP = "10.99.0.2"
+NODES = {"n1": "10.99.0.11", "n2": "10.99.0.12", "n3": "10.99.0.13"}
+BROKER_VIP = "10.99.0.100"
+CONTROLLER_VIP = "10.99.0.101"
+RECEIVER_VIP = "10.99.0.111"
+STOMP_PORT = 61613
+STREAM_PORT = 7148
+SENSORS = ["R22_S00", "R22_S01", "R22_S10", "R22_S11"]
+INSTRUMENT = "LABCAM"
+#: Pacemaker runs ActiveMQ through this unit (the lab's BROKER_AGENT).
+BROKER_UNIT = "activemq-fitsflow"
+#: In the nodes: every default mask but the cluster stack, which must start at boot.
+NODE_MASK = [m for m in DEFAULT_MASK if m not in ("corosync", "pacemaker")]
+
+
+def sh(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, input=input)
+    if check and proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def in_switch(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh("ip", "netns", "exec", SWITCH, *cmd, check=check)
+
+
+@dataclass
+class Node:
+    name: str
+    ip: str
+    container: Container | None = None
+
+    @property
+    def netns(self) -> str:
+        return f"halab-{self.name}"
+
+    @property
+    def up(self) -> bool:
+        return self.container is not None and self.container.alive()
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        if not self.up:
+            raise RuntimeError(f"node {self.name} is down")
+        assert self.container is not None
+        return self.container.run(*cmd, check=check, timeout=timeout)
+
+
+class Lab:
+    """Build, run, break and tear down the cluster. Every path lives under ``base``."""
+
+    def __init__(self, base: Path, venv: Path | None = None, token_ms: int = 1000) -> None:
+        self.base = Path(base)
+        self.venv = venv
+        self.token_ms = token_ms
+        self.nodes = {n: Node(n, ip) for n, ip in NODES.items()}
+        self.shared = self.base / "shared"
+        self.events: list[str] = []
+
+    # -- paths of the shared storage, as the host sees them ----------------------------
+    @property
+    def fitsflow_dir(self) -> Path:
+        return self.shared / "fitsflow"
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.fitsflow_dir}/state/fitsflow.db"
+
+    @property
+    def broker_url(self) -> str:
+        return f"stomp://{BROKER_VIP}:{STOMP_PORT}"
+
+    # -- build -------------------------------------------------------------------------
+    def up(self) -> None:
+        """Tear down leftovers, then build everything and wait for a settled cluster."""
+        self.down()
+        if self.base.exists():
+            shutil.rmtree(self.base)
+        self.base.mkdir(parents=True)
+        self.venv = self.venv or system_venv(REPO)
+        self._switch()
+        self._corosync_conf()
+        self._cib()
+        self._node_etc()
+        for n in self.nodes:
+            self.boot(n)
+        self.wait_settled()
+
+    def _switch(self) -> None:
+        sh("ip", "netns", "add", SWITCH)
+        in_switch("ip", "link", "set", "lo", "up")
+        in_switch("ip", "link", "add", "br0", "type", "bridge")  # STP off: ports forward at once
+        in_switch("ip", "link", "set", "br0", "up")
+        sh("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", "host", "netns", SWITCH)
+        in_switch("ip", "link", "set", "host", "master", "br0", "up")
+        sh("ip", "addr", "add", f"{HOST_IP}/24", "dev", HOST_IF)
+        sh("ip", "link", "set", HOST_IF, "up")
+
+    def _corosync_conf(self) -> None:
+        d = self.base / "corosync"
+        d.mkdir()
+        args = ["pcs", "cluster", "setup", "halab"]
+        for n, ip in NODES.items():
+            args += [n, f"addr={ip}"]
+        sh(*args, "transport", "knet", "totem", f"token={self.token_ms}",
+           "--corosync_conf", str(d / "corosync.conf"), "--overwrite")
+        # Logs to the journal only: /var/log is a fresh tmpfs in the nodes.
+        conf = (d / "corosync.conf").read_text().replace("to_logfile: yes", "to_logfile: no")
+        conf = "\n".join(line for line in conf.splitlines() if "logfile:" not in line or "to_logfile" in line) + "\n"
+        (d / "corosync.conf").write_text(conf)
+        sh("corosync-keygen", "-l", "-k", str(d / "authkey"))
+
+    def _cib(self) -> None:
+        """The project's own script, offline, on a lab cluster.conf; then crm_verify."""
+        conf = self.base / "cluster.conf"
+        conf.write_text(
+            f'NODES="{" ".join(NODES)}"\nVIP_NIC="eth0"\nVIP_CIDR="24"\n'
+            f'BROKER_VIP="{BROKER_VIP}"\nBROKER_FS_DEVICE=""\nBROKER_AGENT="systemd:{BROKER_UNIT}"\n'
+            f'DATA_FS_DEVICE=""\nCONTROLLER_VIP="{CONTROLLER_VIP}"\n'
+            f'RECEIVERS="r1 n1 n2 {RECEIVER_VIP}"\nFENCING="none"\n')
+        cib = self.base / "cib.xml"
+        cib.write_text(sh("cibadmin", "--empty").stdout)
+        sh(str(REPO / "pacemaker" / "fitsflow-cib"), "--config", str(conf), "-f", str(cib))
+        # The lab's own: elect a DC 2 s after start (default 20 s), as in ../shared/notes/ha-lab.md.
+        sh("pcs", "-f", str(cib), "property", "set", "dc-deadtime=2s")
+        sh("crm_verify", "-x", str(cib))
+
+    def _node_etc(self) -> None:
+        """What every node's /etc adds to the host's: the cluster, fitsflow and the broker."""
+        assert self.venv is not None
+        for d in (self.fitsflow_dir, self.shared / "activemq"):
+            d.mkdir(parents=True)
+        etc = self.base / "etc"
+        (etc / "corosync").mkdir(parents=True)
+        for f in ("corosync.conf", "authkey"):
+            shutil.copy(self.base / "corosync" / f, etc / "corosync" / f)
+        os.chmod(etc / "corosync" / "authkey", 0o400)
+        (etc / "fitsflow").mkdir()
+        (etc / "fitsflow" / "fitsflow.toml").write_text(to_toml(self.site_config()))
+        for sub in ("sysusers.d", "tmpfiles.d"):
+            (etc / sub).mkdir()
+            shutil.copy(REPO / "etc" / sub / "fitsflow.conf", etc / sub / "fitsflow.conf")
+        # /var is a fresh tmpfs at every boot: what the cluster stack's packages made there.
+        (etc / "tmpfiles.d" / "halab.conf").write_text("d /var/lib/corosync 0700 root root -\n"
+                                                       "d /var/log/corosync 0700 root root -\n")
+        units = etc / "systemd" / "system"
+        units.mkdir(parents=True)
+        for unit in (REPO / "units").glob("fitsflow-*"):
+            # As the RPM installs them, but for ExecStart= (the lab venv).
+            text = unit.read_text().replace("ExecStart=/usr/bin/", f"ExecStart={self.venv}/bin/")
+            (units / unit.name).write_text(text)
+        self._broker_unit(etc)
+
+    def _broker_unit(self, etc: Path) -> None:
+        """ActiveMQ as a plain foreground unit on the shared store; STOMP on every address
+        (it only ever runs where Pacemaker put the broker's VIP)."""
+        conf = etc / "fitsflow-lab" / "activemq"
+        conf.mkdir(parents=True)
+        xml = (REPO / "daemons" / "fitsflow" / "testing" / "activemq.xml").read_text()
+        (conf / "activemq.xml").write_text(xml.replace("uri=\"stomp://127.0.0.1:", "uri=\"stomp://0.0.0.0:"))
+        store = "/var/lib/activemq-fitsflow"
+        cmd = broker_command(Path(store), Path("/etc/fitsflow-lab/activemq"), Path(store),
+                             name="halab", stomp_port=STOMP_PORT, openwire_port=61616, heap_mb=256)
+        cmd[0] = shutil.which("java") or "/usr/bin/java"
+        (etc / "systemd" / "system" / f"{BROKER_UNIT}.service").write_text(
+            "[Unit]\nDescription=ActiveMQ for fitsflow (HA lab; store on shared storage)\n"
+            "After=network-online.target\n\n"
+            "[Service]\nType=simple\nUser=activemq\nGroup=activemq\n"
+            f"WorkingDirectory={store}\nExecStart={' '.join(cmd)}\n"
+            # ActiveMQ exits 143 on SIGTERM after a clean shutdown.
+            "SuccessExitStatus=143\nTimeoutStopSec=30\n")
+        shutil.chown(self.shared / "activemq", "activemq", "activemq")
+
+    def site_config(self) -> dict[str, dict[str, object]]:
+        """The one fitsflow.toml of every node (short timeouts: failures are the point)."""
+        return {
+            "site": {"instrument": INSTRUMENT, "state_dir": "/var/lib/fitsflow/state",
+                     "database_url": "sqlite:////var/lib/fitsflow/state/fitsflow.db"},
+            "bus": {"brokers": [self.broker_url], "allow_plaintext": True, "heartbeat_ms": 2000,
+                    "receipt_timeout_s": 3.0, "reconnect_max_s": 1.0, "retry_delay_s": 0.2},
+            "paths": {"root": "/var/lib/fitsflow/data"},
+            "receiver": {"streams": [f"{RECEIVER_VIP}:{STREAM_PORT}"], "image_timeout_s": 3.0,
+                         "socket_buffer_bytes": 8 << 20, "max_heap_bytes": 1 << 20, "expected_sensors": SENSORS},
+            "forwarder": {"heartbeat_s": 1.0, "join_timeout_s": 30.0},
+            "archive_controller": {"liveness_timeout_s": 5.0, "partial_grace_s": 20.0, "catchup_after_s": 10.0,
+                                   "catchup_interval_s": 2.0, "catchup_max_resends": 8},
+            "oods": {"rescan_s": 5.0}, "archive_ingest": {"rescan_s": 5.0},
+            "panic_mailer": {"smtp_host": HOST_IP, "smtp_port": 8025, "starttls": False,
+                             "sender": "fitsflow@halab", "recipients": ["oncall@halab"]},
+        }
+
+    # -- nodes -------------------------------------------------------------------------
+    def boot(self, name: str) -> None:
+        """Power a node on: fresh network namespace and veth, systemd boots, corosync and
+        pacemaker start (the node joins the cluster by itself)."""
+        node = self.nodes[name]
+        if node.up:
+            return
+        nd = self.base / "nodes" / name
+        lib, log, upper = nd / "lib-pacemaker", nd / "log-pacemaker", nd / "etc"
+        if not upper.exists():  # first boot: the seed CIB and the node's /etc
+            for sub in ("cib", "pengine", "blackbox", "cores"):
+                (lib / sub).mkdir(parents=True)
+            shutil.copy(self.base / "cib.xml", lib / "cib" / "cib.xml")
+            log.mkdir(parents=True)
+            shutil.copytree(self.base / "etc", upper, symlinks=True)
+            (upper / "hostname").write_text(f"{name}\n")
+            (upper / "machine-id").write_text(secrets.token_hex(16) + "\n")
+            sh("chown", "-R", "hacluster:haclient", str(lib), str(log))
+        sh("ip", "netns", "del", node.netns, check=False)
+        sh("ip", "netns", "add", node.netns)
+        sh("ip", "-n", SWITCH, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", node.netns)
+        sh("ip", "-n", SWITCH, "link", "set", name, "master", "br0", "up")
+        sh("ip", "-n", node.netns, "addr", "add", f"{node.ip}/24", "dev", "eth0")
+        sh("ip", "-n", node.netns, "link", "set", "eth0", "up")
+        sh("ip", "-n", node.netns, "link", "set", "lo", "up")
+        assert self.venv is not None
+        node.container = Container(
+            machine=name, etc_upper=upper, netns=node.netns, mask=NODE_MASK, cgroup=f"halab/{name}",
+            capabilities=["CAP_NET_ADMIN", "CAP_NET_RAW"],  # IPaddr2: ip addr add, arping
+            log=nd / "nspawn.log",
+            binds=[(lib, "/var/lib/pacemaker"), (log, "/var/log/pacemaker"),
+                   (self.fitsflow_dir, "/var/lib/fitsflow"), (self.shared / "activemq", "/var/lib/activemq-fitsflow")],
+            binds_ro=[self.venv, ACTIVEMQ_HOME])
+        self.event(f"{name} booted")
+
+    def kill(self, name: str) -> None:
+        """Power cut of a node: every process at once, its NIC (and any VIP) gone."""
+        node = self.nodes[name]
+        if node.container is not None:
+            node.container.kill()
+            node.container = None
+        sh("ip", "netns", "del", node.netns, check=False)
+        self.event(f"{name} killed")
+
+    def unplug(self, name: str) -> None:
+        """Cut a node off the switch (its side stays up: a cable pulled at the switch)."""
+        sh("ip", "-n", SWITCH, "link", "set", name, "down")
+        self.event(f"{name} unplugged")
+
+    def plug(self, name: str) -> None:
+        sh("ip", "-n", SWITCH, "link", "set", name, "up")
+        self.event(f"{name} plugged back")
+
+    def live(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.up]
+
+    def event(self, what: str) -> None:
+        self.events.append(f"{time.strftime('%H:%M:%S')} {what}")
+
+    # -- cluster state -----------------------------------------------------------------
+    def crm_mon(self, on: str | None = None) -> str:
+        node = self.nodes[on] if on else self.live()[0]
+        return node.run("crm_mon", "-1", "-r", check=False).stdout
+
+    def wait_settled(self, on: str | None = None, online: list[str] | None = None, timeout: float = 180.0) -> None:
+        """Until ``on`` sees exactly ``online`` (default: every live node) online, with
+        quorum, and Pacemaker has no pending actions."""
+        want = sorted(online or [n.name for n in self.live()])
+        node = self.nodes[on] if on else self.live()[0]
+        deadline = time.monotonic() + timeout
+        out = ""
+        while time.monotonic() < deadline:
+            out = node.run("crm_mon", "-1", check=False).stdout
+            if f"Online: [ {' '.join(want)} ]" in out and "partition with quorum" in out:
+                left = max(1, int(deadline - time.monotonic()))
+                if node.run("crm_resource", "--wait", f"--timeout={left}s", check=False).returncode == 0:
+                    return
+            time.sleep(0.5)
+        raise TimeoutError(f"cluster not settled with {want} online in {timeout} s:\n{out}")
+
+    def where(self, resource: str, on: str | None = None) -> list[str]:
+        """The nodes where Pacemaker says ``resource`` runs (crm_resource --locate)."""
+        node = self.nodes[on] if on else self.live()[0]
+        out = node.run("crm_resource", "--locate", "-r", resource, check=False).stdout
+        return sorted(line.rsplit(" ", 1)[-1] for line in out.splitlines() if "is running on:" in line)
+
+    def active_units(self, unit: str) -> list[str]:
+        """The nodes where systemd has ``unit`` active, asked of every live node itself."""
+        return sorted(n.name for n in self.live()
+                      if n.run("systemctl", "is-active", unit, check=False).stdout.strip() in ("active", "activating",
+                                                                                                 "deactivating"))
+
+    def holders(self, ip: str) -> list[str]:
+        """The live nodes that have ``ip`` on an interface."""
+        return sorted(n.name for n in self.live() if f" {ip}/" in n.run("ip", "-o", "addr", check=False).stdout)
+
+    # -- teardown ----------------------------------------------------------------------
+    def down(self) -> None:
+        """Kill every node, delete every namespace, link and cgroup of the lab."""
+        for node in self.nodes.values():
+            if node.container is not None:
+                node.container.kill()
+                node.container = None
+        self._kill_strays()
+        for ns in sh("ip", "netns", "list", check=False).stdout.split("\n"):
+            ns = ns.split(" ")[0]
+            if ns.startswith("halab-"):
+                sh("ip", "netns", "del", ns, check=False)
+        sh("ip", "link", "del", HOST_IF, check=False)
+        remove_cgroup("halab")
+
+    def _kill_strays(self) -> None:
+        """Containers of an earlier run of this lab that this process did not start."""
+        for h in ("systemd", "unified"):
+            procs = Path("/sys/fs/cgroup", h, "halab")
+            for f in procs.rglob("cgroup.procs") if procs.is_dir() else []:
+                for pid in f.read_text().split():
+                    try:
+                        os.kill(int(pid), 9)
+                    except (ProcessLookupError, ValueError):
+                        pass
+        time.sleep(0.2)
+
+    def leftovers(self) -> list[str]:
+        """Anything of the lab still present on the host (for the teardown test)."""
+        out = []
+        out += [ns for ns in sh("ip", "netns", "list", check=False).stdout.split() if ns.startswith("halab")]
+        if sh("ip", "link", "show", HOST_IF, check=False).returncode == 0:
+            out.append(f"link {HOST_IF}")
+        for h in ("systemd", "unified"):
+            if Path("/sys/fs/cgroup", h, "halab").exists():
+                out.append(f"cgroup {h}/halab")
+        ps = sh("ps", "-eo", "pid=,args=", check=False).stdout
+        out += [line.strip() for line in ps.splitlines() if "--machine=n" in line and "systemd-nspawn" in line]
+        mounts = Path("/proc/self/mountinfo").read_text()
+        out += [f"mount {line.split()[4]}" for line in mounts.splitlines() if str(self.base) in line]
+        return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["up", "status", "down"])
+    parser.add_argument("--base", type=Path, default=Path("/var/tmp/fitsflow-halab"))
+    args = parser.parse_args()
+    lab = Lab(args.base)
+    if args.action == "up":
+        lab.up()
+        print(lab.crm_mon())
+        print(json.dumps({"broker": lab.broker_url, "stream": f"{RECEIVER_VIP}:{STREAM_PORT}",
+                          "shared": str(lab.shared)}))
+        # The containers are children of this process: stay, and tear down on Ctrl-C.
+        print("lab up; Ctrl-C tears it down", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            lab.down()
+    elif args.action == "status":
+        for name in NODES:
+            ns = f"halab-{name}"
+            print(name, "up" if ns in sh("ip", "netns", "list", check=False).stdout else "down")
+    else:
+        lab.down()
+        print("\n".join(lab.leftovers()) or "torn down")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
