@@ -191,3 +191,11 @@ def test_parse_broker_url() -> None:
     assert (a.host, a.port, a.tls) == ("::1", 61613, False)
     with pytest.raises(ValueError):
         parse_broker_url("stomp://host:99999")
+
+
+def test_staging_dir_mode_with_setgid_is_refused(cfg_file: Path) -> None:
+    """The units have RestrictSUIDSGID=yes: a mode with setgid would make every hand-off fail
+    with EPERM under systemd (found by the HA lab); say so at start-up instead."""
+    cfg_file.write_text(cfg_file.read_text() + "\n[archive_controller]\nstaging_dir_mode = 1533\n")
+    err = error_of(cfg_file)
+    assert err.key == "archive_controller.staging_dir_mode" and "RestrictSUIDSGID" in err.problem

@@ -11,8 +11,9 @@ class ArchiveControllerConfig:
     liveness_timeout_s: float = 5.0
     #: Period of the assignment loop (new forwarders, reassignments, resends).
     assign_interval_s: float = 1.0
-    #: Mode of the obs-day staging directories (setgid: files keep the group).
-    staging_dir_mode: int = 0o2775
+    #: Mode of the obs-day staging directories. No setgid bit here: they inherit it from
+    #: the staging tree (tmpfiles.d), and the units forbid setting it (RestrictSUIDSGID=yes).
+    staging_dir_mode: int = 0o775
     #: Re-read each delivered file to check its CRC-32 (size is always checked).
     verify_checksum: bool = True
 
@@ -33,3 +34,7 @@ class ArchiveControllerConfig:
             check.fail("archive_controller.partial_grace_s", "must be >= 0")
         check.positive("archive_controller.liveness_timeout_s", self.liveness_timeout_s)
         check.positive("archive_controller.assign_interval_s", self.assign_interval_s)
+        if self.staging_dir_mode & ~0o777:
+            check.fail("archive_controller.staging_dir_mode",
+                       f"{oct(self.staging_dir_mode)} has setuid/setgid/sticky bits: the units forbid setting them "
+                       "(RestrictSUIDSGID=yes; mkdir fails with EPERM); new directories inherit setgid from the tree")

@@ -1,0 +1,274 @@
+"""No single node's failure stops the flow or loses data — on a real 3-node Pacemaker/corosync
+cluster (tests/ha/halab.py) running the shipped units under the shipped fitsflow-cib.
+
+Each scenario streams images through the cluster, breaks a node the way a data centre does
+(power cut, pulled cable), and measures: time from the failure to the service being back,
+images lost and duplicated (goal 0 and 0, catch-up closing the receiver's gap). The figures
+are printed at the end of the run (tests/ha/conftest.py) and kept in $FITSFLOW_ARTIFACTS.
+Skip locally with ``-m "not ha"``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Iterator
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from fitsflow.camera_sim.pixels import sensor_pixels
+from fitsflow.core.bus.stomp_link import StompLink
+from fitsflow.core.config import load_config
+from fitsflow.core.errors import Disconnected
+from fitsflow.core.ingest.registry import Registry
+from fitsflow.testing.config import make_site
+from fitsflow.testing.stomp_tools import drain
+
+from .camera import Camera
+from .report import record
+from .halab import (BROKER_VIP, CONTROLLER_VIP, INSTRUMENT, RECEIVER_VIP, SENSORS, STREAM_PORT, Lab)
+
+pytestmark = [
+    pytest.mark.ha, pytest.mark.slow, pytest.mark.timeout(600),
+    pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(t) for t in ("systemd-nspawn", "corosync",
+                                                                             "pacemakerd", "pcs", "ip")),
+                       reason="needs root, systemd-nspawn, corosync, pacemaker, pcs and iproute2"),
+]
+
+#: Service restored within this many seconds: the issue's goal (reported; see _restored).
+GOAL_S = 5.0
+SINGLETONS = {"archive-controller": "fitsflow-archive-controller", "oods": "fitsflow-oods",
+              "archive-ingest": "fitsflow-archive-ingest", "header-service": "fitsflow-header-service",
+              "panic-mailer": "fitsflow-panic-mailer", "recorder": "fitsflow-recorder",
+              "receiver-r1": "fitsflow-receiver@r1", "activemq": "activemq-fitsflow"}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    lab = Lab(tmp_path_factory.mktemp("halab"))
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(scope="module")
+def camera(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Camera]:
+    host = tmp_path_factory.mktemp("camera-host")
+    cfg = load_config(make_site(host, [lab.broker_url], instrument=INSTRUMENT, extra={
+        "bus": {"allow_plaintext": True, "heartbeat_ms": 2000, "reconnect_max_s": 1.0, "receipt_timeout_s": 3.0}}))
+    cam = Camera(cfg, host / "camera-store", (RECEIVER_VIP, STREAM_PORT), SENSORS, INSTRUMENT)
+    cam.start()
+    yield cam
+    cam.close()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def registries(lab: Lab) -> dict[str, dict[tuple[str, str], list[str]]]:
+    """{table: {(image, sensor): [paths]}} of the OODS and the archive, read on shared storage."""
+    out = {}
+    for table in ("oods_files", "archive_files"):
+        reg = Registry(lab.database_url, table)
+        try:
+            entries: dict[tuple[str, str], list[str]] = {}
+            for e in reg.query():
+                key = (e.data_id["image"], f"{e.data_id['raft']}_{e.data_id['sensor']}")
+                entries.setdefault(key, []).append(e.path)
+            out[table] = entries
+        finally:
+            reg.close()
+    return out
+
+
+def wait_complete(lab: Lab, camera: Camera, timeout: float = 240.0) -> tuple[int, int]:
+    """Until every image the camera sent is in both registries (or timeout): (lost, duplicated)."""
+    want = {(r.image, s) for r in camera.recipes for s in SENSORS}
+    deadline = time.monotonic() + timeout
+    lost = dup = len(want)
+    while time.monotonic() < deadline:
+        regs = registries(lab)
+        lost = max(len(want - set(entries)) for entries in regs.values())
+        dup = sum(len(p) - 1 for entries in regs.values() for p in entries.values())
+        if lost == 0:
+            break
+        time.sleep(2)
+    return lost, dup
+
+
+def check_pixels(lab: Lab, camera: Camera, images: int = 3) -> None:
+    """The last few images, bit-exact in the OODS repository."""
+    repo = lab.fitsflow_dir / "data" / "oods" / "repo"
+    entries = registries(lab)["oods_files"]
+    for r in camera.recipes[-images:]:
+        for index, s in enumerate(SENSORS):
+            with fits.open(repo / entries[(r.image, s)][0]) as hdul:
+                assert np.array_equal(hdul[1].data, sensor_pixels(r.seed, r.image_seq, index, r.rows, r.cols,
+                                                                   r.dtype)), f"{r.image} {s} differs"
+
+
+def move_off(lab: Lab, resource: str, node: str, to: str | None = None) -> None:
+    """Make sure ``resource`` (a group) does not run on ``node``: move it (to ``to`` or
+    anywhere else) with a temporary constraint, then drop the constraint."""
+    if node not in lab.where(resource) and (to is None or to in lab.where(resource)):
+        return
+    target = to or next(n for n in lab.nodes if n != node and lab.nodes[n].up)
+    run = lab.live()[0].run
+    run("crm_resource", "--move", "-r", resource, "-N", target)
+    lab.wait_settled()
+    run("crm_resource", "--clear", "-r", resource)
+    lab.wait_settled()
+    assert target in lab.where(resource), lab.crm_mon()
+
+
+def check_single_copies(lab: Lab) -> None:
+    """Every singleton unit active on exactly one node, each VIP held by exactly one node —
+    asked of each node's own systemd and interfaces, not of Pacemaker."""
+    running = {name: lab.active_units(unit) for name, unit in SINGLETONS.items()}
+    assert all(len(nodes) == 1 for nodes in running.values()), running
+    vips = {ip: lab.holders(ip) for ip in (BROKER_VIP, CONTROLLER_VIP, RECEIVER_VIP)}
+    assert all(len(nodes) == 1 for nodes in vips.values()), vips
+
+
+def wait_restored(what: str, probe, timeout: float = 90.0) -> float:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = probe()
+        if got is not None:
+            return float(got)
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not restored within {timeout} s")
+
+
+def reboot(lab: Lab, node: str) -> None:
+    lab.boot(node)
+    lab.wait_settled(online=list(lab.nodes))
+
+
+# -- scenarios ----------------------------------------------------------------------------
+
+def test_1_controller_node_killed(lab: Lab, camera: Camera) -> None:
+    """The archive controller's node loses power mid-stream: controller and VIP come up on
+    another node; the images in flight finish; nothing lost or duplicated."""
+    # A node that runs the controller but neither the broker nor the receiver (one failure).
+    victim = lab.where("archive-controller")[0]
+    move_off(lab, "broker", victim)
+    move_off(lab, "recv-r1", victim, to=next(n for n in ("n1", "n2") if n != victim))
+    camera.shoot(6)
+    t0 = time.monotonic()
+    lab.kill(victim)
+    restored = wait_restored("archive controller", lambda: camera.back_on("archive-controller@", t0, not_host=victim))
+    camera.shoot(8)
+    camera.stop_shooting()
+    lost, dup = wait_complete(lab, camera)
+    new = lab.where("archive-controller")
+    record("1 controller node killed", victim, new, restored, lost, dup, len(camera.recipes),
+           vip=lab.holders(CONTROLLER_VIP))
+    assert lost == 0 and dup == 0, (lost, dup)
+    assert len(new) == 1 and new[0] != victim and lab.holders(CONTROLLER_VIP) == new
+    check_pixels(lab, camera)
+    reboot(lab, victim)
+    check_single_copies(lab)
+
+
+def test_2_broker_node_killed(lab: Lab, camera: Camera, unique: str) -> None:
+    """The broker's node loses power: ActiveMQ restarts on another node from the shared
+    KahaDB; persistent messages survive; producers' outboxes and consumers carry on."""
+    victim = lab.where("activemq")[0]
+    if victim in lab.where("receiver-r1"):  # the receiver's failure is scenario 3
+        move_off(lab, "broker", victim)
+        victim = lab.where("activemq")[0]
+    # Persistent messages waiting in a queue nobody reads yet: they must survive the move.
+    queue, sent = f"/queue/halab.probe.{unique}", 50
+    link = StompLink(lab.broker_url, heartbeat_ms=0)
+    link.connect(f"probe-{unique}")
+    for n in range(sent):
+        link.send(queue, f"probe {n}", {"persistent": "true"}).result(10)
+    link.close()
+    camera.shoot(6)
+    t0 = time.monotonic()
+    lab.kill(victim)
+
+    def answers() -> float | None:
+        probe = StompLink(lab.broker_url, heartbeat_ms=0, connect_timeout_s=1.0)
+        try:
+            probe.connect(f"probe-{unique}-{time.monotonic()}")
+        except Disconnected:
+            return None
+        probe.close()
+        return time.monotonic() - t0
+    restored = wait_restored("broker", answers)
+    camera.shoot(8)
+    camera.stop_shooting()
+    lost, dup = wait_complete(lab, camera)
+    bodies = drain(lab.broker_url, queue, expect=sent, timeout=30)
+    record("2 broker node killed", victim, lab.where("activemq"), restored, lost, dup, len(camera.recipes),
+           persistent=f"{len(bodies)}/{sent}")
+    assert len(bodies) == sent, f"{sent - len(bodies)} persistent messages lost"
+    assert lost == 0 and dup == 0, (lost, dup)
+    assert lab.where("activemq") and lab.where("activemq")[0] != victim
+    reboot(lab, victim)
+    check_single_copies(lab)
+
+
+def test_3_receive_node_killed(lab: Lab, camera: Camera) -> None:
+    """The receive node loses power: its stream VIP and receiver move to the spare; the
+    camera keeps sending to the VIP; the images sent during detection come back by catch-up."""
+    victim = lab.where("receiver-r1")[0]
+    for group in ("broker", "controller"):  # one failure at a time
+        move_off(lab, group, victim)
+    spare = next(n for n in ("n1", "n2") if n != victim)
+    camera.shoot(6)
+    t0 = time.monotonic()
+    lab.kill(victim)
+    restored = wait_restored("receiver", lambda: camera.back_on("receiver@r1", t0, host=spare))
+    camera.shoot(8)
+    camera.stop_shooting()
+    lost, dup = wait_complete(lab, camera)
+    record("3 receive node killed", victim, lab.where("receiver-r1"), restored, lost, dup, len(camera.recipes),
+           vip=lab.holders(RECEIVER_VIP))
+    assert lost == 0 and dup == 0, (lost, dup)
+    assert lab.where("receiver-r1") == [spare] and lab.holders(RECEIVER_VIP) == [spare]
+    check_pixels(lab, camera)
+    reboot(lab, victim)
+    check_single_copies(lab)
+
+
+def test_4_partitioned_node(lab: Lab, camera: Camera) -> None:
+    """A node's cable is pulled: the isolated minority stops its resources (no split brain),
+    the majority serves; after the cable is back nothing runs twice."""
+    victim = lab.where("archive-controller")[0]
+    for group in ("broker", "recv-r1"):
+        move_off(lab, group, victim, to=None if group == "broker" else next(n for n in ("n1", "n2") if n != victim))
+    majority = [n for n in lab.nodes if n != victim]
+    camera.shoot(6)
+    t0 = time.monotonic()
+    lab.unplug(victim)
+    restored = wait_restored("archive controller", lambda: camera.back_on("archive-controller@", t0, not_host=victim))
+
+    def minority_stopped() -> float | None:
+        units = lab.nodes[victim].run("systemctl", "list-units", "--state=active", "--plain", "--no-legend",
+                                      "fitsflow-*", check=False).stdout
+        vip = lab.holders(CONTROLLER_VIP)
+        return time.monotonic() - t0 if not units.strip() and victim not in vip else None
+    stopped = wait_restored("the isolated node's resources stopping", minority_stopped, timeout=60)
+    camera.shoot(8)
+    camera.stop_shooting()
+    lab.plug(victim)
+    lab.wait_settled(on=majority[0], online=list(lab.nodes))
+    lost, dup = wait_complete(lab, camera)
+    record("4 node partitioned", victim, lab.where("archive-controller"), restored, lost, dup, len(camera.recipes),
+           minority_stopped_s=round(stopped, 2))
+    assert lost == 0 and dup == 0, (lost, dup)
+    check_single_copies(lab)
+
+
+def test_5_teardown_leaves_nothing(lab: Lab, camera: Camera) -> None:
+    camera.close()
+    lab.down()
+    assert lab.leftovers() == []
+    assert camera.error is None, camera.error
