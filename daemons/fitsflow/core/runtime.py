@@ -72,7 +72,7 @@ class Daemon:
     def __init__(self, cfg: Config, bus: MessageBus, instance: str = "") -> None:
         self.cfg = cfg
         self.bus = bus
-        self.instance = instance or socket.gethostname()
+        self.instance = instance or DEFAULT_INSTANCE
         self.roles: list[Role] = []
         self.state = "INIT"
         #: The state the daemon is asked to be in (docs/states.md): ON while it runs, OFF once stopping.
@@ -185,6 +185,13 @@ def log_task_stacks() -> None:
     _log.warning("asyncio tasks:\n%s", out.getvalue())
 
 
+#: The instance of a daemon started without --instance: a site-wide singleton (controller,
+#: header service, OODS...). Its identity — durable subscriptions, outbox, state under
+#: site.state_dir — must not depend on the node it runs on, so that Pacemaker can move it and
+#: the successor carries on from the same state (a host name here lost every message published
+#: while the singleton was moving: found by the HA lab).
+DEFAULT_INSTANCE = "main"
+
 DaemonFactory = Callable[[Config, MessageBus, argparse.Namespace], Daemon]
 
 
@@ -193,7 +200,8 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", help="configuration file (default: $FITSFLOW_CONFIG or "
                                          "/etc/fitsflow/fitsflow.toml)")
     parser.add_argument("--instance", default="", help="instance name (template units pass %%i); "
-                                                       "'auto': this host's short name")
+                                                       "'auto': this host's short name; default "
+                                                       f"'{DEFAULT_INSTANCE}' (a site-wide singleton)")
     parser.add_argument("--log-level", default=os.environ.get("FITSFLOW_LOG_LEVEL", "INFO"))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -227,7 +235,7 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, log_task_stacks)
 
-    instance = args.instance or socket.gethostname()
+    instance = args.instance or DEFAULT_INSTANCE
     bus = MessageBus.from_config(cfg, f"{name}-{instance}")
     daemon = factory(cfg, bus, args)
     if bus.on_dead_letter is None:  # a daemon may have its own (the panic mailer does)

@@ -107,8 +107,10 @@ class Container:
         while time.monotonic() < deadline and not self.init:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"systemd-nspawn ({self.machine}) exited with {self.proc.returncode}")
-            kids = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
-            self.init = int(kids.stdout.split()[0]) if kids.stdout.split() else 0
+            # nspawn's child that has become systemd (a helper child may come and go first).
+            kids = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(self.proc.pid)], capture_output=True,
+                                  text=True).stdout.split("\n")
+            self.init = next((int(k.split()[0]) for k in kids if k.split()[1:] == ["systemd"]), 0)
             time.sleep(0.1)
         state = ""
         while self.init and time.monotonic() < deadline:
