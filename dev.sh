@@ -26,8 +26,11 @@ system_packages() {
         # pcs, pacemaker-cli-utils: pacemaker/fitsflow-cib is built and checked offline (crm_verify, crm_simulate)
         # rpm, rpmlint, createrepo-c, dnf: the RPMs are built, linted and installed into a scratch root
         # busybox-static: the shell of the test-only base system in that root (scriptlets run)
+        # systemd-container: the units are tested under systemd in systemd-nspawn containers
+        # pacemaker, corosync, resource-agents, dbus, iproute2: tests/ha builds a 3-node cluster
         local want=(activemq fitsverify postgresql systemd python3-venv chromium openssl
-                    pcs pacemaker-cli-utils rpm rpmlint createrepo-c dnf busybox-static)
+                    pcs pacemaker-cli-utils rpm rpmlint createrepo-c dnf busybox-static
+                    systemd-container pacemaker corosync resource-agents dbus iproute2)
         local missing=()
         for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
         if [ "${#missing[@]}" -gt 0 ]; then
