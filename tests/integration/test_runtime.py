@@ -45,8 +45,9 @@ class NotifySocket:
         self.sock.close()
 
 
-def start_toy(site: Path, notify: NotifySocket, instance: str, watchdog_usec: int = 0) -> subprocess.Popen[str]:
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), FITSFLOW_CONFIG=str(site))
+def start_toy(site: Path, notify: NotifySocket, instance: str, watchdog_usec: int = 0,
+              **env_extra: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), FITSFLOW_CONFIG=str(site), **env_extra)
     if watchdog_usec:
         env["WATCHDOG_USEC"] = str(watchdog_usec)
     return subprocess.Popen([sys.executable, str(TOY), "--instance", instance], env=env, text=True,
@@ -89,6 +90,22 @@ def test_ready_status_watchdog_and_clean_stop(tmp_path: Path, site: Path, broker
         assert state and "toy@t1" in state[0].body
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+        assert notify.seen("STOPPING=1")
+    finally:
+        proc.kill()
+        notify.close()
+
+
+def test_sigterm_stops_at_once_not_at_the_next_wakeup(tmp_path: Path, site: Path, broker: PrivateBroker) -> None:
+    """SIGTERM ends the main loop itself: with the periodic wake-up an hour away, the daemon
+    still stops. (The loop once waited for *all* of its wake-up reasons: every stop took up
+    to one status period, and Pacemaker's stop of a partitioned node's daemons tens of s.)"""
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = start_toy(site, notify, "t3", TOY_STATUS_PERIOD_S="3600")
+    try:
+        wait_for(lambda: notify.seen("READY=1"), 30, what="READY=1")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0
         assert notify.seen("STOPPING=1")
     finally:
         proc.kill()

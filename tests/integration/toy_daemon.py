@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
 from fitsflow.core.messages import Message, make
+from fitsflow.core import runtime
 from fitsflow.core.runtime import Daemon, run_daemon
 
 
@@ -41,4 +43,6 @@ class ToyDaemon(Daemon):
 
 
 if __name__ == "__main__":
+    if "TOY_STATUS_PERIOD_S" in os.environ:  # the runtime's periodic wake-up, for the stop test
+        runtime.STATUS_PERIOD_S = float(os.environ["TOY_STATUS_PERIOD_S"])
     sys.exit(run_daemon("toy", ToyDaemon, description="test daemon"))

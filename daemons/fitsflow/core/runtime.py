@@ -268,7 +268,9 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
     failure = asyncio.create_task(daemon.wait_failure())
     stopping = asyncio.create_task(stop.wait())
     while not stop.is_set() and daemon.failed is None:
-        await asyncio.wait({failure, stopping}, timeout=min(period, STATUS_PERIOD_S))
+        # FIRST_COMPLETED: the default (ALL_COMPLETED) made SIGTERM wait for the next status tick.
+        await asyncio.wait({failure, stopping}, timeout=min(period, STATUS_PERIOD_S),
+                           return_when=asyncio.FIRST_COMPLETED)
         # Sent from the loop on purpose: if the loop hangs, the pings stop and systemd acts.
         notifier.notify(f"WATCHDOG=1\nSTATUS={daemon.status()}")
         if time.monotonic() >= next_state:
