@@ -134,7 +134,41 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
               "throughput": len(whole) * image_bytes / (t_last - t_first), "rss": rss}
     if profile:
         result["profile"] = profile
+    result["stages"] = stage_breakdown(Path(cfg.site.database_url.removeprefix("sqlite:///")))
     return result
+
+
+#: (label, SQL for one value per image, in seconds) — from the recorder's tables, which hold
+#: the broker-side arrival time of every message of every image.
+STAGES = [
+    ("camera END_READOUT -> READOUT_COMPLETE (receiver)", "i.readout_at - i.end_readout_at"),
+    ("camera END_READOUT -> HEADER_READY (header service)", "i.header_at - i.end_readout_at"),
+    ("both ready -> FORWARD_IMAGE (controller assigns)",
+     "(SELECT MIN(m.received_at) FROM rec_messages m WHERE m.image = i.image AND m.type = 'FORWARD_IMAGE')"
+     " - i.readout_at"),
+    ("FORWARD_IMAGE -> last FILE_DELIVERED (forwarder: join, FITS write)",
+     "(SELECT MAX(f.delivered_at) FROM rec_files f WHERE f.image = i.image)"
+     " - (SELECT MIN(m.received_at) FROM rec_messages m WHERE m.image = i.image AND m.type = 'FORWARD_IMAGE')"),
+    ("last FILE_DELIVERED -> last INGEST_REQUEST (controller hand-off)",
+     "(SELECT MAX(f.oods_requested_at) FROM rec_files f WHERE f.image = i.image)"
+     " - (SELECT MAX(f.delivered_at) FROM rec_files f WHERE f.image = i.image)"),
+    ("last INGEST_REQUEST -> last IMAGE_IN_OODS (OODS ingest)",
+     "(SELECT MAX(f.oods_at) FROM rec_files f WHERE f.image = i.image)"
+     " - (SELECT MAX(f.oods_requested_at) FROM rec_files f WHERE f.image = i.image)"),
+]
+
+
+def stage_breakdown(database: Path) -> list[tuple[str, float, float]]:
+    """(stage, median, max) in seconds over the images the recorder saw whole."""
+    import sqlite3
+
+    out = []
+    with sqlite3.connect(database) as db:
+        for label, expr in STAGES:
+            values = [v for (v,) in db.execute(f"SELECT {expr} FROM rec_images i") if v is not None]
+            if values:
+                out.append((label, statistics.median(values), max(values)))
+    return out
 
 
 def show_profile(path: Path, top: int = 8) -> None:
@@ -185,6 +219,9 @@ def main() -> int:
                       f"p99 {pct(above, .99) * 1e3:.0f} ms (goal < 300)")
                 print(f"  sustained: {r['throughput'] / 1e6:.0f} MB/s = {r['throughput'] / write:.2f} x disk write, "
                       f"{r['throughput'] / spead2:.2f} x spead2 loopback, {r['throughput'] / args.rate:.2f} x send rate")
+            print("  where the time goes, per image (recorder timestamps): median / max")
+            for label, median, worst in r["stages"]:
+                print(f"    {label:68s} {median * 1e3:7.0f} / {worst * 1e3:7.0f} ms")
             print("  peak RSS (MiB) first half / second half of the images:")
             for name, samples in sorted(r["rss"].items()):
                 half = r["images"] / 2
