@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -144,6 +145,27 @@ def wait_restored(what: str, probe, timeout: float = 90.0) -> float:  # type: ig
     raise AssertionError(f"{what}: not restored within {timeout} s")
 
 
+def fitsflow_units(lab: Lab, node: str) -> list[str]:
+    """fitsflow units active (or still stopping) on ``node``, by its own systemd."""
+    out = lab.nodes[node].run("systemctl", "list-units", "--state=active,activating,deactivating", "--plain",
+                              "--no-legend", "fitsflow-*", check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def kill_during_stream(lab: Lab, camera: Camera, victim: str, what: str,
+                       back: Callable[[float], float | None]) -> tuple[float, int, int]:
+    """Power ``victim`` off while images flow; ``back(t0)`` says how long after ``t0`` the
+    service was back (None: not yet). Returns (restored after s, images lost, duplicated)."""
+    camera.shoot(6)
+    t0 = time.monotonic()
+    lab.kill(victim)
+    restored = wait_restored(what, lambda: back(t0))
+    camera.shoot(8)
+    camera.stop_shooting()
+    lost, dup = wait_complete(lab, camera)
+    return restored, lost, dup
+
+
 def reboot(lab: Lab, node: str) -> None:
     lab.boot(node)
     lab.wait_settled(online=list(lab.nodes))
@@ -158,13 +180,8 @@ def test_1_controller_node_killed(lab: Lab, camera: Camera) -> None:
     victim = lab.where("archive-controller")[0]
     move_off(lab, "broker", victim)
     move_off(lab, "recv-r1", victim, to=next(n for n in ("n1", "n2") if n != victim))
-    camera.shoot(6)
-    t0 = time.monotonic()
-    lab.kill(victim)
-    restored = wait_restored("archive controller", lambda: camera.back_on("archive-controller@", t0, not_host=victim))
-    camera.shoot(8)
-    camera.stop_shooting()
-    lost, dup = wait_complete(lab, camera)
+    restored, lost, dup = kill_during_stream(lab, camera, victim, "archive controller",
+                                             lambda t0: camera.back_on("archive-controller@", t0, not_host=victim))
     new = lab.where("archive-controller")
     record("1 controller node killed", victim, new, restored, lost, dup, len(camera.recipes),
            vip=lab.holders(CONTROLLER_VIP))
@@ -189,11 +206,8 @@ def test_2_broker_node_killed(lab: Lab, camera: Camera, unique: str) -> None:
     for n in range(sent):
         link.send(queue, f"probe {n}", {"persistent": "true"}).result(10)
     link.close()
-    camera.shoot(6)
-    t0 = time.monotonic()
-    lab.kill(victim)
 
-    def answers() -> float | None:
+    def answers(t0: float) -> float | None:
         probe = StompLink(lab.broker_url, heartbeat_ms=0, connect_timeout_s=1.0)
         try:
             probe.connect(f"probe-{unique}-{time.monotonic()}")
@@ -201,10 +215,7 @@ def test_2_broker_node_killed(lab: Lab, camera: Camera, unique: str) -> None:
             return None
         probe.close()
         return time.monotonic() - t0
-    restored = wait_restored("broker", answers)
-    camera.shoot(8)
-    camera.stop_shooting()
-    lost, dup = wait_complete(lab, camera)
+    restored, lost, dup = kill_during_stream(lab, camera, victim, "broker", answers)
     bodies = drain(lab.broker_url, queue, expect=sent, timeout=30)
     record("2 broker node killed", victim, lab.where("activemq"), restored, lost, dup, len(camera.recipes),
            persistent=f"{len(bodies)}/{sent}")
@@ -222,13 +233,8 @@ def test_3_receive_node_killed(lab: Lab, camera: Camera) -> None:
     for group in ("broker", "controller"):  # one failure at a time
         move_off(lab, group, victim)
     spare = next(n for n in ("n1", "n2") if n != victim)
-    camera.shoot(6)
-    t0 = time.monotonic()
-    lab.kill(victim)
-    restored = wait_restored("receiver", lambda: camera.back_on("receiver@r1", t0, host=spare))
-    camera.shoot(8)
-    camera.stop_shooting()
-    lost, dup = wait_complete(lab, camera)
+    restored, lost, dup = kill_during_stream(lab, camera, victim, "receiver",
+                                             lambda t0: camera.back_on("receiver@r1", t0, host=spare))
     record("3 receive node killed", victim, lab.where("receiver-r1"), restored, lost, dup, len(camera.recipes),
            vip=lab.holders(RECEIVER_VIP))
     assert lost == 0 and dup == 0, (lost, dup)
@@ -246,23 +252,30 @@ def test_4_partitioned_node(lab: Lab, camera: Camera) -> None:
         move_off(lab, group, victim, to=None if group == "broker" else next(n for n in ("n1", "n2") if n != victim))
     majority = [n for n in lab.nodes if n != victim]
     camera.shoot(6)
+    units_before = set(fitsflow_units(lab, victim))
+    gone: dict[str, float] = {}  # unit -> seconds after the cut when the isolated node had stopped it
     t0 = time.monotonic()
     lab.unplug(victim)
-    restored = wait_restored("archive controller", lambda: camera.back_on("archive-controller@", t0, not_host=victim))
 
     def minority_stopped() -> float | None:
-        units = lab.nodes[victim].run("systemctl", "list-units", "--state=active", "--plain", "--no-legend",
-                                      "fitsflow-*", check=False).stdout
-        vip = lab.holders(CONTROLLER_VIP)
-        return time.monotonic() - t0 if not units.strip() and victim not in vip else None
-    stopped = wait_restored("the isolated node's resources stopping", minority_stopped, timeout=60)
+        units = set(fitsflow_units(lab, victim))
+        for u in units_before - units - set(gone):
+            gone[u] = round(time.monotonic() - t0, 1)
+        return time.monotonic() - t0 if not units and victim not in lab.holders(CONTROLLER_VIP) else None
+    watcher = threading.Thread(target=lambda: gone.setdefault(
+        "all", round(wait_restored("the isolated node's resources stopping", minority_stopped, timeout=90), 1)))
+    watcher.start()
+    restored = wait_restored("archive controller", lambda: camera.back_on("archive-controller@", t0, not_host=victim))
+    watcher.join()
+    assert "all" in gone, f"the isolated node still runs {fitsflow_units(lab, victim)}"
+    stopped = gone.pop("all")
     camera.shoot(8)
     camera.stop_shooting()
     lab.plug(victim)
     lab.wait_settled(on=majority[0], online=list(lab.nodes))
     lost, dup = wait_complete(lab, camera)
     record("4 node partitioned", victim, lab.where("archive-controller"), restored, lost, dup, len(camera.recipes),
-           minority_stopped_s=round(stopped, 2))
+           minority_stopped_s=round(stopped, 2), minority_units_stopped_at=gone)
     assert lost == 0 and dup == 0, (lost, dup)
     check_single_copies(lab)
 
