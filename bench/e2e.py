@@ -70,7 +70,8 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
     sensors = default_sensors(1)[:args.sensors]
     broker = PrivateBroker(base / "activemq", name=f"e2e{mib}").start()
     port = free_udp_port()
-    site = make_site(base, [broker.url], instrument="BENCH", extra={
+    site_db = {"database_url": args.database_url} if args.database_url else {}
+    site = make_site(base, [broker.url], instrument="BENCH", extra={"site": site_db,
         "receiver": {"streams": [f"127.0.0.1:{port}"], "socket_buffer_bytes": BUFFER,
                      "max_heap_bytes": 16 << 20, "image_timeout_s": 30.0, "expected_sensors": sensors},
         "forwarder": {"join_timeout_s": 60.0}, "recorder": {"http_port": free_port()},
@@ -134,7 +135,7 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
               "throughput": len(whole) * image_bytes / (t_last - t_first), "rss": rss}
     if profile:
         result["profile"] = profile
-    result["stages"] = stage_breakdown(Path(cfg.site.database_url.removeprefix("sqlite:///")))
+    result["stages"] = stage_breakdown(cfg.site.database_url)
     return result
 
 
@@ -158,16 +159,20 @@ STAGES = [
 ]
 
 
-def stage_breakdown(database: Path) -> list[tuple[str, float, float]]:
+def stage_breakdown(database_url: str) -> list[tuple[str, float, float]]:
     """(stage, median, max) in seconds over the images the recorder saw whole."""
-    import sqlite3
+    from sqlalchemy import text
+
+    from fitsflow.core.db import make_engine
 
     out = []
-    with sqlite3.connect(database) as db:
+    engine = make_engine(database_url)
+    with engine.connect() as db:
         for label, expr in STAGES:
-            values = [v for (v,) in db.execute(f"SELECT {expr} FROM rec_images i") if v is not None]
+            values = [v for (v,) in db.execute(text(f"SELECT {expr} FROM rec_images i")) if v is not None]
             if values:
                 out.append((label, statistics.median(values), max(values)))
+    engine.dispose()
     return out
 
 
@@ -188,7 +193,11 @@ def main() -> int:
     ap.add_argument("--sensors", type=int, default=4)
     ap.add_argument("--rate", type=float, default=300e6, help="UDP send rate, bytes/s")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite",
+                    help="the site database: one SQLite file (the default configuration) or a private "
+                         "PostgreSQL (what a site with several daemons should use)")
     args = ap.parse_args()
+    args.database_url = ""
     if int(RMEM.read_text()) < BUFFER and os.geteuid() == 0:
         RMEM.write_text(str(BUFFER))
     with tempfile.TemporaryDirectory(prefix="fitsflow-e2e-", dir="/var/tmp") as tmp:
@@ -205,7 +214,19 @@ def main() -> int:
             a.unlink(), b.unlink()
         print(f"  spead2_bench loopback: {spead2 / 1e9:.2f} GB/s; tofile+fsync: {write / 1e9:.2f} GB/s; "
               f"bare hand-off: {statistics.median(hand) * 1e3:.2f} ms", flush=True)
+        postgres = None
+        if args.database == "postgresql":
+            from fitsflow.testing.postgres import PrivatePostgres
+
+            postgres = PrivatePostgres()
         for mib in [int(x) for x in args.sizes.split(",")]:
+            if postgres is not None:  # a fresh database per size
+                import subprocess
+
+                db = f"e2e{mib}"
+                subprocess.run(["runuser", "-u", "postgres", "--", str(postgres.bin / "createdb"), "-h", "127.0.0.1",
+                                "-p", str(postgres.port), db], check=True)
+                args.database_url = postgres.url.rsplit("/", 1)[0] + f"/{db}"
             print(f"\n{args.images} images of {args.sensors} x {mib} MiB sensors at {args.rate / 1e6:.0f} MB/s:",
                   flush=True)
             r = asyncio.run(run_size(base / f"s{mib}", mib, args, write))
@@ -232,6 +253,8 @@ def main() -> int:
                 for name in ("receiver@r1", "forwarder@f1"):
                     print(f"  profile of {name} (top by own time):")
                     show_profile(r["profile"] / f"{name}.prof")
+        if postgres is not None:
+            postgres.stop()
     return 0
 
 

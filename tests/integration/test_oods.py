@@ -8,10 +8,8 @@ import asyncio
 import datetime as dt
 import io
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Awaitable
 
@@ -24,6 +22,7 @@ from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.messages import make
 from fitsflow.oods.daemon import OodsDaemon
 from fitsflow.testing.broker import PrivateBroker
+from fitsflow.testing.postgres import PrivatePostgres
 from fitsflow.testing.config import make_site
 from fitsflow.testing.daemons import Listener, running
 from fitsflow.testing.files import make_sensor_file
@@ -180,41 +179,6 @@ def test_expiry_spares_protected_files(tmp_path: Path, broker: PrivateBroker) ->
     listed = subprocess.run([sys.executable, "-m", "fitsflow", "oods", "get", "--config", str(cfg.source),
                              "--image", images[0]], capture_output=True, text=True)
     assert listed.returncode == 0 and Path(listed.stdout.strip()) == paths.oods_repo / left[0]
-
-
-class PrivatePostgres:
-    """A throw-away PostgreSQL cluster (Debian's postgresql package) on a free port."""
-
-    def __init__(self) -> None:
-        from fitsflow.testing.broker import free_port
-
-        bindir = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
-        if not bindir:
-            raise RuntimeError("PostgreSQL is not installed (Debian package 'postgresql'; ./dev.sh installs it)")
-        self.bin = bindir[-1]
-        # Its own directory: pytest's temp tree is private to root, and postgres must not run as root.
-        self.base = Path(tempfile.mkdtemp(prefix="fitsflow-pg-"))
-        self.base.chmod(0o755)
-        shutil.chown(self.base, "postgres")
-        self.port = free_port()
-        self.data = self.base / "pgdata"
-        base = self.base
-        self._as_postgres([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"])
-        self._as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-l", str(base / "pg.log"),
-                           "-o", f"-p {self.port} -k {base} -c listen_addresses=127.0.0.1", "start"])
-
-    def _as_postgres(self, cmd: list[str]) -> None:
-        done = subprocess.run(["runuser", "-u", "postgres", "--", *cmd], capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"{cmd[0]} failed: {done.stderr.strip()}")
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def stop(self) -> None:
-        self._as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"])
-        shutil.rmtree(self.base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from fitsflow.core.config import Config, load_config
 from fitsflow.core.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, ConfigError, FitsflowError
 from fitsflow.core.logs import setup_logging
 from fitsflow.core import messages
+from fitsflow.core.aio import wait_for
 
 _log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ _log = logging.getLogger(__name__)
 BROKER_WAIT_S = 15.0
 #: STATUS= and state-message period when systemd asks for no watchdog.
 STATUS_PERIOD_S = 5.0
+#: How long a stopping daemon waits for the broker to take its OFF state.
+STOP_ANNOUNCE_S = 1.0
 
 
 async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
@@ -267,21 +270,21 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
     next_state = time.monotonic() + STATUS_PERIOD_S
     failure = asyncio.create_task(daemon.wait_failure())
     stopping = asyncio.create_task(stop.wait())
+    periodic: asyncio.Task[None] | None = None
     while not stop.is_set() and daemon.failed is None:
         # FIRST_COMPLETED: the default (ALL_COMPLETED) made SIGTERM wait for the next status tick.
         await asyncio.wait({failure, stopping}, timeout=min(period, STATUS_PERIOD_S),
                            return_when=asyncio.FIRST_COMPLETED)
         # Sent from the loop on purpose: if the loop hangs, the pings stop and systemd acts.
         notifier.notify(f"WATCHDOG=1\nSTATUS={daemon.status()}")
-        if time.monotonic() >= next_state:
+        if time.monotonic() >= next_state and (periodic is None or periodic.done()):
             next_state = time.monotonic() + STATUS_PERIOD_S
-            await _announce(daemon)
-            try:
-                await daemon.forward_host_panics()
-            except Exception:  # noqa: BLE001 - informative path; never fatal
-                _log.exception("cannot forward the host's panic outbox")
+            # In the background: a broker slow to answer must not hold this loop (SIGTERM).
+            periodic = asyncio.create_task(_periodic(daemon))
     failure.cancel()
     stopping.cancel()
+    if periodic is not None:
+        await cancel_and_wait(periodic)
 
     daemon.target = "OFF"
     notifier.notify("STOPPING=1\nSTATUS=stopping")
@@ -291,7 +294,13 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
         daemon.state = "FAULT"
     else:
         daemon.state = "OFF"
-    await _announce(daemon)
+    try:
+        # Informative only, and a broker cut off by a partition would hold the stop for the
+        # receipt timeout: Pacemaker stops a minority's resources one after the other.
+        await wait_for(_announce(daemon), STOP_ANNOUNCE_S)
+    except TimeoutError:
+        _log.warning("%s: no broker receipt for its OFF state within %.0f s; stopping anyway",
+                     daemon.ident, STOP_ANNOUNCE_S)
     await daemon.stop()
     await bus.stop()
     return code
@@ -304,6 +313,15 @@ async def _wait_broker(bus: MessageBus, stop: asyncio.Event, notifier: sdnotify.
             return True
         notifier.notify(f"EXTEND_TIMEOUT_USEC=3000000\nSTATUS=waiting for a broker ({bus.describe()})")
     return False
+
+
+async def _periodic(daemon: Daemon) -> None:
+    """Every status period: the state for the recorder, and panics left by other programs."""
+    await _announce(daemon)
+    try:
+        await daemon.forward_host_panics()
+    except Exception:  # noqa: BLE001 - informative path; never fatal
+        _log.exception("cannot forward the host's panic outbox")
 
 
 async def _announce(daemon: Daemon) -> None:

@@ -42,6 +42,10 @@ class IngestStats:
     errors: int = 0
 
 
+#: How long a file found by inotify or a rescan waits for its announcement (see Ingester.found).
+FOUND_DELAY_S = 2.0
+
+
 class Ingester:
     """Role: consumes paths found in ``staging``; ``concurrency`` files at once."""
 
@@ -73,10 +77,13 @@ class Ingester:
         return set(self._busy)
 
     def found(self, path: Path) -> None:
-        """A trigger saw ``path`` (called from the watcher; never blocks)."""
+        """A trigger saw ``path`` (called from the watcher; never blocks). Queued after
+        FOUND_DELAY_S: the controller's INGEST_REQUEST for a file it just linked usually
+        follows within milliseconds and carries the CRC-32 that spares the FITS checksum pass
+        (verify.inspect); the path is gone by then and the delayed entry does nothing."""
         if path not in self._queued:
             self._queued.add(path)
-            self._queue.put_nowait(path)
+            asyncio.get_running_loop().call_later(FOUND_DELAY_S, self._queue.put_nowait, path)
 
     async def _worker(self) -> None:
         while True:
