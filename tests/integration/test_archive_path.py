@@ -34,6 +34,7 @@ from fitsflow.testing.daemons import Listener, running
 from fitsflow.testing.files import make_sensor_file
 from fitsflow.testing.stomp_tools import drain
 from fitsflow.testing.wait import async_wait_for, wait_for
+from fitsflow.core.checksum import file_crc32
 
 pytestmark = pytest.mark.broker
 
@@ -229,3 +230,29 @@ def test_link_failure_is_an_error_event_not_a_request(tmp_path: Path, broker: Pr
     assert drain(broker.url, "/queue/fitsflow.oods.ingest", timeout=2) == []
     dead = drain(broker.url, "/queue/DLQ.fitsflow.archive.delivered", expect=1, timeout=10)
     assert dead and "cannot link" in dead[0].headers["DLQReason"]
+
+
+def test_a_delivery_replaced_by_a_later_one_is_not_dead_lettered(tmp_path: Path, broker: PrivateBroker) -> None:
+    """After a reassignment two forwarders write the same sensor under one name: the second
+    file replaces the first before the first announcement is read. The sensor is handed off
+    once (the second file) and nothing is dead-lettered (a dead letter pages the shifter)."""
+    cfg = site(tmp_path, broker)
+    paths = cfg.paths.resolved()
+    image = "TESTCAM_O_20261121_000300"
+    first, data_id = make_sensor_file(paths.incoming, image, rows=16)
+    second, _ = make_sensor_file(paths.incoming, image, rows=32)  # same name: replaces the first
+    assert first.path == second.path and first.checksum != second.checksum
+    staged = paths.oods_staging / "20261121" / second.path.name
+
+    async def main() -> None:
+        async with running(ArchiveControllerDaemon, cfg), Listener(cfg, "arch-l6", []) as listen:
+            for f in (first, second):
+                await listen.bus.send(make("FILE_DELIVERED", image, path=str(f.path), size=f.size,
+                                           checksum=f.checksum, data_id=data_id, assignment=f"a{f.size}"))
+            await async_wait_for(staged.exists, 20, what="the second file staged")
+            await asyncio.sleep(3)  # the first announcement's retries run out meanwhile
+    run(main())
+    assert file_crc32(staged) == second.checksum and not second.path.exists()
+    assert drain(broker.url, "/queue/DLQ.fitsflow.archive.delivered", timeout=2) == []
+    assert len([f for f in drain(broker.url, "/queue/fitsflow.oods.ingest", timeout=3)
+                if json.loads(f.body)["image"] == image]) == 1

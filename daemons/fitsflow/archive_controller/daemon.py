@@ -18,7 +18,7 @@ from fitsflow.archive_controller.config import ArchiveControllerConfig
 from fitsflow.archive_controller.handoff import HandOffError, redelivered_copy, run_handoff, verify
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
-from fitsflow.core.errors import Reject, UnsafePath
+from fitsflow.core.errors import Reject, Retry, UnsafePath
 from fitsflow.core.failpoints import failpoint
 from fitsflow.core.layout import COMPONENT_NAME, OBS_DAY, check_name, sensor_file_name, within
 from fitsflow.core.messages import Message, destination_of, make
@@ -200,8 +200,12 @@ class ArchiveControllerDaemon(Daemon):
                     inode = await asyncio.to_thread(verify, src, int(d["size"]), str(d["checksum"]),
                                                     self.acfg.verify_checksum)
                 except HandOffError as exc:
-                    await self._error(f"{image} {raft}_{sensor}: {exc}")
-                    raise Reject(str(exc)) from None
+                    # After a reassignment two forwarders deliver the same sensor under one name:
+                    # the later file may replace the earlier before its announcement is read. The
+                    # other announcement hands the file off; this one then finds the sensor done.
+                    # A file that stays wrong is dead-lettered after max_attempts (a panic).
+                    raise Retry(f"{image} {raft}_{sensor}: {exc}; another delivery of this sensor may "
+                                "have replaced the file") from None
                 row = HandOffRow(key, image, str(src), str(self.oods_staging / day / src.name),
                                  str(self.archive_staging / day / src.name), int(d["size"]), str(d["checksum"]),
                                  inode, data_id, "verified")

@@ -60,5 +60,11 @@ class Requeue(FitsflowError):
         self.delay = delay
 
 
+class Retry(FitsflowError):
+    """Not handled now, for a reason that may pass by itself (e.g. another delivery of the same
+    file is on its way): retried with back-off and counted like a failure — dead-lettered at
+    ``max_attempts`` — but logged as a warning, without a traceback."""
+
+
 class Reject(FitsflowError):
     """The message can never be handled: dead-letter it now, with this reason."""

@@ -53,7 +53,7 @@ from fitsflow.core.aio import wait_event, wait_for
 from fitsflow.core.bus.link import BrokerLink, Frame, LinkCallbacks, Subscription
 from fitsflow.core.bus.store import BusStore
 from fitsflow.core.config import BusConfig, Config
-from fitsflow.core.errors import Disconnected, MessageError, Refused, Reject, Requeue
+from fitsflow.core.errors import Disconnected, MessageError, Refused, Reject, Requeue, Retry
 from fitsflow.core.messages import Message, decode, destination_of
 
 _log = logging.getLogger(__name__)
@@ -394,9 +394,11 @@ class MessageBus:
         except Exception as exc:  # noqa: BLE001 - any handler bug: count, retry, then dead-letter
             self.stats.failures += 1
             attempts = self.store.record_failure(sub.key, msg.id, f"{type(exc).__name__}: {exc}")
-            _log.error("%s: handler of %s failed for %s%s (attempt %d/%d)", self.name, sub.key, msg.type,
-                       f" image {msg.image}" if msg.image else "", attempts, self.cfg.max_attempts,
-                       exc_info=True, extra={"IMAGE": msg.image or "", "MSGTYPE": msg.type})
+            expected = isinstance(exc, Retry)
+            _log.log(logging.WARNING if expected else logging.ERROR, "%s: handler of %s failed for %s%s (attempt %d/%d)%s",
+                     self.name, sub.key, msg.type, f" image {msg.image}" if msg.image else "", attempts,
+                     self.cfg.max_attempts, f": {exc}" if expected else "", exc_info=not expected,
+                     extra={"IMAGE": msg.image or "", "MSGTYPE": msg.type})
             if attempts >= self.cfg.max_attempts:
                 reason = f"handler failed {attempts} times; last: {type(exc).__name__}: {exc}\n" \
                          + "".join(traceback.format_exception(exc)[-3:])
