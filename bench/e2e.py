@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
 import pstats
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).parent))
 from handoff import bare_handoff  # noqa: E402 - the bare hand-off of bench/handoff.py
@@ -39,6 +43,7 @@ from fitsflow.camera_sim.sender import SpeadSender  # noqa: E402
 from fitsflow.camera_sim.simulator import CameraSimulator, SimSettings, default_sensors  # noqa: E402
 from fitsflow.camera_sim.store import ImageStore  # noqa: E402
 from fitsflow.core.config import load_config  # noqa: E402
+from fitsflow.core.db import make_engine  # noqa: E402
 from fitsflow.core.messages import Message  # noqa: E402
 from fitsflow.testing.broker import PrivateBroker, free_port  # noqa: E402
 from fitsflow.testing.config import make_site  # noqa: E402
@@ -162,12 +167,6 @@ STAGES = [
 
 def stage_breakdown(database_url: str) -> list[tuple[str, float, float]]:
     """(stage, median, max) in seconds over the images, from the messages the recorder kept."""
-    import datetime as dt
-
-    from sqlalchemy import text
-
-    from fitsflow.core.db import make_engine
-
     times: dict[tuple[str, str], list[float]] = {}
     engine = make_engine(database_url)
     with engine.connect() as db:
@@ -232,8 +231,6 @@ def main() -> int:
             postgres = PrivatePostgres()
         for mib in [int(x) for x in args.sizes.split(",")]:
             if postgres is not None:  # a fresh database per size
-                import subprocess
-
                 db = f"e2e{mib}"
                 subprocess.run(["runuser", "-u", "postgres", "--", str(postgres.bin / "createdb"), "-h", "127.0.0.1",
                                 "-p", str(postgres.port), db], check=True)

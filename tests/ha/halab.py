@@ -93,7 +93,6 @@ class Lab:
         self.token_ms = token_ms
         self.nodes = {n: Node(n, ip) for n, ip in NODES.items()}
         self.shared = self.base / "shared"
-        self.events: list[str] = []
 
     # -- paths of the shared storage, as the host sees them ----------------------------
     @property
@@ -260,7 +259,6 @@ class Lab:
             binds=[(lib, "/var/lib/pacemaker"), (log, "/var/log/pacemaker"),
                    (self.fitsflow_dir, "/var/lib/fitsflow"), (self.shared / "activemq", "/var/lib/activemq-fitsflow")],
             binds_ro=[self.venv, ACTIVEMQ_HOME])
-        self.event(f"{name} booted")
 
     def kill(self, name: str) -> None:
         """Power cut of a node: every process at once, its NIC (and any VIP) gone."""
@@ -269,22 +267,17 @@ class Lab:
             node.container.kill()
             node.container = None
         sh("ip", "netns", "del", node.netns, check=False)
-        self.event(f"{name} killed")
 
     def unplug(self, name: str) -> None:
         """Cut a node off the switch (its side stays up: a cable pulled at the switch)."""
         sh("ip", "-n", SWITCH, "link", "set", name, "down")
-        self.event(f"{name} unplugged")
 
     def plug(self, name: str) -> None:
         sh("ip", "-n", SWITCH, "link", "set", name, "up")
-        self.event(f"{name} plugged back")
 
     def live(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.up]
 
-    def event(self, what: str) -> None:
-        self.events.append(f"{time.strftime('%H:%M:%S')} {what}")
 
     # -- cluster state -----------------------------------------------------------------
     def crm_mon(self, on: str | None = None) -> str:

@@ -46,6 +46,13 @@ STATUS_PERIOD_S = 5.0
 #: How long a stopping daemon waits for the broker to take its OFF state.
 STOP_ANNOUNCE_S = 1.0
 
+#: The instance of a daemon started without --instance: a site-wide singleton (controller,
+#: header service, OODS...). Its identity — durable subscriptions, outbox, state under
+#: site.state_dir — must not depend on the node it runs on, so that Pacemaker can move it and
+#: the successor carries on from the same state (a host name here lost every message published
+#: while the singleton was moving: found by the HA lab).
+DEFAULT_INSTANCE = "main"
+
 
 async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
     """Cancel a role's background task and wait until it has really ended."""
@@ -187,13 +194,6 @@ def log_task_stacks() -> None:
         task.print_stack(limit=8, file=out)
     _log.warning("asyncio tasks:\n%s", out.getvalue())
 
-
-#: The instance of a daemon started without --instance: a site-wide singleton (controller,
-#: header service, OODS...). Its identity — durable subscriptions, outbox, state under
-#: site.state_dir — must not depend on the node it runs on, so that Pacemaker can move it and
-#: the successor carries on from the same state (a host name here lost every message published
-#: while the singleton was moving: found by the HA lab).
-DEFAULT_INSTANCE = "main"
 
 DaemonFactory = Callable[[Config, MessageBus, argparse.Namespace], Daemon]
 

@@ -395,8 +395,8 @@ class MessageBus:
             self.stats.failures += 1
             attempts = self.store.record_failure(sub.key, msg.id, f"{type(exc).__name__}: {exc}")
             expected = isinstance(exc, Retry)
-            _log.log(logging.WARNING if expected else logging.ERROR, "%s: handler of %s failed for %s%s (attempt %d/%d)%s",
-                     self.name, sub.key, msg.type, f" image {msg.image}" if msg.image else "", attempts,
+            _log.log(logging.WARNING if expected else logging.ERROR,
+                     "%s: handler of %s failed for %s%s (attempt %d/%d)%s", self.name, sub.key, msg.type, f" image {msg.image}" if msg.image else "", attempts,
                      self.cfg.max_attempts, f": {exc}" if expected else "", exc_info=not expected,
                      extra={"IMAGE": msg.image or "", "MSGTYPE": msg.type})
             if attempts >= self.cfg.max_attempts:
