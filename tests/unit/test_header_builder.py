@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from fitsflow.header_service.builder import ImageRecord, Sample, build_header, sample_keywords
+from fitsflow.header_service.builder import ImageRecord, Sample, add_sample, build_header, sample_keywords
 from fitsflow.header_service.config import HeaderServiceConfig, KeywordSpec
 
 CFG = HeaderServiceConfig(telescope="TESTSCOPE", keywords={
@@ -73,3 +73,21 @@ def test_keywords_wait_for_their_event() -> None:
     del rec.events["END_READOUT"]
     sample_keywords(rec, CFG, history())
     assert "AIRTEMP" not in rec.sampled and rec.sampled["FILTER"] == "r"
+
+
+def test_late_samples_are_ordered_by_time_and_the_oldest_dropped() -> None:
+    samples: list[Sample] = []
+    for ts, ra in [("2026-11-21T03:00:05Z", 151.0), ("2026-11-21T02:59:59+00:00", 1.0),
+                   ("2026-11-21T03:00:00.5Z", 150.0), ("2026-11-21T03:00:09Z", 152.0)]:
+        add_sample(samples, Sample(ts, {"ra": ra}), keep=3)
+    assert [s.values["ra"] for s in samples] == [150.0, 151.0, 152.0]
+    rec = record()
+    sample_keywords(rec, CFG, {"mount.pointing": samples})
+    assert rec.sampled["RA"] == 150.0  # the first at or after START_INTEGRATION, though it came late
+
+
+def test_a_sample_without_the_field_is_skipped() -> None:
+    rec = record()
+    sample_keywords(rec, CFG, {"mount.pointing": [Sample("2026-11-21T03:00:01Z", {"az": 3.0}),
+                                                  Sample("2026-11-21T03:00:02Z", {"ra": 7.0})]})
+    assert rec.sampled["RA"] == 7.0 and "ELSTART" not in rec.sampled

@@ -18,7 +18,7 @@ from fitsflow.core.config import load_config
 from fitsflow.core.errors import EX_CONFIG, EX_OK, ConfigError, MessageError
 from fitsflow.core.messages import decode
 from fitsflow.core.runtime import build_parser, run_daemon
-from fitsflow.header_service.builder import ImageRecord, Sample, build_header, sample_keywords
+from fitsflow.header_service.builder import ImageRecord, Sample, add_sample, build_header, sample_keywords
 from fitsflow.header_service.config import HeaderServiceConfig
 from fitsflow.header_service.daemon import HeaderServiceDaemon
 
@@ -35,15 +35,13 @@ def replay(lines: list[str], image: str, cfg: HeaderServiceConfig, instrument: s
         except MessageError as exc:
             raise SystemExit(f"line {n}: {exc}") from None
         if msg.type == "TELEMETRY":
-            history.setdefault(str(msg.data["topic"]), []).append(Sample(str(msg.data["timestamp"]),
-                                                                         dict(msg.data["values"])))
+            add_sample(history.setdefault(str(msg.data["topic"]), []),
+                       Sample(str(msg.data["timestamp"]), dict(msg.data["values"])), len(lines))
         elif msg.image == image:
             rec.events.setdefault(msg.type, str(msg.data["timestamp"]))
             if msg.type == "START_INTEGRATION":
                 rec.group, rec.snap = str(msg.data["group"]), int(msg.data["snap"])
                 rec.exptime, rec.sensors = float(msg.data["exptime"]), list(msg.data["sensors"])
-    for samples in history.values():
-        samples.sort(key=lambda s: s.timestamp)
     sample_keywords(rec, cfg, history)
     header = build_header(rec, cfg, instrument, dt.datetime.now(dt.timezone.utc))
     return json.loads(header.to_json())

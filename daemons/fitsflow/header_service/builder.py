@@ -7,7 +7,9 @@ code serves the live daemon and the replay mode, so a replayed header equals the
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,21 @@ class Sample:
 
     timestamp: str
     values: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        # Parsed once (not a field: not persisted). Every open image is sampled against the
+        # history on every telemetry message; parsing there dominated a backlog's CPU time.
+        self.t = parse_time(self.timestamp).timestamp()
+
+
+def add_sample(samples: list[Sample], sample: Sample, keep: int) -> None:
+    """Insert ``sample`` in time order (samples may arrive late) and keep the newest ``keep``."""
+    bisect.insort_right(samples, sample, key=_sample_time)
+    del samples[:-keep]
+
+
+def _sample_time(sample: Sample) -> float:
+    return sample.t
 
 
 @dataclass
@@ -50,15 +67,22 @@ def parse_time(value: str) -> dt.datetime:
 
 
 def sample_keywords(rec: ImageRecord, cfg: HeaderServiceConfig, history: dict[str, list[Sample]]) -> bool:
-    """Fill keywords whose event has happened from the first sample at or after it.
+    """Fill keywords whose event has happened from the first sample at or after it
+    (``history``: each topic's samples in time order, as :func:`add_sample` keeps them).
     Returns True if anything was added."""
     added = False
+    since: dict[str, float] = {}
     for keyword, spec in cfg.keywords.items():
         if keyword in rec.sampled or spec.event not in rec.events:
             continue
-        since = parse_time(rec.events[spec.event])
-        for sample in history.get(spec.topic, []):  # oldest first
-            if parse_time(sample.timestamp) >= since and spec.field in sample.values:
+        samples = history.get(spec.topic)
+        if not samples:
+            continue
+        if spec.event not in since:
+            since[spec.event] = parse_time(rec.events[spec.event]).timestamp()
+        first = bisect.bisect_left(samples, since[spec.event], key=_sample_time)
+        for sample in itertools.islice(samples, first, None):
+            if spec.field in sample.values:
                 rec.sampled[keyword] = sample.values[spec.field]
                 added = True
                 break

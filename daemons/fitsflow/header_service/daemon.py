@@ -66,13 +66,18 @@ class HeaderServiceDaemon(Daemon):
 
     async def on_telemetry(self, msg: Message) -> None:
         topic = str(msg.data["topic"])
-        self.store.add_sample(topic, Sample(str(msg.data["timestamp"]), dict(msg.data["values"])))
-        for rec in list(self.store.records.values()):
-            if not rec.written and sample_keywords(rec, self.hcfg, self.store.history):
-                await asyncio.to_thread(self.store.save, rec)
-                ended = {"END_READOUT", "END_OF_IMAGE_TELEMETRY"} & set(rec.events)
-                if ended and not missing_keywords(rec, self.hcfg):
-                    await self._write(rec)
+        try:
+            sample = Sample(str(msg.data["timestamp"]), dict(msg.data["values"]))
+        except (ValueError, TypeError) as exc:
+            raise Reject(f"telemetry sample of {topic}: {exc}") from None
+        self.store.add_sample(topic, sample)
+        changed = [rec for rec in list(self.store.records.values())
+                   if not rec.written and sample_keywords(rec, self.hcfg, self.store.history)]
+        await asyncio.to_thread(self.store.save_sample, topic, sample, changed)
+        for rec in changed:
+            ended = {"END_READOUT", "END_OF_IMAGE_TELEMETRY"} & set(rec.events)
+            if ended and not missing_keywords(rec, self.hcfg):
+                await self._write(rec)
 
     async def _write(self, rec: ImageRecord) -> None:
         """Write the header (atomically), then announce it; a storage failure is a fault,
