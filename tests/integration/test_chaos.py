@@ -122,7 +122,7 @@ def bad_input(cfg: Config, broker: PrivateBroker, port: int) -> None:
 
 def forwarders_busy(cfg: Config) -> list[str]:
     """Assignments some forwarder has not finished, read from their books on disk."""
-    return [a.assignment for d in Path(cfg.site.state_dir).glob("forwarder-*")
+    return [a.assignment for d in Path(cfg.site.state_dir).glob("forwarder-*") if d.is_dir()
             for a in AssignmentBook(d).open_items()]
 
 

@@ -70,6 +70,25 @@ def test_stale_temps_removed(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["keep.fits"]
 
 
+def test_a_writer_removes_its_own_temps_and_only_old_ones_of_others(tmp_path: Path) -> None:
+    import os
+    import time
+
+    with pytest.raises(RuntimeError), atomic_writer(tmp_path / "x.fits", owner="f2") as fh:
+        names = [p.name for p in tmp_path.iterdir()]
+        assert len(names) == 1 and names[0].startswith(".tmp-f2-x.fits."), names
+        fh.write(b"half")
+        raise RuntimeError("the test's doing")
+    (tmp_path / ".tmp-f1-a.fits.1").write_bytes(b"")  # f1 crashed writing it
+    (tmp_path / ".tmp-f2-b.fits.1").write_bytes(b"")  # f2 is writing it right now
+    (tmp_path / ".tmp-f2-c.fits.1").write_bytes(b"")  # f2 crashed writing it yesterday
+    old = time.time() - 86400
+    os.utime(tmp_path / ".tmp-f2-c.fits.1", (old, old))
+    removed = remove_stale_temps(tmp_path, "f1", others_after_s=3600)
+    assert sorted(p.name for p in removed) == [".tmp-f1-a.fits.1", ".tmp-f2-c.fits.1"]
+    assert [p.name for p in tmp_path.iterdir()] == [".tmp-f2-b.fits.1"]
+
+
 def test_link_into_is_idempotent(tmp_path: Path) -> None:
     src = tmp_path / "src.fits"
     src.write_bytes(b"data")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -25,12 +26,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _temp_prefix(owner: str) -> str:
+    return TEMP_PREFIX + (f"{owner}-" if owner else "")
+
+
 @contextlib.contextmanager
-def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, mode: int = 0o644, owner: str = "") -> Iterator[BinaryIO]:
     """Write ``path`` atomically: yields a binary file to fill; on normal exit it is fsynced
-    and renamed into place, on an exception the temp file is removed and nothing appears."""
+    and renamed into place, on an exception the temp file is removed and nothing appears.
+
+    ``owner`` names the writer in the temp file's name, for directories several writers
+    share: see :func:`remove_stale_temps`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(owner) + path.name + ".", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
@@ -64,11 +72,20 @@ def link_into(src: Path, dst: Path) -> bool:
         raise FileExistsError(f"{dst} exists and is not the same file as {src}") from None
 
 
-def remove_stale_temps(directory: Path) -> list[Path]:
-    """Remove temp files a crashed writer left in ``directory``; returns what was removed."""
+def remove_stale_temps(directory: Path, owner: str = "", others_after_s: float | None = None) -> list[Path]:
+    """Remove temp files a crashed writer left in ``directory``; returns what was removed.
+
+    Without ``owner``: every temp file (the directory has one writer, about to start). With
+    it: that writer's own temp files, and other writers' only once ``others_after_s`` old —
+    they may be writing right now (two forwarders share incoming/: one restarting removed
+    the other's half-written file and made its rename fail)."""
     removed = []
+    now = time.time()
     for p in Path(directory).glob(TEMP_PREFIX + "*"):
         with contextlib.suppress(FileNotFoundError):
+            if owner and not p.name.startswith(_temp_prefix(owner)):
+                if others_after_s is None or now - p.stat().st_mtime < others_after_s:
+                    continue
             p.unlink()
             removed.append(p)
     return removed

@@ -32,6 +32,9 @@ from fitsflow.forwarder.fitswriter import build_hdus, write_fits
 
 _log = logging.getLogger(__name__)
 
+#: Another forwarder's temp file this old is a crash's leftover (a write takes seconds).
+STALE_TEMP_S = 3600.0
+
 
 def minimal_header(image: str, reason: str) -> ImageHeader:
     """What a file gets when the header service never delivered: flagged, never silent."""
@@ -50,6 +53,7 @@ class ForwarderDaemon(Daemon):
         self.fcfg: ForwarderConfig = cfg.section("forwarder")
         paths = cfg.paths.resolved()
         self.raw_root, self.headers_root, self.incoming = paths.raw_buffer, paths.headers, paths.incoming
+        self.temp_owner = f"forwarder-{self.instance}"  # incoming/ is shared by every forwarder
         self.book = AssignmentBook(Path(cfg.site.state_dir) / f"forwarder-{self.instance}")
         self.slots = asyncio.Semaphore(self.fcfg.capacity)
         self.wake = asyncio.Event()
@@ -63,7 +67,7 @@ class ForwarderDaemon(Daemon):
         bus.subscribe("/topic/fitsflow.header", self.on_ready, name=f"forwarder-{self.instance}-header")
 
     async def start(self) -> None:
-        removed = remove_stale_temps(self.incoming)
+        removed = remove_stale_temps(self.incoming, self.temp_owner, others_after_s=STALE_TEMP_S)
         if removed:
             _log.warning("removed %d temp files left by an interrupted write: %s", len(removed), removed)
         await super().start()
@@ -186,7 +190,8 @@ class ForwarderDaemon(Daemon):
         if target.exists():  # written before a crash, not yet delivered: deliver what is there
             return target, target.stat().st_size, file_crc32(target)
         pixels = read_pixels(self.raw_root, meta)
-        written = write_fits(self.incoming, filename, build_hdus(header, meta, pixels, filename, data_id))
+        written = write_fits(self.incoming, filename, build_hdus(header, meta, pixels, filename, data_id),
+                             owner=self.temp_owner)
         return written.path, written.size, written.checksum
 
     async def _alert(self, problem: str) -> None:

@@ -126,16 +126,17 @@ def _write_data(fh, pixels: np.ndarray, crc: int) -> int:  # type: ignore[no-unt
     return crc
 
 
-def write_fits(directory: Path, filename: str, hdus: fits.HDUList) -> WrittenFile:
+def write_fits(directory: Path, filename: str, hdus: fits.HDUList, owner: str = "") -> WrittenFile:
     """Write atomically into ``directory`` (temp + fsync + rename + fsync dir), with
-    CHECKSUM/DATASUM, and return the size and CRC-32 of the bytes as written.
+    CHECKSUM/DATASUM, and return the size and CRC-32 of the bytes as written. ``owner``
+    names the writer in its temp file (see core.handoff.remove_stale_temps).
 
     32-bit pixels take the single-pass writer; other types astropy's own ``writeto``."""
     path = Path(directory) / filename
     primary, image = hdus[0], hdus[1]
     when = f"fitsflow {primary.header.get('DATE', '')}"  # fixed comment: same input, same bytes
     try:
-        with atomic_writer(path) as fh:
+        with atomic_writer(path, owner=owner) as fh:
             if image.data is not None and image.data.dtype.str in FAST_DTYPES:
                 fast = _KnownDatasumHDU(data=image.data, header=image.header)
                 fast._known_datasum = _datasum(image.data)
