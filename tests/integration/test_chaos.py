@@ -44,7 +44,9 @@ def site(tmp: Path, broker: PrivateBroker, port: int) -> Config:
     return load_config(make_site(tmp, [broker.url], extra={
         "bus": {"heartbeat_ms": 2000, "receipt_timeout_s": 3.0, "reconnect_max_s": 1.0, "retry_delay_s": 0.2},
         "receiver": {"streams": [f"127.0.0.1:{port}"], "image_timeout_s": 3.0, "socket_buffer_bytes": 8 << 20,
-                     "max_heap_bytes": 1 << 20, "expected_sensors": SENSORS},
+                     "max_heap_bytes": 1 << 20, "expected_sensors": SENSORS,
+                     # longer than the forwarders' join timeout: a late duplicate still finds its pixels
+                     "raw_keep_s": 90.0, "raw_clean_interval_s": 5.0},
         "forwarder": {"heartbeat_s": 0.5, "join_timeout_s": 60.0},
         "archive_controller": {"liveness_timeout_s": 3.0, "partial_grace_s": 30.0, "catchup_after_s": 8.0,
                                "catchup_interval_s": 2.0, "catchup_max_resends": 8},
@@ -214,6 +216,9 @@ def test_no_image_lost_under_chaos(tmp_path: Path, broker_factory) -> None:  # t
     stranded += [p for p in paths.oods_staging.rglob("*") if p.is_file()]
     assert stranded == [], stranded[:10]
     assert list(paths.quarantine.rglob("*999998*")), "the corrupt staged file was not quarantined"
+    # The raw buffer was cleaned under chaos too (images archived more than 90 s before the end).
+    left = [d for d in paths.raw_buffer.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    assert len(left) < IMAGES, f"no image left the raw buffer ({len(left)} there)"
     broker.start()
     # Drained until all are there: right after a restart on a busy machine the broker may not
     # have every DLQ destination loaded yet when the first (wildcard) consumer arrives.

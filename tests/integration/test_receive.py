@@ -322,3 +322,40 @@ def test_fuzzed_and_malformed_input_is_counted_and_harmless(
         assert h.receiver.failed is None
         await h.close()
     run(main())
+
+
+def test_archived_images_leave_the_raw_buffer(harness_factory: Callable[..., Awaitable[Harness]]) -> None:
+    """IMAGE_IN_ARCHIVE for every sensor, over the broker, then the grace period: the image's
+    raw readouts go; an image with a sensor not archived (or archived with an error) stays.
+    The receiver is away while the archive announces the first image: the durable
+    subscription still delivers it."""
+    async def main() -> None:
+        h = await harness_factory(raw_keep_s=1.0, raw_clean_interval_s=0.2)
+        await h.start_receiver()
+        with SpeadSender([("127.0.0.1", h.port)], rate_bytes_s=200e6) as sender:
+            sim = h.simulator(sender)
+            whole, kept = [await sim.take_image() for _ in range(2)]
+        for r in (whole, kept):
+            await async_wait_for(lambda: h.readout(r.image), 30, what=f"READOUT_COMPLETE of {r.image}")
+        await h.stop_receiver()
+
+        async def announce(image: str, sensor: str, status: int) -> None:
+            raft, name = sensor.split("_")
+            await h.listener.send(make("IMAGE_IN_ARCHIVE", image, status=status, description="test",
+                                       path=f"/archive/{image}_{sensor}.fits",
+                                       data_id={"image": image, "raft": raft, "sensor": name}))
+        for s in SENSORS:
+            await announce(whole.image, s, 0)
+        for s in SENSORS[:-1]:
+            await announce(kept.image, s, 0)
+        await announce(kept.image, SENSORS[-1], 1)  # the archive failed to ingest it
+        receiver = await h.start_receiver()
+        await async_wait_for(lambda: not (h.raw_root / whole.image).exists(), 30,
+                             what=f"{whole.image} removed from the raw buffer")
+        await asyncio.sleep(1.5)  # more than the grace period: the other one must still be there
+        assert (h.raw_root / kept.image).is_dir()
+        h.assert_bit_exact(kept.image, kept.image_seq, SENSORS)
+        assert receiver.raw_removed == 1 and receiver.raw_waiting == 1
+        assert not list(h.raw_root.glob(".trash-*"))
+        await h.close()
+    run(main())

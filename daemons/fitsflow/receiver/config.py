@@ -39,6 +39,11 @@ class ReceiverConfig:
     loss_alert_fraction: float = 0.001
     #: Period of RECEIVER_STATS messages and loss checks (s).
     stats_interval_s: float = 10.0
+    #: Readouts leave the raw buffer store this long after the archive holds every sensor of
+    #: their image (IMAGE_IN_ARCHIVE); images with a sensor the archive never took stay.
+    raw_keep_s: float = 3600.0
+    #: How often the raw buffer store is cleaned (s); 0 = never (the store grows).
+    raw_clean_interval_s: float = 60.0
     #: Prometheus metrics on this TCP port (0 = off), bound to metrics_address.
     metrics_port: int = 0
     metrics_address: str = "127.0.0.1"
@@ -64,5 +69,8 @@ class ReceiverConfig:
         for key in ("socket_buffer_bytes", "max_heap_bytes", "max_heaps", "ring_heaps", "writers", "image_timeout_s",
                     "stats_interval_s"):
             check.positive(f"receiver.{key}", getattr(self, key))
+        for key in ("raw_keep_s", "raw_clean_interval_s"):
+            if getattr(self, key) < 0:
+                check.fail(f"receiver.{key}", "must not be negative")
         if not 0 <= self.loss_alert_fraction <= 1:
             check.fail("receiver.loss_alert_fraction", "must be between 0 and 1")

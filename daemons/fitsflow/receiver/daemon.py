@@ -10,10 +10,12 @@ from pathlib import Path
 
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
-from fitsflow.core.messages import CAMERA_EVENTS, Message, make
+from fitsflow.core.errors import Reject, UnsafePath
+from fitsflow.core.messages import CAMERA_EVENTS, Message, destination_of, make
 from fitsflow.core.runtime import Daemon
 from fitsflow.receiver.assembler import ImageAssembler
 from fitsflow.receiver.config import ReceiverConfig
+from fitsflow.receiver.janitor import clean, mark_archived
 from fitsflow.receiver.metrics import LossMonitor, StreamCollector, serve_metrics
 from fitsflow.receiver.stream import RejectedPacketCounter, SpeadStreamReceiver
 
@@ -53,6 +55,13 @@ class ReceiverDaemon(Daemon):
         # Durable: a restarted receiver still learns which sensors to expect.
         bus.subscribe(CAMERA_EVENTS, self.on_camera_event, name=f"receiver-events-{self.instance}",
                       selector="MsgType = 'START_INTEGRATION'", durable=True)
+        # Durable too: an archived sensor heard while the receiver was away is still marked.
+        bus.subscribe(destination_of("IMAGE_IN_ARCHIVE"), self.on_image_in_archive,
+                      name=f"receiver-archived-{self.instance}", selector="MsgType = 'IMAGE_IN_ARCHIVE'",
+                      durable=True)
+        self.raw_root = cfg.paths.resolved().raw_buffer
+        self.raw_removed = 0
+        self.raw_waiting = 0
 
     async def start(self) -> None:
         warning = check_rmem_max(self.rcfg.socket_buffer_bytes)
@@ -68,6 +77,8 @@ class ReceiverDaemon(Daemon):
             serve_metrics(StreamCollector(self.streams, self.rejected), self.rcfg.metrics_address,
                           self.rcfg.metrics_port)
         self.spawn(self._stats_loop(), "stats")
+        if self.rcfg.raw_clean_interval_s:
+            self.spawn(self._clean_loop(), "raw buffer clean-up")
 
     async def stop(self) -> None:
         await super().stop()
@@ -79,7 +90,8 @@ class ReceiverDaemon(Daemon):
         lost = sum(s.counters.bytes_lost for s in self.streams)
         return (f"{len(self.streams)} streams, {heaps} heaps, {incomplete} incomplete ({lost} B lost), "
                 f"{self.rejected.total} packets rejected, {self.assembler.sensors_stored} sensors stored "
-                f"({self.assembler.sensors_partial} partial), {self.assembler.images_announced} images; "
+                f"({self.assembler.sensors_partial} partial), {self.assembler.images_announced} images, "
+                f"{self.raw_removed} removed from the raw buffer ({self.raw_waiting} not all archived); "
                 f"{self.bus.describe()}")
 
     # -- event handlers ----------------------------------------------------------------
@@ -87,6 +99,33 @@ class ReceiverDaemon(Daemon):
     async def on_camera_event(self, msg: Message) -> None:
         if msg.type == "START_INTEGRATION" and msg.image:
             self.assembler.expect(msg.image, [str(s) for s in msg.data["sensors"]], float(msg.data["exptime"]))
+
+    async def on_image_in_archive(self, msg: Message) -> None:
+        if msg.data["status"] != 0:
+            return  # not archived: the readout stays
+        data_id = msg.data.get("data_id") or {}
+        try:
+            marked = await asyncio.to_thread(mark_archived, self.raw_root, str(data_id.get("image")),
+                                             str(data_id.get("raft")), str(data_id.get("sensor")))
+        except UnsafePath as exc:
+            raise Reject(f"IMAGE_IN_ARCHIVE {msg.data.get('path')!r}: {exc}") from None
+        if marked:
+            _log.debug("%s %s_%s archived", data_id["image"], data_id["raft"], data_id["sensor"],
+                       extra={"IMAGE": data_id["image"]})
+
+    async def _clean_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.rcfg.raw_clean_interval_s)
+            try:
+                result = await asyncio.to_thread(clean, self.raw_root, self.rcfg.raw_keep_s)
+            except OSError as exc:  # the store's trouble shows in the writes too; keep trying
+                _log.error("cleaning the raw buffer store %s failed: %s", self.raw_root, exc)
+                continue
+            self.raw_removed += len(result.removed)
+            self.raw_waiting = result.waiting
+            if result.removed:
+                _log.info("raw buffer: %d archived images removed (%s%s)", len(result.removed),
+                          ", ".join(result.removed[:5]), ", ..." if len(result.removed) > 5 else "")
 
     async def _announce(self, image: str, summary: dict) -> None:
         await self.bus.send(make("READOUT_COMPLETE", image, sender=self.ident, **summary))
