@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -15,12 +16,12 @@ def test_records_and_samples_survive_a_restart_and_the_history_is_trimmed(tmp_pa
     state = HeaderState(tmp_path, history_per_topic=3)
     rec = state.record(IMAGE)
     rec.events["START_INTEGRATION"] = "2026-11-22T03:00:00Z"
-    state.save(rec)
+    asyncio.run(state.save(rec))
     for second in (4, 1, 3, 2, 5):  # late samples too
         sample = Sample(f"2026-11-22T03:00:0{second}Z", {"ra": float(second)})
         state.add_sample("mount.pointing", sample)
         rec.sampled["RA"] = float(second)
-        state.save_sample("mount.pointing", sample, [rec])
+        asyncio.run(state.save_sample("mount.pointing", sample, [rec]))
     state.record("TESTCAM_O_20261122_000002")  # never saved: not there after a restart
     state.close()
 
@@ -28,7 +29,7 @@ def test_records_and_samples_survive_a_restart_and_the_history_is_trimmed(tmp_pa
     assert set(again.records) == {IMAGE}
     assert again.records[IMAGE].events == rec.events and again.records[IMAGE].sampled == {"RA": 5.0}
     assert [s.values["ra"] for s in again.history["mount.pointing"]] == [3.0, 4.0, 5.0]
-    again.forget(IMAGE)
+    asyncio.run(again.forget(IMAGE))
     again.close()
     assert HeaderState(tmp_path, history_per_topic=3).records == {}
 

@@ -38,9 +38,16 @@ class AssignmentBook:
             a = Assignment(**json.loads(path.read_text()))
             self.items[a.assignment] = a
 
-    def save(self, a: Assignment) -> None:
+    def snapshot(self, a: Assignment) -> tuple[Path, bytes]:
+        """Record ``a`` and return its file and content, to write with ``atomic_write_bytes``.
+        Take it where ``a`` changes (the event loop): serialising it in a writer thread while
+        another sensor of the assignment was recorded killed a forwarder ("dictionary changed
+        size during iteration", chaos test)."""
         self.items[a.assignment] = a
-        atomic_write_bytes(self.dir / f"{check_name(a.assignment)}.json", json.dumps(asdict(a)).encode())
+        return self.dir / f"{check_name(a.assignment)}.json", json.dumps(asdict(a)).encode()
+
+    def save(self, a: Assignment) -> None:
+        atomic_write_bytes(*self.snapshot(a))
 
     def open_items(self) -> list[Assignment]:
         # list() first: save() runs in worker threads and may add an item meanwhile

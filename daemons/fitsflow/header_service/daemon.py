@@ -60,7 +60,7 @@ class HeaderServiceDaemon(Daemon):
             rec.group, rec.snap = str(msg.data["group"]), int(msg.data["snap"])
             rec.exptime, rec.sensors = float(msg.data["exptime"]), [str(s) for s in msg.data["sensors"]]
         sample_keywords(rec, self.hcfg, self.store.history)
-        await asyncio.to_thread(self.store.save, rec)
+        await self.store.save(rec)
         if msg.type in ("END_READOUT", "END_OF_IMAGE_TELEMETRY") and not missing_keywords(rec, self.hcfg):
             await self._write(rec)
 
@@ -73,7 +73,7 @@ class HeaderServiceDaemon(Daemon):
         self.store.add_sample(topic, sample)
         changed = [rec for rec in list(self.store.records.values())
                    if not rec.written and sample_keywords(rec, self.hcfg, self.store.history)]
-        await asyncio.to_thread(self.store.save_sample, topic, sample, changed)
+        await self.store.save_sample(topic, sample, changed)
         for rec in changed:
             ended = {"END_READOUT", "END_OF_IMAGE_TELEMETRY"} & set(rec.events)
             if ended and not missing_keywords(rec, self.hcfg):
@@ -104,14 +104,14 @@ class HeaderServiceDaemon(Daemon):
         rec.written = True
         self.written += 1  # counted when on disk, before anyone hears of it
         self.partial += header.partial
-        await asyncio.to_thread(self.store.save, rec)
+        await self.store.save(rec)
         await self.bus.send(make("HEADER_READY", rec.image, path=str(path), partial=header.partial,
                                  missing_keywords=header.missing_keywords, sender=self.ident))
         level = logging.WARNING if header.partial else logging.INFO
         _log.log(level, "header of %s written%s", rec.image,
                  f", partial: missing {header.missing_keywords}" if header.partial else "",
                  extra={"IMAGE": rec.image, "MSGTYPE": "HEADER_READY"})
-        await asyncio.to_thread(self.store.forget, rec.image)
+        await self.store.forget(rec.image)
 
     def _fault(self, problem: str) -> None:
         _log.error(problem)
@@ -126,7 +126,7 @@ class HeaderServiceDaemon(Daemon):
             now = dt.datetime.now(dt.timezone.utc)
             for rec in list(self.store.records.values()):
                 if rec.written:
-                    await asyncio.to_thread(self.store.forget, rec.image)
+                    await self.store.forget(rec.image)
                     continue
                 start = rec.events.get("START_INTEGRATION")
                 if start is None:

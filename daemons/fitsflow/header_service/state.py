@@ -6,16 +6,18 @@ SQLite in WAL mode with ``synchronous=FULL``: every change is one append to the 
 fsync, durable before the message that caused it is acknowledged. (The first version wrote a
 JSON file per change, temp + fsync + rename + directory fsync, and rewrote the whole telemetry
 history on every sample: 2.4 headers/s in a backlog; see bench/header.py.) Callers use it from
-worker threads; a lock keeps them one at a time on the connection.
+the event loop; the writes run in worker threads, one at a time on the connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from fitsflow.core.layout import check_name
 from fitsflow.header_service.builder import ImageRecord, Sample, add_sample
@@ -87,29 +89,36 @@ class HeaderState:
         check_name(image)
         return self.records.setdefault(image, ImageRecord(image=image))
 
-    def save(self, rec: ImageRecord) -> None:
-        """Persist ``rec`` (call from a worker thread: it waits for the fsync)."""
-        text = json.dumps(asdict(rec))
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO records VALUES (?, ?)", (check_name(rec.image), text))
+    async def save(self, rec: ImageRecord) -> None:
+        """Persist ``rec``: encoded here, in the event loop where records change (encoding in the
+        writer thread raced with the next message's changes), written in a thread."""
+        row = (check_name(rec.image), json.dumps(asdict(rec)))
+        await asyncio.to_thread(self._write, "INSERT OR REPLACE INTO records VALUES (?, ?)", [row])
 
-    def forget(self, image: str) -> None:
-        self.records.pop(image, None)
+    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM records WHERE image = ?", (image,))
+            self._db.executemany(sql, rows)
+
+    async def forget(self, image: str) -> None:
+        self.records.pop(image, None)
+        await asyncio.to_thread(self._write, "DELETE FROM records WHERE image = ?", [(image,)])
 
     def add_sample(self, topic: str, sample: Sample) -> None:
         """Add to the in-memory history (at once, in message order: call from the event loop)."""
         add_sample(self.history.setdefault(topic, []), sample, self.history_per_topic)
 
-    def save_sample(self, topic: str, sample: Sample, changed: list[ImageRecord]) -> None:
+    async def save_sample(self, topic: str, sample: Sample, changed: list[ImageRecord]) -> None:
         """Persist a sample and the records it completed, in one transaction (one fsync), and
-        drop the topic's samples beyond the history's length. Call from a worker thread."""
+        drop the topic's samples beyond the history's length. Encoded in the event loop, like
+        :meth:`save`."""
         text = json.dumps({"timestamp": sample.timestamp, "values": sample.values})
         records = [(check_name(rec.image), json.dumps(asdict(rec))) for rec in changed]
+        await asyncio.to_thread(self._write_sample, topic, sample.t, text, records)
+
+    def _write_sample(self, topic: str, t: float, text: str, records: list[tuple[str, str]]) -> None:
         with self._lock, self._db:
             self._db.execute("BEGIN")
-            self._db.execute("INSERT INTO samples (topic, t, sample) VALUES (?, ?, ?)", (topic, sample.t, text))
+            self._db.execute("INSERT INTO samples (topic, t, sample) VALUES (?, ?, ?)", (topic, t, text))
             self._db.execute("DELETE FROM samples WHERE topic = ? AND seq NOT IN "
                              "(SELECT seq FROM samples WHERE topic = ? ORDER BY t DESC LIMIT ?)",
                              (topic, topic, self.history_per_topic))
