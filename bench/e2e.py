@@ -15,8 +15,9 @@ same run on the same machine:
 - the bare hand-off (2 link + unlink + directory fsyncs) as a floor;
 - each daemon's peak resident memory in the first and the second half of the run (growth
   with the number of images would show);
-- with --profile: the top functions of the receiver and a forwarder (cProfile), to say where
-  the time goes.
+- with --profile: the top functions of the receiver, a forwarder, the archive controller and
+  the OODS ingest (cProfile: their event loops' threads; time spent in worker threads —
+  writes, fsyncs, checksums, database commits — shows there as waiting).
 """
 
 from __future__ import annotations
@@ -258,7 +259,7 @@ def main() -> int:
                 second = max((kib for n, kib in samples if n >= half), default=0) / 1024
                 print(f"    {name:24s} {first:7.1f} / {second:7.1f}")
             if "profile" in r:
-                for name in ("receiver@r1", "forwarder@f1"):
+                for name in ("receiver@r1", "forwarder@f1", "archive-controller@c1", "oods@o1"):
                     print(f"  profile of {name} (top by own time):")
                     show_profile(r["profile"] / f"{name}.prof")
         if postgres is not None:
