@@ -14,7 +14,9 @@ class ArchiveControllerConfig:
     #: Mode of the obs-day staging directories. No setgid bit here: they inherit it from
     #: the staging tree (tmpfiles.d), and the units forbid setting it (RestrictSUIDSGID=yes).
     staging_dir_mode: int = 0o775
-    #: Re-read each delivered file to check its CRC-32 (size is always checked).
+    #: Re-read each delivered file to check its CRC-32 (size is always checked). About half
+    #: of the hand-off's time (bench/e2e, 64 MiB sensors: 369 -> 183 ms median without); the
+    #: OODS and archive ingest check the same CRC again before registering a file.
     verify_checksum: bool = True
 
     #: Partial sensors (rows lost on the way) wait this long for the camera's re-send
