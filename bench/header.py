@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from fitsflow.camera_sim.simulator import telemetry_samples
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config, load_config
 from fitsflow.core.messages import CAMERA_EVENTS, TELEMETRY, Message, make
@@ -47,15 +48,8 @@ def image_messages(image: str, rng: random.Random) -> list[Message]:
 
     def telemetry() -> list[Message]:
         ts = now()
-        return [make("TELEMETRY", topic=topic, timestamp=ts, values=values) for topic, values in {
-            "mount.pointing": {"ra": rng.uniform(0, 360), "dec": rng.uniform(-90, 30), "alt": rng.uniform(30, 90),
-                               "az": rng.uniform(0, 360), "rotpa": rng.uniform(-90, 90)},
-            "camera.filter": {"name": rng.choice("ugrizy")},
-            "dome.status": {"azimuth": rng.uniform(0, 360), "shutter": "open"},
-            "camera.temperatures": {"ccd": rng.uniform(-101, -99), "cryostat": rng.uniform(-130, -128)},
-            "site.weather": {"temperature": rng.uniform(5, 15), "humidity": rng.uniform(10, 40),
-                             "pressure": rng.uniform(740, 750)},
-        }.items()]
+        return [make("TELEMETRY", topic=topic, timestamp=ts, values=values)
+                for topic, values in telemetry_samples(rng).items()]
 
     return [make("START_INTEGRATION", image, group=f"{image}_G", snap=0, exptime=0.0, sensors=SENSORS,
                  timestamp=now()), *telemetry(),

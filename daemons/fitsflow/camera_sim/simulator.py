@@ -119,16 +119,19 @@ class CameraSimulator:
 
     async def _telemetry(self, image: str, after: bool = False) -> None:
         """A plausible set of telemetry samples (the header service samples them)."""
-        rng = random.Random(f"{self.settings.seed}-{image}-{after}")
         ts = dt.datetime.now(dt.timezone.utc).isoformat()
-        samples = {
-            "mount.pointing": {"ra": rng.uniform(0, 360), "dec": rng.uniform(-90, 30),
-                               "alt": rng.uniform(30, 90), "az": rng.uniform(0, 360), "rotpa": rng.uniform(-90, 90)},
-            "camera.filter": {"name": rng.choice(["u", "g", "r", "i", "z", "y"])},
-            "dome.status": {"azimuth": rng.uniform(0, 360), "shutter": "open"},
-            "camera.temperatures": {"ccd": rng.uniform(-101, -99), "cryostat": rng.uniform(-130, -128)},
-            "site.weather": {"temperature": rng.uniform(5, 15), "humidity": rng.uniform(10, 40),
-                             "pressure": rng.uniform(740, 750)},
-        }
-        for topic, values in samples.items():
+        for topic, values in telemetry_samples(random.Random(f"{self.settings.seed}-{image}-{after}")).items():
             await self.bus.send(make("TELEMETRY", topic=topic, timestamp=ts, values=values))
+
+
+def telemetry_samples(rng: random.Random) -> dict[str, dict[str, object]]:
+    """One plausible value set per telemetry topic the default header keywords sample."""
+    return {
+        "mount.pointing": {"ra": rng.uniform(0, 360), "dec": rng.uniform(-90, 30),
+                           "alt": rng.uniform(30, 90), "az": rng.uniform(0, 360), "rotpa": rng.uniform(-90, 90)},
+        "camera.filter": {"name": rng.choice(["u", "g", "r", "i", "z", "y"])},
+        "dome.status": {"azimuth": rng.uniform(0, 360), "shutter": "open"},
+        "camera.temperatures": {"ccd": rng.uniform(-101, -99), "cryostat": rng.uniform(-130, -128)},
+        "site.weather": {"temperature": rng.uniform(5, 15), "humidity": rng.uniform(10, 40),
+                         "pressure": rng.uniform(740, 750)},
+    }

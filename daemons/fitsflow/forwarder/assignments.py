@@ -4,6 +4,7 @@ is recognised."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,24 +35,23 @@ class AssignmentBook:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.items: dict[str, Assignment] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         for path in self.dir.glob("*.json"):
             a = Assignment(**json.loads(path.read_text()))
             self.items[a.assignment] = a
 
-    def snapshot(self, a: Assignment) -> tuple[Path, bytes]:
-        """Record ``a`` and return its file and content, to write with ``atomic_write_bytes``.
-        Take it where ``a`` changes (the event loop): serialising it in a writer thread while
-        another sensor of the assignment was recorded killed a forwarder ("dictionary changed
-        size during iteration", chaos test)."""
+    async def save(self, a: Assignment) -> None:
+        """Persist ``a`` (from the event loop). Encoded here, where ``a`` changes: encoding it in
+        the writer thread while another sensor of the assignment was recorded killed a
+        forwarder ("dictionary changed size during iteration", chaos test). Written in a
+        thread, one write per assignment at a time: its sensors finish concurrently, and an
+        older state must not land after a newer one."""
         self.items[a.assignment] = a
-        return self.dir / f"{check_name(a.assignment)}.json", json.dumps(asdict(a)).encode()
-
-    def save(self, a: Assignment) -> None:
-        atomic_write_bytes(*self.snapshot(a))
+        async with self._locks.setdefault(a.assignment, asyncio.Lock()):
+            data = json.dumps(asdict(a)).encode()
+            await asyncio.to_thread(atomic_write_bytes, self.dir / f"{check_name(a.assignment)}.json", data)
 
     def open_items(self) -> list[Assignment]:
-        # list() first: save() runs in worker threads and may add an item meanwhile
-        # ("dictionary changed size during iteration" killed the forwarder in the chaos test).
         return [a for a in list(self.items.values()) if not a.complete]
 
     def prune(self, older_than_s: float) -> None:
@@ -60,3 +60,4 @@ class AssignmentBook:
             if a.complete and a.received_at < cutoff:
                 (self.dir / f"{a.assignment}.json").unlink(missing_ok=True)
                 self.items.pop(a.assignment, None)
+                self._locks.pop(a.assignment, None)

@@ -23,7 +23,7 @@ from fitsflow.core.headerstore import BadHeader, ImageHeader, header_path, read_
 from fitsflow.core.layout import check_name, obs_day, sensor_file_name
 from fitsflow.core.messages import Message, destination_of, make
 from fitsflow.core.rawstore import SensorMeta, read_meta, read_pixels, read_readout_summary
-from fitsflow.core.handoff import atomic_write_bytes, remove_stale_temps
+from fitsflow.core.handoff import remove_stale_temps
 from fitsflow.core.runtime import Daemon
 from fitsflow.forwarder.assignments import Assignment, AssignmentBook
 from fitsflow.forwarder.config import ForwarderConfig
@@ -58,7 +58,6 @@ class ForwarderDaemon(Daemon):
         self.slots = asyncio.Semaphore(self.fcfg.capacity)
         self.wake = asyncio.Event()
         self.in_progress: set[str] = set()
-        self._save_locks: dict[str, asyncio.Lock] = {}
         self.files_written = 0
         self.write_errors = 0
         self._alerted: set[tuple[str, str]] = set()
@@ -96,7 +95,7 @@ class ForwarderDaemon(Daemon):
             _log.info("assignment %s for %s seen before; nothing new to do", assignment, msg.image,
                       extra={"IMAGE": msg.image})
             return
-        await self._save(Assignment(assignment, msg.image or "", sensors))
+        await self.book.save(Assignment(assignment, msg.image or "", sensors))
         self.wake.set()
 
     async def on_ready(self, msg: Message) -> None:
@@ -127,20 +126,11 @@ class ForwarderDaemon(Daemon):
             await asyncio.gather(*(self._sensor(a, s, header, summary) for s in a.pending()))
             if not a.pending():
                 a.complete = True
-                await self._save(a)
+                await self.book.save(a)
                 _log.info("assignment %s for %s done: %d delivered, %d failed", a.assignment, a.image,
                           len(a.delivered), len(a.failed), extra={"IMAGE": a.image})
         finally:
             self.in_progress.discard(a.assignment)
-            self._save_locks.pop(a.assignment, None)
-
-    async def _save(self, a: Assignment) -> None:
-        """Persist ``a``: snapshot in the event loop, written in a thread, one write per
-        assignment at a time (its sensors finish concurrently; an older snapshot must not
-        land after a newer one)."""
-        async with self._save_locks.setdefault(a.assignment, asyncio.Lock()):
-            path, data = self.book.snapshot(a)
-            await asyncio.to_thread(atomic_write_bytes, path, data)
 
     def _header(self, a: Assignment) -> ImageHeader:
         try:
@@ -161,7 +151,7 @@ class ForwarderDaemon(Daemon):
             if summary is not None or time.time() - a.received_at > self.fcfg.join_timeout_s:
                 reason = "never received" if summary is not None else "readout not complete in time"
                 a.failed[name] = reason
-                await self._save(a)
+                await self.book.save(a)
                 await self._alert(f"{a.image} {name}: no FITS file: {reason}")
             return
         filename = sensor_file_name(self.cfg.site.instrument, a.image, raft, sensor)
@@ -184,7 +174,7 @@ class ForwarderDaemon(Daemon):
             except Exception as exc:  # noqa: BLE001 - a bad input or a bug: this sensor fails, others go on
                 _log.exception("%s %s: writing %s failed", a.image, name, filename, extra={"IMAGE": a.image})
                 a.failed[name] = f"{type(exc).__name__}: {exc}"
-                await self._save(a)
+                await self.book.save(a)
                 await self._alert(f"{a.image} {name}: no FITS file: {type(exc).__name__}: {exc}")
                 return
         self._alerted.discard((a.assignment, name))
@@ -192,7 +182,7 @@ class ForwarderDaemon(Daemon):
         await self.bus.send(make("FILE_DELIVERED", a.image, path=str(written[0]), size=written[1],
                                  checksum=written[2], data_id=data_id, assignment=a.assignment, sender=self.ident))
         a.delivered[name] = {"path": str(written[0]), "size": written[1], "checksum": written[2]}
-        await self._save(a)
+        await self.book.save(a)
         self.files_written += 1
 
     def _write(self, filename: str, header: ImageHeader, meta: SensorMeta, data_id: dict) -> tuple[Path, int, str]:

@@ -37,6 +37,11 @@ CREATE INDEX IF NOT EXISTS samples_topic_t ON samples (topic, t);
 """
 
 
+def _row(rec: ImageRecord) -> tuple[str, str]:
+    """A record as its database row (image, JSON)."""
+    return check_name(rec.image), json.dumps(asdict(rec))
+
+
 class HeaderState:
     def __init__(self, directory: Path, history_per_topic: int) -> None:
         self.dir = Path(directory)
@@ -74,7 +79,7 @@ class HeaderState:
             self._db.execute("BEGIN")
             for path in old_images:
                 rec = ImageRecord(**json.loads(path.read_text()))
-                self._db.execute("INSERT OR REPLACE INTO records VALUES (?, ?)", (rec.image, json.dumps(asdict(rec))))
+                self._db.execute("INSERT OR REPLACE INTO records VALUES (?, ?)", _row(rec))
             if old_history.exists():
                 for topic, samples in json.loads(old_history.read_text()).items():
                     for s in samples:
@@ -92,8 +97,7 @@ class HeaderState:
     async def save(self, rec: ImageRecord) -> None:
         """Persist ``rec``: encoded here, in the event loop where records change (encoding in the
         writer thread raced with the next message's changes), written in a thread."""
-        row = (check_name(rec.image), json.dumps(asdict(rec)))
-        await asyncio.to_thread(self._write, "INSERT OR REPLACE INTO records VALUES (?, ?)", [row])
+        await asyncio.to_thread(self._write, "INSERT OR REPLACE INTO records VALUES (?, ?)", [_row(rec)])
 
     def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         with self._lock:
@@ -112,7 +116,7 @@ class HeaderState:
         drop the topic's samples beyond the history's length. Encoded in the event loop, like
         :meth:`save`."""
         text = json.dumps({"timestamp": sample.timestamp, "values": sample.values})
-        records = [(check_name(rec.image), json.dumps(asdict(rec))) for rec in changed]
+        records = [_row(rec) for rec in changed]
         await asyncio.to_thread(self._write_sample, topic, sample.t, text, records)
 
     def _write_sample(self, topic: str, t: float, text: str, records: list[tuple[str, str]]) -> None:

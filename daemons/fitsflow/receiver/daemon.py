@@ -43,7 +43,8 @@ class ReceiverDaemon(Daemon):
     def __init__(self, cfg: Config, bus: MessageBus, args: argparse.Namespace) -> None:
         super().__init__(cfg, bus, args.instance)
         self.rcfg: ReceiverConfig = cfg.section("receiver")
-        self.assembler = ImageAssembler(cfg.paths.resolved().raw_buffer, self.rcfg.image_timeout_s,
+        self.raw_root = cfg.paths.resolved().raw_buffer
+        self.assembler = ImageAssembler(self.raw_root, self.rcfg.image_timeout_s,
                                         set(self.rcfg.expected_sensors), self._announce)
         self.streams = [SpeadStreamReceiver(addr, self.rcfg, self.assembler.add_stripe, self._storage_error)
                         for addr in self.rcfg.streams_for(args.instance)]
@@ -59,7 +60,6 @@ class ReceiverDaemon(Daemon):
         bus.subscribe(destination_of("IMAGE_IN_ARCHIVE"), self.on_image_in_archive,
                       name=f"receiver-archived-{self.instance}", selector="MsgType = 'IMAGE_IN_ARCHIVE'",
                       durable=True)
-        self.raw_root = cfg.paths.resolved().raw_buffer
         self.raw_removed = 0
         self.raw_waiting = 0
 
