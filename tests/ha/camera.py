@@ -37,6 +37,7 @@ class Camera:
         self.store = ImageStore(store, 10_000)
         self.stream = stream
         self.recipes: list[ImageRecipe] = []
+        self._busy = False  # the loop is taking an image (or about to look whether to)
         self.states: list[StateSeen] = []
         self.shooting = threading.Event()
         self._closing = threading.Event()
@@ -58,13 +59,12 @@ class Camera:
         time.sleep(seconds)
 
     def stop_shooting(self) -> None:
-        """Stop after the image in progress (which is then complete)."""
+        """Stop after the image in progress (which is then complete and in :attr:`recipes`).
+        Waiting for the count to stay still was not enough: an image whose bus sends waited
+        for a loaded broker was appended after the test had read the list."""
         self.shooting.clear()
-        n = len(self.recipes)
-        time.sleep(max(1.0, self.settings.interval * 2))
-        while len(self.recipes) != n:
-            n = len(self.recipes)
-            time.sleep(0.5)
+        while self._busy:
+            time.sleep(0.1)
 
     def back_on(self, daemon: str, since: float, host: str | None = None, not_host: str | None = None) -> float | None:
         """Seconds from ``since`` to the first DAEMON_STATE ON of ``daemon`` (ident prefix,
@@ -96,8 +96,11 @@ class Camera:
                 raise TimeoutError("no broker")
             self._ready.set()
             while not self._closing.is_set():
+                self._busy = True  # before looking at shooting: stop_shooting then sees it
                 if self.shooting.is_set():
                     self.recipes.append(await sim.take_image())
+                    self._busy = False
                 else:
+                    self._busy = False
                     await asyncio.sleep(0.1)
             await bus.stop()
