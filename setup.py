@@ -44,6 +44,8 @@ setup(
         "test": [
             "pytest>=7",
             "pytest-timeout>=2",
+            # the suite runs in a random order (seed printed) so that an order dependence shows
+            "pytest-randomly>=3.15",
             # PostgreSQL driver: the registry is tested against a real PostgreSQL too
             "psycopg[binary]>=3.1",
             # a real SMTP server for the panic mailer's tests

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
 import pstats
 import statistics
 import subprocess
@@ -47,12 +46,12 @@ from fitsflow.core.config import load_config  # noqa: E402
 from fitsflow.core.db import make_engine  # noqa: E402
 from fitsflow.core.messages import Message  # noqa: E402
 from fitsflow.testing.broker import PrivateBroker, free_port  # noqa: E402
+from fitsflow.core.sockbuf import RaisedCaps  # noqa: E402
 from fitsflow.testing.config import make_site  # noqa: E402
 from fitsflow.testing.daemons import Listener  # noqa: E402
 from fitsflow.testing.pipeline import Pipeline  # noqa: E402
 from fitsflow.testing.udp import free_udp_port  # noqa: E402
 
-RMEM = Path("/proc/sys/net/core/rmem_max")
 BUFFER = 64 << 20
 
 
@@ -209,9 +208,9 @@ def main() -> int:
                          "PostgreSQL (what a site with several daemons should use)")
     args = ap.parse_args()
     args.database_url = ""
-    if int(RMEM.read_text()) < BUFFER and os.geteuid() == 0:
-        RMEM.write_text(str(BUFFER))
-    with tempfile.TemporaryDirectory(prefix="fitsflow-e2e-", dir="/var/tmp") as tmp:
+    with RaisedCaps(BUFFER) as caps, tempfile.TemporaryDirectory(prefix="fitsflow-e2e-", dir="/var/tmp") as tmp:
+        for note in caps.notes:
+            print(note, flush=True)
         base = Path(tmp)
         print("baselines (same machine, same run):", flush=True)
         spead2 = spead2_baseline()

@@ -11,7 +11,7 @@
    store; heaps lost come from the receiver's own counters.
 4. Memory: the receiver's resident set after 10 and after 1,000 small images.
 
-Needs root to raise net.core.rmem_max to the 64 MiB socket buffer (restored afterwards).
+Needs root to raise net.core.rmem_max/wmem_max to the 64 MiB socket buffer (restored afterwards).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from fitsflow.camera_sim.store import ImageStore
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import load_config
 from fitsflow.core.messages import Message
+from fitsflow.core.sockbuf import RaisedCaps
 from fitsflow.testing.broker import PrivateBroker
 from fitsflow.testing.config import make_site
 from fitsflow.testing.udp import free_udp_port
@@ -44,7 +45,6 @@ from fitsflow.testing.udp import free_udp_port
 HEAP = 16 * 1024 * 1024
 PACKET = 8972
 BUFFER = 64 * 1024 * 1024
-RMEM = Path("/proc/sys/net/core/rmem_max")
 SENSOR_NAMES = default_sensors(1)
 
 
@@ -196,12 +196,9 @@ def main() -> int:
     parser.add_argument("--rate-gbs", type=float, default=1.0, help="the fixed rate, GB/s")
     parser.add_argument("--memory-images", type=int, default=1000)
     args = parser.parse_args()
-    old_rmem = int(RMEM.read_text())
-    try:
-        RMEM.write_text(str(BUFFER))
-    except OSError:
-        print(f"cannot raise net.core.rmem_max (not root?): it stays {old_rmem}; expect loss", file=sys.stderr)
-    try:
+    with RaisedCaps(BUFFER) as caps:
+        for note in caps.notes:
+            print(note, file=sys.stderr)
         with tempfile.TemporaryDirectory(dir=os.environ.get("FITSFLOW_BENCH_DIR")) as tmp:
             base = Path(tmp)
             print("spead2_bench (receive only, no storage) ...", flush=True)
@@ -223,11 +220,6 @@ def main() -> int:
                 (i0, r0), (i1, r1) = samples[0], samples[-1]
                 print(f"receiver RSS: {r0 / 1024:.1f} MiB after {i0} images, {r1 / 1024:.1f} MiB after {i1} "
                       f"images ({(r1 - r0) / r0:+.1%})")
-    finally:
-        try:
-            RMEM.write_text(str(old_rmem))
-        except OSError:
-            pass
     return 0
 
 

@@ -24,13 +24,13 @@ from fitsflow.camera_sim.simulator import CameraSimulator, SimSettings, default_
 from fitsflow.camera_sim.store import ImageStore
 from fitsflow.core.config import load_config
 from fitsflow.core.messages import Message
+from fitsflow.core.sockbuf import RaisedCaps, kernel_cap
 from fitsflow.testing.broker import BrokerUnavailable, PrivateBroker, free_port
 from fitsflow.testing.config import make_site
 from fitsflow.testing.daemons import Listener
 from fitsflow.testing.stomp_tools import drain
 from fitsflow.testing.udp import free_udp_port
 
-RMEM = Path("/proc/sys/net/core/rmem_max")
 SOCKET_BUFFER = 64 * 1024 * 1024
 #: (module, instance) of every daemon the demo runs
 DAEMONS = [("receiver", "r1"), ("header_service", "h1"), ("archive_controller", "c1"), ("forwarder", "f1"),
@@ -80,7 +80,7 @@ class Demo:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.page_port = 0
         self.broker: PrivateBroker | None = None
-        self.old_rmem: str | None = None
+        self.caps = RaisedCaps(SOCKET_BUFFER)
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -97,15 +97,12 @@ class Demo:
         self.broker.start()
         self.say(f"  ActiveMQ up on {self.broker.url} in {time.monotonic() - t0:.1f} s")
         self.port = free_udp_port()
-        buffer = SOCKET_BUFFER
-        if int(RMEM.read_text()) < SOCKET_BUFFER:
-            if os.geteuid() == 0:
-                self.old_rmem = RMEM.read_text().strip()
-                RMEM.write_text(str(SOCKET_BUFFER))
-                self.say(f"  raised net.core.rmem_max to {SOCKET_BUFFER} for the UDP socket (restored at exit)")
-            else:
-                buffer = int(RMEM.read_text())
-                self.say(f"  net.core.rmem_max is {buffer} (not root: not raised); expect loss at high rates")
+        # The receiver's and the camera simulator's UDP buffers (their processes inherit nothing:
+        # the kernel's caps are global).
+        self.caps.__enter__()
+        for note in self.caps.notes:
+            self.say(f"  {note}")
+        buffer = min(SOCKET_BUFFER, kernel_cap("rmem") or SOCKET_BUFFER)
         sensors = default_sensors(1)
         self.page_port = free_port()
         return make_site(self.work, [self.broker.url], instrument="DEMOCAM", extra={
@@ -148,8 +145,7 @@ class Demo:
                 proc.wait()
         if self.broker is not None:
             self.broker.stop()
-        if self.old_rmem is not None:
-            RMEM.write_text(self.old_rmem)
+        self.caps.__exit__()
 
     # -- the run -----------------------------------------------------------------------
 

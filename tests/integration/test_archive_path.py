@@ -39,10 +39,12 @@ from fitsflow.core.checksum import file_crc32
 pytestmark = pytest.mark.broker
 
 
-@pytest.fixture(scope="module")
-def broker(module_broker: PrivateBroker) -> PrivateBroker:
-    """This module's own broker: its tests consume shared queues (see the plugin)."""
-    return module_broker
+@pytest.fixture
+def broker(fresh_broker: PrivateBroker) -> PrivateBroker:
+    """A broker of each test's own: these tests run daemons on the production destinations."""
+    return fresh_broker
+
+
 SENSORS = ["R22_S00", "R22_S01", "R22_S02"]
 ROWS, COLS = 64, 80
 T_READOUT = dt.datetime(2026, 11, 21, 3, 0, tzinfo=dt.timezone.utc).timestamp()  # obs-day 20261120

@@ -37,10 +37,12 @@ from fitsflow.testing.wait import async_wait_for
 pytestmark = pytest.mark.broker
 
 
-@pytest.fixture(scope="module")
-def broker(module_broker: PrivateBroker) -> PrivateBroker:
-    """This module's own broker: its tests consume shared queues (see the plugin)."""
-    return module_broker
+@pytest.fixture
+def broker(fresh_broker: PrivateBroker) -> PrivateBroker:
+    """A broker of each test's own: these tests run daemons on the production destinations."""
+    return fresh_broker
+
+
 SENSORS = ["R22_S00", "R22_S01", "R22_S02"]
 ROWS, COLS = 120, 200
 
@@ -196,11 +198,14 @@ def test_forwarder_join_both_orders_bit_exact_and_valid(tmp_path: Path, broker: 
             assert not [p for p in incoming.iterdir() if p.name.startswith(".tmp-")]
             await async_wait_for(lambda: listen.of("FORWARDER_HEARTBEAT"), 10, what="a forwarder heartbeat")
             assert listen.of("FORWARDER_HEARTBEAT")[0].data["forwarder"] == "f1"
-            # The same assignment again: no second file, no second delivery.
+            # The same assignment again: no second file, no second delivery (waited for on
+            # the forwarder's own counters, not for a while).
+            handled, written = fwd.bus.stats.handled, fwd.files_written
             await listen.bus.send(make("FORWARD_IMAGE", first.image, sensors=SENSORS, assignment="a1"),
                                   "/queue/fitsflow.forwarder.f1")
-            await asyncio.sleep(2.0)
-            assert len(listen.of("FILE_DELIVERED")) == 6
+            await async_wait_for(lambda: fwd.bus.stats.handled > handled, 30, what="the repeated assignment handled")
+            await async_wait_for(lambda: not fwd.book.open_items(), 30, what="the forwarder idle")
+            assert fwd.files_written == written and len(listen.of("FILE_DELIVERED")) == 6
     run(main())
 
 

@@ -25,13 +25,14 @@ from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config, load_config
 from fitsflow.core.errors import Disconnected
 from fitsflow.core.ingest.registry import Registry
-from fitsflow.core.messages import CATALOGUE, destination_of, make
+from fitsflow.core.messages import CATALOGUE, Message, destination_of, make
 from fitsflow.forwarder.assignments import AssignmentBook
 from fitsflow.testing.broker import PrivateBroker, free_port
 from fitsflow.testing.config import make_site
 from fitsflow.testing.pipeline import Pipeline
 from fitsflow.testing.stomp_tools import drain
 from fitsflow.testing.udp import free_udp_port
+from fitsflow.testing.wait import async_wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -144,9 +145,15 @@ def test_no_image_lost_under_chaos(tmp_path: Path, broker_factory) -> None:  # t
                                interval=0.15)
         with SpeadSender([("127.0.0.1", port)], rate_bytes_s=50e6) as sender:
             sim = CameraSimulator(settings, bus, sender, ImageStore(tmp_path / "camera-store", IMAGES + 10))
+            on: set[str] = set()
+
+            async def on_state(msg: Message) -> None:
+                if msg.data["state"] == "ON":
+                    on.add(str(msg.data["daemon"]))
+            bus.subscribe(destination_of("DAEMON_STATE"), on_state)
             await bus.start()
             assert await bus.wait_connected(30)
-            await asyncio.sleep(5)  # the daemons come up
+            await async_wait_for(lambda: set(pipeline.daemons) <= on, 120, what="every daemon ON")
             chaos = Chaos(pipeline, broker, duration=IMAGES * 0.3)
             chaos.start()
             for n in range(IMAGES):

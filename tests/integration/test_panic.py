@@ -24,10 +24,10 @@ from fitsflow.testing.wait import async_wait_for
 pytestmark = pytest.mark.broker
 
 
-@pytest.fixture(scope="module")
-def broker(module_broker: PrivateBroker) -> PrivateBroker:
-    """This module's own broker: its tests consume shared queues (see the plugin)."""
-    return module_broker
+@pytest.fixture
+def broker(fresh_broker: PrivateBroker) -> PrivateBroker:
+    """A broker of each test's own: these tests run daemons on the production destinations."""
+    return fresh_broker
 
 
 class Inbox:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import socket
 import struct
+import uuid
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable
 
 import numpy as np
 import pytest
@@ -48,9 +48,11 @@ class Harness:
         self.stats: list[Message] = []
         self.receiver: ReceiverDaemon | None = None
         self._rbus: MessageBus | None = None
+        self.instance = f"t{uuid.uuid4().hex[:8]}"
+        self.listener: MessageBus | None = None
 
     async def start_listener(self) -> None:
-        self.listener = MessageBus.from_config(self.cfg, f"listener-{os.getpid()}-{self.port}")
+        self.listener = MessageBus.from_config(self.cfg, f"listener-{self.instance}")
 
         async def on(msg: Message) -> None:
             {"READOUT_COMPLETE": self.readouts, "ALERT": self.alerts, "RECEIVER_STATS": self.stats}[msg.type].append(msg)
@@ -59,7 +61,10 @@ class Harness:
         await self.listener.start()
         assert await self.listener.wait_connected(10)
 
-    async def start_receiver(self, instance: str = "t") -> ReceiverDaemon:
+    async def start_receiver(self, instance: str | None = None) -> ReceiverDaemon:
+        """Start the receiver; by default as this harness's own instance (its client-id and
+        durable subscriptions are then this test's alone)."""
+        instance = instance or self.instance
         self._rbus = MessageBus.from_config(self.cfg, f"receiver-{instance}")
         self.receiver = ReceiverDaemon(self.cfg, self._rbus, argparse.Namespace(instance=instance))
         await self._rbus.start()
@@ -69,9 +74,11 @@ class Harness:
 
     async def stop_receiver(self) -> None:
         assert self.receiver is not None and self._rbus is not None
-        await self.receiver.stop()
-        await self._rbus.stop()
-        self.receiver = None
+        receiver, self.receiver = self.receiver, None
+        try:
+            await receiver.stop()
+        finally:
+            await self._rbus.stop()
 
     def simulator(self, sender: SpeadSender, **settings: object) -> CameraSimulator:
         values: dict[str, object] = {"instrument": "TESTCAM", "sensors": list(SENSORS), "rows": 200, "cols": 300,
@@ -102,30 +109,60 @@ class Harness:
             assert np.array_equal(got, want), f"{image} {name} differs from the seeded pixels"
 
     async def close(self) -> None:
-        if self.receiver is not None:
-            await self.stop_receiver()
-        await self.listener.stop()
+        """Stop what runs; safe to call again (tests close, and the runner closes after a failure)."""
+        try:
+            if self.receiver is not None:
+                await self.stop_receiver()
+        finally:
+            if self.listener is not None:
+                listener, self.listener = self.listener, None
+                await listener.stop()
 
 
-@pytest.fixture
-def harness_factory(tmp_path: Path, broker: PrivateBroker) -> Callable[..., Awaitable[Harness]]:
-    async def make(**receiver: object) -> Harness:
+class HarnessFactory:
+    """Makes harnesses and closes every one it made, also when the test failed half-way:
+    a receiver left connected would hold its client-id and UDP port."""
+
+    def __init__(self, tmp_path: Path, broker: PrivateBroker) -> None:
+        self.tmp_path = tmp_path
+        self.broker = broker
+        self.made: list[Harness] = []
+
+    async def __call__(self, **receiver: object) -> Harness:
         port = free_udp_port()
         settings = {"streams": [f"127.0.0.1:{port}"], "image_timeout_s": 2.0, "socket_buffer_bytes": 4 << 20,
                     "stats_interval_s": 0.5, "max_heap_bytes": 1 << 20}
         settings.update(receiver)
-        cfg = load_config(make_site(tmp_path, [broker.url], extra={"receiver": settings}))
-        h = Harness(cfg, port, tmp_path)
+        cfg = load_config(make_site(self.tmp_path, [self.broker.url], extra={"receiver": settings}))
+        h = Harness(cfg, port, self.tmp_path)
+        self.made.append(h)
         await h.start_listener()
         return h
-    return make
+
+    def run(self, coro: Awaitable[None], timeout: float = 120) -> None:
+        """Run a test's coroutine, then close its harnesses in the same event loop."""
+        async def guarded() -> None:
+            try:
+                await asyncio.wait_for(coro, timeout)
+            finally:
+                for h in self.made:
+                    await h.close()
+        asyncio.run(guarded())
 
 
-def run(coro: Awaitable[None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 120))
+@pytest.fixture
+def broker(fresh_broker: PrivateBroker) -> PrivateBroker:
+    """A broker of each test's own: the receiver's durable subscriptions (START_INTEGRATION,
+    IMAGE_IN_ARCHIVE) would otherwise keep one test's camera events for the next test."""
+    return fresh_broker
 
 
-def test_bit_exact_round_trip(harness_factory: Callable[..., Awaitable[Harness]]) -> None:
+@pytest.fixture
+def harness_factory(tmp_path: Path, broker: PrivateBroker) -> HarnessFactory:
+    return HarnessFactory(tmp_path, broker)
+
+
+def test_bit_exact_round_trip(harness_factory: HarnessFactory) -> None:
     async def main() -> None:
         h = await harness_factory()
         await h.start_receiver()
@@ -143,10 +180,10 @@ def test_bit_exact_round_trip(harness_factory: Callable[..., Awaitable[Harness]]
         await async_wait_for(lambda: h.stats, 10, what="RECEIVER_STATS")
         assert h.stats[-1].data["streams"][0]["heaps_complete"] >= 2 * 4 * 4
         await h.close()
-    run(main())
+    harness_factory.run(main())
 
 
-def test_receiver_started_late_decodes(harness_factory: Callable[..., Awaitable[Harness]]) -> None:
+def test_receiver_started_late_decodes(harness_factory: HarnessFactory) -> None:
     """Descriptors travel in every heap: a receiver that missed the stream's start decodes at once."""
     async def main() -> None:
         h = await harness_factory()
@@ -160,11 +197,11 @@ def test_receiver_started_late_decodes(harness_factory: Callable[..., Awaitable[
         h.assert_bit_exact(seen.image, seen.image_seq, SENSORS)
         assert h.readout(unseen.image) is None
         await h.close()
-    run(main())
+    harness_factory.run(main())
 
 
 def test_packet_loss_gives_partial_sensors_with_exact_missing_rows(
-        harness_factory: Callable[..., Awaitable[Harness]]) -> None:
+        harness_factory: HarnessFactory) -> None:
     async def main() -> None:
         h = await harness_factory(loss_alert_fraction=0.001)
         await h.start_receiver()
@@ -205,10 +242,10 @@ def test_packet_loss_gives_partial_sensors_with_exact_missing_rows(
         leftovers = [p.name for p in h.raw_root.joinpath(r.image).glob(".*") if p.suffix in (".assembling", ".stripes", ".meta")]
         assert leftovers == [], "the refill left temporary files"
         await h.close()
-    run(main())
+    harness_factory.run(main())
 
 
-def test_timeout_lists_the_missing_sensor(harness_factory: Callable[..., Awaitable[Harness]]) -> None:
+def test_timeout_lists_the_missing_sensor(harness_factory: HarnessFactory) -> None:
     async def main() -> None:
         h = await harness_factory(image_timeout_s=1.0)
         await h.start_receiver()
@@ -226,10 +263,10 @@ def test_timeout_lists_the_missing_sensor(harness_factory: Callable[..., Awaitab
         assert h.readout(image).data == {"present": SENSORS[:3], "missing": ["R22_S10"], "partial": [],
                                          "timed_out": True}
         await h.close()
-    run(main())
+    harness_factory.run(main())
 
 
-def test_restart_mid_sensor_resumes_from_disk(harness_factory: Callable[..., Awaitable[Harness]]) -> None:
+def test_restart_mid_sensor_resumes_from_disk(harness_factory: HarnessFactory) -> None:
     async def main() -> None:
         h = await harness_factory(image_timeout_s=30.0, expected_sensors=SENSORS[:1])
         await h.start_receiver()
@@ -241,14 +278,14 @@ def test_restart_mid_sensor_resumes_from_disk(harness_factory: Callable[..., Awa
             await async_wait_for(lambda: h.receiver.streams[0].counters.stripes_stored == 2, 10)
             await h.stop_receiver()  # mid-sensor: 2 of 4 stripes on disk
             assert read_meta(h.raw_root, image, "R22", "S00") is None
-            await h.start_receiver("t")
+            await h.start_receiver()
             await asyncio.to_thread(sender.send_sensor, info, 0, "R22", "S00", pixels, 4, {1, 2, 3})
         await async_wait_for(lambda: h.readout(image), 30)
         assert h.readout(image).data["present"] == ["R22_S00"] and h.readout(image).data["partial"] == []
         assert h.receiver.streams[0].counters.heaps_duplicate == 1  # stripe 1 came twice
         h.assert_bit_exact(image, seq, ["R22_S00"])
         await h.close()
-    run(main())
+    harness_factory.run(main())
 
 
 def _heap_without_descriptors(port: int) -> None:
@@ -282,7 +319,7 @@ def _heap_with_wrong_shape(port: int) -> None:
 
 
 def test_fuzzed_and_malformed_input_is_counted_and_harmless(
-        harness_factory: Callable[..., Awaitable[Harness]]) -> None:
+        harness_factory: HarnessFactory) -> None:
     async def main() -> None:
         h = await harness_factory()
         await h.start_receiver()
@@ -321,10 +358,10 @@ def test_fuzzed_and_malformed_input_is_counted_and_harmless(
         assert h.receiver.rejected.total > 0, "spead2's rejections were not counted"
         assert h.receiver.failed is None
         await h.close()
-    run(main())
+    harness_factory.run(main())
 
 
-def test_archived_images_leave_the_raw_buffer(harness_factory: Callable[..., Awaitable[Harness]]) -> None:
+def test_archived_images_leave_the_raw_buffer(harness_factory: HarnessFactory) -> None:
     """IMAGE_IN_ARCHIVE for every sensor, over the broker, then the grace period: the image's
     raw readouts go; an image with a sensor not archived (or archived with an error) stays.
     The receiver is away while the archive announces the first image: the durable
@@ -358,4 +395,4 @@ def test_archived_images_leave_the_raw_buffer(harness_factory: Callable[..., Awa
         assert receiver.raw_removed == 1 and receiver.raw_waiting == 1
         assert not list(h.raw_root.glob(".trash-*"))
         await h.close()
-    run(main())
+    harness_factory.run(main())

@@ -30,10 +30,10 @@ SENSORS = ["R22_S00", "R22_S01"]
 ARTIFACTS = Path(os.environ.get("FITSFLOW_ARTIFACTS", "/tmp/fitsflow-artifacts"))
 
 
-@pytest.fixture(scope="module")
-def broker(module_broker: PrivateBroker) -> PrivateBroker:
-    """Own broker: the test consumes FILE_DELIVERED, a shared queue."""
-    return module_broker
+@pytest.fixture
+def broker(fresh_broker: PrivateBroker) -> PrivateBroker:
+    """A broker of each test's own: these tests run daemons on the production destinations."""
+    return fresh_broker
 
 
 def site(tmp_path: Path, broker: PrivateBroker, port: int) -> Config:

@@ -14,6 +14,7 @@ import numpy as np
 import spead2
 import spead2.send
 
+from fitsflow.core.sockbuf import grantable
 from fitsflow.core.spead_format import HEAP_ADDRESS_BITS, ITEM_BY_NAME, ITEMS, encode_name, stripe_bounds
 
 _log = logging.getLogger(__name__)
@@ -41,7 +42,11 @@ class SpeadSender:
         self._pool = spead2.ThreadPool(1)
         config = spead2.send.StreamConfig(max_packet_size=packet_size, rate=rate_bytes_s / max(1, len(destinations)),
                                           max_heaps=8)
-        self._streams = [spead2.send.UdpStream(self._pool, [dest], config, buffer_bytes) for dest in destinations]
+        # Ask for what the kernel grants (net.core.wmem_max), saying so once, rather than let
+        # spead2 warn on every stream that it got less than it asked for.
+        self.buffer_bytes = grantable("wmem", buffer_bytes, "camera simulator send buffer")
+        self._streams = [spead2.send.UdpStream(self._pool, [dest], config, self.buffer_bytes)
+                         for dest in destinations]
         self._groups = []
         self._locks: list[threading.Lock] = []
         for _ in destinations:

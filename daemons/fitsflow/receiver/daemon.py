@@ -6,13 +6,13 @@ import argparse
 import asyncio
 import logging
 import time
-from pathlib import Path
 
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
 from fitsflow.core.errors import Reject, UnsafePath
 from fitsflow.core.messages import CAMERA_EVENTS, Message, destination_of, make
 from fitsflow.core.runtime import Daemon
+from fitsflow.core.sockbuf import cap_warning
 from fitsflow.receiver.assembler import ImageAssembler
 from fitsflow.receiver.config import ReceiverConfig
 from fitsflow.receiver.janitor import clean, mark_archived
@@ -20,21 +20,7 @@ from fitsflow.receiver.metrics import LossMonitor, StreamCollector, serve_metric
 from fitsflow.receiver.stream import RejectedPacketCounter, SpeadStreamReceiver
 
 _log = logging.getLogger(__name__)
-RMEM_MAX = Path("/proc/sys/net/core/rmem_max")
 PANIC_EVERY_S = 600.0
-
-
-def check_rmem_max(requested: int) -> str | None:
-    """A warning if the kernel caps socket buffers below ``requested`` bytes."""
-    try:
-        rmem_max = int(RMEM_MAX.read_text())
-    except (OSError, ValueError):
-        return None
-    if rmem_max >= requested:
-        return None
-    return (f"net.core.rmem_max is {rmem_max} bytes, below the requested socket buffer of {requested}: "
-            f"bursts will lose packets. Raise it: sysctl -w net.core.rmem_max={requested} "
-            "(the fitsflow-receiver package ships /usr/lib/sysctl.d/90-fitsflow-receiver.conf)")
 
 
 class ReceiverDaemon(Daemon):
@@ -64,8 +50,8 @@ class ReceiverDaemon(Daemon):
         self.raw_waiting = 0
 
     async def start(self) -> None:
-        warning = check_rmem_max(self.rcfg.socket_buffer_bytes)
-        if warning:
+        warning = cap_warning("rmem", self.rcfg.socket_buffer_bytes, f"{self.ident} UDP receive buffer")
+        if warning:  # the package ships /usr/lib/sysctl.d/90-fitsflow-receiver.conf
             _log.warning(warning)
         self.rejected.install()
         await super().start()

@@ -2,7 +2,11 @@
 
 Enable with ``pytest_plugins = ["fitsflow.testing.pytest_plugin"]`` in a conftest.
 
-- ``broker``: one private ActiveMQ for the whole session (tests use unique destinations);
+- ``broker``: one private ActiveMQ for the whole session, for tests whose destinations,
+  client-ids and subscription names are their own (``unique``);
+- ``fresh_broker``: a private ActiveMQ for one test, for tests that run daemons (their
+  destinations and durable subscriptions are the production ones, so a broker shared with
+  another test would hand one test's leftovers to the next);
 - ``broker_factory``: brokers of a test's own, which it may kill -9 and restart;
 - ``site``: a complete configuration file and data tree in ``tmp_path`` using ``broker``.
 
@@ -29,15 +33,16 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
     b.stop()
 
 
-@pytest.fixture(scope="module")
-def module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
-    """A broker for one test module: queues are persistent, so a module whose tests consume
-    shared queues (FILE_DELIVERED, PANIC...) should not see another module's leftovers.
-    Use it by overriding ``broker`` in the module: ``broker = module_broker_fixture``."""
-    b = PrivateBroker(tmp_path_factory.mktemp("activemq-module"), name="module")
+@pytest.fixture
+def fresh_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    """A broker of this test's own, killed at the end whatever the outcome: nothing a test
+    leaves on it (durable subscriptions, queued messages, a connection a failed test never
+    closed that still holds its client-id) can reach another test. Use it by overriding
+    ``broker`` in a module: ``@pytest.fixture def broker(fresh_broker): return fresh_broker``."""
+    b = PrivateBroker(tmp_path / "activemq", name="fresh")
     b.start()
     yield b
-    b.stop()
+    b.kill()  # its store is thrown away with tmp_path: no need for a clean shutdown
 
 
 @pytest.fixture
