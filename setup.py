@@ -31,6 +31,8 @@ setup(
         "SQLAlchemy>=2.0",
         # spead2: the SPEAD receiver (and the simulator's sender): C++ speed from Python
         "spead2>=4.3",
+        # msgspec: every message body decoded and checked against its typed schema in one pass
+        "msgspec>=0.18",
         # numpy: pixel arrays, zero-copy from spead2 heaps to files
         "numpy>=1.24",
         # prometheus_client: per-stream receive counters for scraping
@@ -46,6 +48,8 @@ setup(
             "pytest-timeout>=2",
             # the suite runs in a random order (seed printed) so that an order dependence shows
             "pytest-randomly>=3.15",
+            # property-based fuzzing of message decoding
+            "hypothesis>=6",
             # PostgreSQL driver: the registry is tested against a real PostgreSQL too
             "psycopg[binary]>=3.1",
             # a real SMTP server for the panic mailer's tests

@@ -146,7 +146,8 @@ def test_bad_files_are_quarantined_with_their_path(tmp_path: Path, broker: Priva
             assert "datasum does not match" in flip_reason.lower(), flip_reason
             # Unsafe paths in a request are dead-lettered, not followed.
             for bad in ("/etc/passwd", str(paths.oods_staging / ".." / ".." / "x.fits")):
-                await listen.bus.send(make("INGEST_REQUEST", "TESTCAM_O_20261121_000009", path=bad, data_id={},
+                await listen.bus.send(make("INGEST_REQUEST", "TESTCAM_O_20261121_000009", path=bad,
+                                           data_id={"image": "TESTCAM_O_20261121_000009", "raft": "R22", "sensor": "S00"},
                                            checksum="crc32:00000000"), "/queue/fitsflow.oods.ingest")
             # Both handled before the daemon stops (else the second waits on the queue).
             await async_wait_for(lambda: oods.bus.stats.dead_lettered >= 2, 30, what="both requests dead-lettered")

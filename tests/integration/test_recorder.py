@@ -55,10 +55,10 @@ def life_cycle(image: str) -> list[tuple[object, str | None]]:
                    "obs_day": "20261122"}
         path = f"/data/{image}_{s}.fits"
         msgs += [
-            (make("FILE_DELIVERED", image, path=path, size=1, checksum="crc32:0", data_id=data_id, assignment="a"), None),
-            (make("INGEST_REQUEST", image, path=path, data_id=data_id, checksum="crc32:0"),
+            (make("FILE_DELIVERED", image, path=path, size=1, checksum="crc32:00000000", data_id=data_id, assignment="a"), None),
+            (make("INGEST_REQUEST", image, path=path, data_id=data_id, checksum="crc32:00000000"),
              destination_of("INGEST_REQUEST", target="oods")),
-            (make("INGEST_REQUEST", image, path=path, data_id=data_id, checksum="crc32:0"),
+            (make("INGEST_REQUEST", image, path=path, data_id=data_id, checksum="crc32:00000000"),
              destination_of("INGEST_REQUEST", target="archive")),
             (make("IMAGE_IN_OODS", image, status=0, description="ok", path=path, data_id=data_id), None),
             (make("IMAGE_IN_ARCHIVE", image, status=0, description="ok", path=path, data_id=data_id), None),

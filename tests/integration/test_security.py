@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -60,7 +61,9 @@ def _capture_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 def connect(url: str, **kwargs: object) -> StompLink:
     link = StompLink(url, heartbeat_ms=0, connect_timeout_s=3.0, **kwargs)  # type: ignore[arg-type]
-    link.connect("sec-test")
+    # A client-id of its own each time: the broker may not yet have dropped the previous
+    # connection of the same id (it then refuses "already connected").
+    link.connect(f"sec-test-{uuid.uuid4().hex[:8]}")
     return link
 
 
@@ -290,8 +293,9 @@ def test_untrusted_paths_and_oversized_bodies_are_dead_lettered(secure: SecureBr
         async with running(ArchiveControllerDaemon, cfg, unique):
             link = connect(secure.url(), **op)
             try:
+                oversized = bad("/x").replace('"/x"', json.dumps("/" + "x" * MAX_BODY_BYTES))  # make() refuses it
                 for body in [bad("/etc/passwd"), bad(f"{cfg.paths.resolved().incoming}/../../../../etc/passwd"),
-                             bad("x" * (MAX_BODY_BYTES + 10))]:
+                             oversized]:
                     link.send(delivered, body, {"persistent": "true", "MsgClass": "fitsflow"}).result(5)
                 with pytest.raises(Disconnected):  # above maxFrameSize: an ERROR frame or a dropped connection
                     link.send(delivered, "y" * (2 << 20), {"persistent": "true"}).result(5)

@@ -32,6 +32,7 @@ from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.layout import COMPONENT_NAME, check_name
 from fitsflow.core.messages import CAMERA_EVENTS, Message, make
 from fitsflow.core.runtime import cancel_and_wait
+from fitsflow.core.tasks import Spawn
 
 _log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ class CatchUp:
     """A role of the archive controller (see the module docstring)."""
 
     def __init__(self, cfg: ArchiveControllerConfig, database_url: str, bus: MessageBus, ident: str,
-                 panic: Callable[[str], Awaitable[None]]) -> None:
+                 panic: Callable[[str], Awaitable[None]], *, spawn: Spawn) -> None:
+        self._spawn = spawn
         self.cfg = cfg
         self.bus = bus
         self.ident = ident
@@ -66,7 +68,7 @@ class CatchUp:
                       selector="MsgType = 'END_READOUT'", durable=True)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="catch-up")
+        self._task = self._spawn(self._loop(), "catch-up", forever=True)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)

@@ -48,7 +48,7 @@ class ArchiveControllerDaemon(Daemon):
         bus.subscribe("/topic/fitsflow.forwarder.heartbeat", self.on_heartbeat, name="controller-heartbeats")
         bus.subscribe(destination_of("FILE_DELIVERED"), self.on_file_delivered, name="controller-delivered",
                       concurrency=4)
-        self.catchup = CatchUp(self.acfg, cfg.site.database_url, bus, self.ident, self.raise_panic) \
+        self.catchup = CatchUp(self.acfg, cfg.site.database_url, bus, self.ident, self.raise_panic, spawn=self.spawn) \
             if self.acfg.catchup else None
         self.roles = [self.catchup] if self.catchup else []
 
@@ -60,7 +60,7 @@ class ArchiveControllerDaemon(Daemon):
                 await self._advance(row.key)
             except Reject:
                 pass  # reported; the row stays for an operator
-        self.spawn(self._assign_loop(), "assignments")
+        self.spawn(self._assign_loop(), "assignments", forever=True)
 
     async def stop(self) -> None:
         await super().stop()

@@ -52,12 +52,15 @@ class UnsafePath(FitsflowError):
 class Requeue(FitsflowError):
     """The message cannot be handled yet (a precondition is missing); try again later.
 
-    Does not count towards the dead-letter limit.
+    Does not count towards the dead-letter limit. ``give_up_after_s``: a precondition that
+    may never come (a file nobody staged) dead-letters the message once it has been waiting
+    that long; None (a fault of the machine that will pass) waits as long as it takes.
     """
 
-    def __init__(self, reason: str, delay: float = 1.0) -> None:
+    def __init__(self, reason: str, delay: float = 1.0, give_up_after_s: float | None = None) -> None:
         super().__init__(reason)
         self.delay = delay
+        self.give_up_after_s = give_up_after_s
 
 
 class Retry(FitsflowError):

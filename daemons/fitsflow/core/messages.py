@@ -8,10 +8,13 @@ A message on the wire is a STOMP frame whose body is JSON::
 and whose headers repeat what selectors and people need: ``MsgClass: fitsflow``,
 ``MsgType``, ``MsgId``, ``Image`` (when there is one), ``persistent: true``.
 
-:data:`CATALOGUE` lists every type with its destination and the fields of ``data``;
-``docs/messages.md`` documents the same table (a test keeps the two in step). Decoding
-checks the body's size, the envelope and the fields of its type, so a daemon's handler only
-ever sees a well-formed message.
+:data:`CATALOGUE` lists every type with its destination and the schema of ``data``
+(:mod:`fitsflow.core.schemas`); ``docs/messages.md`` documents the same table (a test keeps
+the two in step). :func:`decode` is the one gate every received message passes: size, JSON,
+envelope, the type's schema (names, nesting, numbers, timestamps, text), and agreement of
+the body with its headers and destination. A message that fails is dead-lettered with the
+reason; a handler only ever sees a valid message, with its body typed (``msg.body``) and as
+plain data (``msg.data``).
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import socket
 import sys
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import msgspec
+
+from fitsflow.core import schemas as sc
 from fitsflow.core.errors import MessageError
 
 SCHEMA_VERSION = 1
@@ -33,10 +40,6 @@ MSG_CLASS = "fitsflow"
 #: through the broker).
 MAX_BODY_BYTES = 256 * 1024
 
-# A field spec: the Python types its JSON value may have. ``OPTIONAL`` marks fields that
-# may be absent.
-Num = (int, float)
-
 
 @dataclass(frozen=True)
 class MessageType:
@@ -44,15 +47,26 @@ class MessageType:
 
     name: str
     destination: str
-    required: Mapping[str, tuple[type, ...] | type]
-    optional: Mapping[str, tuple[type, ...] | type] = field(default_factory=dict)
+    schema: type[sc.Body]
     has_image: bool = True
     doc: str = ""
 
+    @property
+    def required(self) -> list[str]:
+        return [f.name for f in msgspec.structs.fields(self.schema) if f.required]
 
-def _t(name: str, destination: str, doc: str, required: dict, optional: dict | None = None,
-       has_image: bool = True) -> MessageType:
-    return MessageType(name, destination, required, optional or {}, has_image, doc)
+    @property
+    def optional(self) -> list[str]:
+        return [f.name for f in msgspec.structs.fields(self.schema) if not f.required]
+
+    def accepts(self, destination: str) -> bool:
+        """Whether this type may arrive on ``destination`` (templates match one name)."""
+        pattern = re.escape(self.destination).replace(r"\{forwarder\}", "[^/]+").replace(r"\{target\}", "[^/]+")
+        return re.fullmatch(pattern, destination) is not None
+
+
+def _t(name: str, destination: str, doc: str, schema: type[sc.Body], has_image: bool = True) -> MessageType:
+    return MessageType(name, destination, schema, has_image, doc)
 
 
 CAMERA_EVENTS = "/topic/fitsflow.camera.events"
@@ -60,58 +74,64 @@ TELEMETRY = "/topic/fitsflow.telemetry"
 
 #: Every message type fitsflow sends. Destinations with ``{…}`` are templates.
 CATALOGUE: dict[str, MessageType] = {t.name: t for t in [
-    _t("START_INTEGRATION", CAMERA_EVENTS, "The camera starts exposing an image.",
-       {"group": str, "snap": int, "exptime": Num, "sensors": list, "timestamp": str}),
-    _t("END_READOUT", CAMERA_EVENTS, "The camera has sent every sensor of the image.",
-       {"timestamp": str, "sensors": list}),
+    _t("START_INTEGRATION", CAMERA_EVENTS, "The camera starts exposing an image.", sc.StartIntegration),
+    _t("END_READOUT", CAMERA_EVENTS, "The camera has sent every sensor of the image.", sc.EndReadout),
     _t("END_OF_IMAGE_TELEMETRY", CAMERA_EVENTS, "No more telemetry will be published for the image.",
-       {"timestamp": str}),
+       sc.EndOfImageTelemetry),
     _t("RESEND_IMAGE", "/queue/fitsflow.camera.resend",
-       "Ask the camera to send a stored image again (catch-up).", {"reason": str}),
-    _t("TELEMETRY", TELEMETRY, "A telemetry sample of one device topic.",
-       {"topic": str, "timestamp": str, "values": dict}, has_image=False),
+       "Ask the camera to send a stored image again (catch-up).", sc.ResendImage),
+    _t("TELEMETRY", TELEMETRY, "A telemetry sample of one device topic.", sc.Telemetry, has_image=False),
     _t("READOUT_COMPLETE", "/topic/fitsflow.readout",
-       "The receiver has stored every sensor of the image that arrived.",
-       {"present": list, "missing": list, "partial": list}, {"timed_out": bool}),
+       "The receiver has stored every sensor of the image that arrived.", sc.ReadoutComplete),
     _t("RECEIVER_STATS", "/topic/fitsflow.stats",
-       "A receiver's per-stream counters since it started (packets, heaps, loss).",
-       {"receiver": str, "streams": list}, has_image=False),
-    _t("HEADER_READY", "/topic/fitsflow.header", "The header service has written the image's header.",
-       {"path": str, "partial": bool, "missing_keywords": list}),
-    _t("FORWARD_IMAGE", "/queue/fitsflow.forwarder.{forwarder}",
-       "The archive controller assigns sensors of an image to one forwarder.",
-       {"sensors": list, "assignment": str}),
-    _t("FORWARDER_HEARTBEAT", "/topic/fitsflow.forwarder.heartbeat",
-       "A forwarder is alive; load = assignments in progress.",
-       {"forwarder": str, "load": int, "capacity": int}, has_image=False),
-    _t("FILE_DELIVERED", "/queue/fitsflow.archive.delivered",
-       "A forwarder has written one sensor's FITS file into the hand-off directory.",
-       {"path": str, "size": int, "checksum": str, "data_id": dict, "assignment": str}),
-    _t("INGEST_REQUEST", "/queue/fitsflow.{target}.ingest",
-       "The archive controller has staged a file for the OODS or the archive.",
-       {"path": str, "data_id": dict, "checksum": str}),
-    _t("IMAGE_IN_OODS", "/topic/fitsflow.oods",
-       "OODS ingest result: status 0 ok, 1 ingest failure, 2 metadata failure.",
-       {"status": int, "description": str, "path": str}, {"data_id": dict}),
-    _t("IMAGE_IN_ARCHIVE", "/topic/fitsflow.archive",
-       "Archive ingest result: status 0 ok, 1 ingest failure, 2 metadata failure.",
-       {"status": int, "description": str, "path": str}, {"data_id": dict}),
-    _t("PANIC", "/queue/fitsflow.panic", "A serious error that a person must hear about now.",
-       {"message": str, "host": str, "program": str}, {"argv": list, "cwd": str, "user": str,
-                                                        "pid": int, "traceback": str, "time": str},
+       "A receiver's per-stream counters since it started (packets, heaps, loss).", sc.ReceiverStats,
        has_image=False),
-    _t("ALERT", "/topic/fitsflow.alerts", "A condition that operators should see (not e-mailed).",
-       {"severity": str, "source": str, "message": str}, {"details": dict}, has_image=False),
+    _t("HEADER_READY", "/topic/fitsflow.header", "The header service has written the image's header.",
+       sc.HeaderReady),
+    _t("FORWARD_IMAGE", "/queue/fitsflow.forwarder.{forwarder}",
+       "The archive controller assigns sensors of an image to one forwarder.", sc.ForwardImage),
+    _t("FORWARDER_HEARTBEAT", "/topic/fitsflow.forwarder.heartbeat",
+       "A forwarder is alive; load = assignments in progress.", sc.ForwarderHeartbeat, has_image=False),
+    _t("FILE_DELIVERED", "/queue/fitsflow.archive.delivered",
+       "A forwarder has written one sensor's FITS file into the hand-off directory.", sc.FileDelivered),
+    _t("INGEST_REQUEST", "/queue/fitsflow.{target}.ingest",
+       "The archive controller has staged a file for the OODS or the archive.", sc.IngestRequest),
+    _t("IMAGE_IN_OODS", "/topic/fitsflow.oods",
+       "OODS ingest result: status 0 ok, 1 ingest failure, 2 metadata failure.", sc.IngestResult),
+    _t("IMAGE_IN_ARCHIVE", "/topic/fitsflow.archive",
+       "Archive ingest result: status 0 ok, 1 ingest failure, 2 metadata failure.", sc.IngestResult),
+    _t("PANIC", "/queue/fitsflow.panic", "A serious error that a person must hear about now.", sc.Panic,
+       has_image=False),
+    _t("ALERT", "/topic/fitsflow.alerts", "A condition that operators should see (not e-mailed).", sc.Alert,
+       has_image=False),
     _t("DAEMON_STATE", "/topic/fitsflow.state",
        "A daemon instance's state (INIT, ON, STANDBY, ALARM, FAULT, OFF) and a one-line status.",
-       {"daemon": str, "host": str, "state": str, "status": str}, {"target": str, "details": dict},
-       has_image=False),
+       sc.DaemonState, has_image=False),
 ]}
+
+
+
+def _known_destination(destination: str) -> bool:
+    """Whether the catalogue sends anything to ``destination``: a message arriving there
+    must then be of such a type (a PANIC body on the archive topic is refused at the door)."""
+    return any(t.accepts(destination) for t in CATALOGUE.values())
+
+
+class Envelope(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What every body carries around its ``data``."""
+
+    version: int
+    type: str
+    id: sc.MessageId
+    sent: sc.Timestamp
+    data: msgspec.Raw
+    sender: sc.ShortText = ""
+    image: sc.ImageName | None = None
 
 
 @dataclass(frozen=True)
 class Message:
-    """A decoded fitsflow message."""
+    """A decoded fitsflow message: ``data`` as plain JSON data, ``body`` as its typed struct."""
 
     type: str
     data: Mapping[str, Any]
@@ -122,6 +142,8 @@ class Message:
     version: int = SCHEMA_VERSION
     #: Where it was received from (not part of the body).
     destination: str = field(default="", compare=False)
+    #: The typed body (set by :func:`make` and :func:`decode`).
+    body: Any = field(default=None, compare=False, repr=False)
 
     def headers(self) -> dict[str, str]:
         """STOMP headers of this message (selectors filter on MsgType and Image)."""
@@ -138,10 +160,11 @@ class Message:
 
 
 def make(type_: str, image: str | None = None, *, sender: str = "", **data: Any) -> Message:
-    """Build a message of a catalogue type, checking its fields now rather than at the consumer."""
+    """Build a message of a catalogue type, checking it now (against the schema its
+    consumers check) rather than at the consumer."""
     msg = Message(type=type_, data=data, image=image, sender=sender or default_sender())
-    validate(msg)
-    return msg
+    # Through JSON and back: exactly what a consumer will see, and the same checks.
+    return decode(msg.encode())
 
 
 def destination_of(type_: str, **params: str) -> str:
@@ -152,59 +175,56 @@ def destination_of(type_: str, **params: str) -> str:
         raise MessageError(f"destination of {type_} needs parameter {exc}") from None
 
 
-def decode(body: str | bytes, destination: str = "") -> Message:
-    """Parse and validate a message body; raises MessageError with the reason."""
+_ENVELOPE = msgspec.json.Decoder(Envelope)
+_DECODERS = {name: msgspec.json.Decoder(t.schema) for name, t in CATALOGUE.items()}
+
+
+def decode(body: str | bytes, destination: str = "", headers: Mapping[str, str] | None = None) -> Message:
+    """Parse and validate a message body (see the module docstring); raises MessageError
+    with a reason that names the field at fault."""
     if len(body) > MAX_BODY_BYTES:
         raise MessageError(f"body of {len(body)} bytes exceeds the limit of {MAX_BODY_BYTES}")
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MessageError(f"body is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise MessageError("body is not a JSON object")
-    for key, tp in (("version", int), ("type", str), ("id", str), ("sent", str), ("data", dict)):
-        if not isinstance(obj.get(key), tp):
-            raise MessageError(f"envelope field {key!r} missing or not {tp.__name__}")
-    if obj["version"] != SCHEMA_VERSION:
-        raise MessageError(f"schema version {obj['version']} not supported (this is {SCHEMA_VERSION})")
-    image = obj.get("image")
-    if image is not None and not isinstance(image, str):
-        raise MessageError("envelope field 'image' is not a string")
-    msg = Message(type=obj["type"], data=obj["data"], image=image, id=obj["id"], sent=obj["sent"],
-                  sender=str(obj.get("sender", "")), version=obj["version"], destination=destination)
-    validate(msg)
-    return msg
-
-
-def validate(msg: Message) -> None:
-    """Check a message against its catalogue entry."""
-    spec = CATALOGUE.get(msg.type)
-    where = f"{msg.type} {msg.id}" + (f" (image {msg.image})" if msg.image else "")
+        env = _ENVELOPE.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise MessageError(f"envelope: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise MessageError(f"body is not JSON: {_reason(exc)}") from None
+    where = f"{env.type} {env.id}" + (f" (image {env.image})" if env.image else "")
+    if env.version != SCHEMA_VERSION:
+        raise MessageError(f"{where}: schema version {env.version} not supported (this is {SCHEMA_VERSION})")
+    spec = CATALOGUE.get(env.type)
     if spec is None:
         raise MessageError(f"{where}: unknown message type")
-    if spec.has_image and not msg.image:
+    if spec.has_image and not env.image:
         raise MessageError(f"{where}: an image name is required")
-    for name, tp in spec.required.items():
-        if name not in msg.data:
-            raise MessageError(f"{where}: field {name!r} is missing")
-        _check_type(where, name, msg.data[name], tp)
-    for name, value in msg.data.items():
-        if name in spec.required:
-            continue
-        if name not in spec.optional:
-            raise MessageError(f"{where}: unknown field {name!r}")
-        _check_type(where, name, value, spec.optional[name])
+    try:
+        typed = _DECODERS[env.type].decode(env.data)
+    except msgspec.ValidationError as exc:
+        raise MessageError(f"{where}: data: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise MessageError(f"{where}: data is not valid JSON: {_reason(exc)}") from None
+    bad_time = sc.check_timestamps(typed)
+    if bad_time:
+        raise MessageError(f"{where}: data.{bad_time} is not an ISO-8601 time with a time zone")
+    if headers is not None:
+        for header, value in (("MsgType", env.type), ("Image", env.image)):
+            if header in headers and headers[header] != (value or ""):
+                raise MessageError(f"{where}: header {header} {headers[header]!r} differs from the body's {value!r}")
+    if destination and not spec.accepts(destination) and _known_destination(destination):
+        raise MessageError(f"{where}: {env.type} is not sent to {destination} (its destination is "
+                           f"{spec.destination})")
+    return Message(type=env.type, data=msgspec.to_builtins(typed), image=env.image, id=env.id, sent=env.sent,
+                   sender=env.sender, version=env.version, destination=destination, body=typed)
 
 
-def _check_type(where: str, name: str, value: Any, tp: tuple[type, ...] | type) -> None:
-    types_ = tp if isinstance(tp, tuple) else (tp,)
-    # JSON true/false are Python bools, which are ints: do not let them pass as numbers.
-    if isinstance(value, bool) and bool not in types_:
-        raise MessageError(f"{where}: field {name!r} must be {'/'.join(t.__name__ for t in types_)}, not bool")
-    if not isinstance(value, types_):
-        raise MessageError(
-            f"{where}: field {name!r} must be {'/'.join(t.__name__ for t in types_)}, "
-            f"not {type(value).__name__}")
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, msgspec.DecodeError) and ("truncated" in str(exc) or "escape" in str(exc)):
+        return f"{exc} (a string holds a lone UTF-16 surrogate, or is cut short)"
+    return str(exc)[:200]
 
 
 def utcnow_iso() -> str:

@@ -35,6 +35,7 @@ from fitsflow.core.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, ConfigError, Fit
 from fitsflow.core.logs import setup_logging
 from fitsflow.core import messages
 from fitsflow.core.aio import wait_for
+from fitsflow.core.tasks import TaskSupervisor
 
 _log = logging.getLogger(__name__)
 
@@ -87,30 +88,22 @@ class Daemon:
         self.state = "INIT"
         #: The state the daemon is asked to be in (docs/states.md): ON while it runs, OFF once stopping.
         self.target = "ON"
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.failed: BaseException | None = None
-        self._failure = asyncio.Event()
+        #: Every background task of the daemon and of its roles (roles get ``self.spawn``).
+        self.tasks = TaskSupervisor(self.ident)
 
     @property
     def ident(self) -> str:
         return f"{self.name}@{self.instance}"
 
-    def spawn(self, coro: Coroutine[None, None, None], name: str) -> asyncio.Task[None]:
-        """Run a background task; if it dies with an exception the daemon stops (exit 70)."""
-        task = asyncio.create_task(coro, name=f"{self.name}:{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+    def spawn(self, coro: Coroutine[None, None, None], name: str, *, forever: bool = False) -> asyncio.Task[None]:
+        """Run a background task, supervised: if it dies with an exception (or, ``forever``,
+        returns at all) the daemon stops with exit 70 and systemd restarts it."""
+        return self.tasks.spawn(coro, name, forever=forever)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            _log.critical("%s: task %s died: %r", self.ident, task.get_name(), exc, exc_info=exc)
-            self.failed = exc
-            self._failure.set()
+    @property
+    def failed(self) -> BaseException | None:
+        """Why the daemon must stop: a task of its own, of a role or of its bus died."""
+        return self.tasks.failed or self.bus.tasks.failed
 
     async def start(self) -> None:
         for role in self.roles:
@@ -123,9 +116,7 @@ class Daemon:
                 await role.stop()
             except Exception:  # noqa: BLE001 - keep stopping the others
                 _log.exception("%s: stopping %r failed", self.ident, role)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tasks.close()
         self.state = "OFF"
 
     def status(self) -> str:
@@ -139,7 +130,13 @@ class Daemon:
                                           sender=self.ident))
 
     async def wait_failure(self) -> None:
-        await self._failure.wait()
+        """Return once a task of the daemon, of one of its roles or of its bus has died."""
+        waits = [asyncio.create_task(self.tasks.wait_failure()), asyncio.create_task(self.bus.tasks.wait_failure())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def raise_panic(self, problem: str) -> None:
         """A serious error: the on-call shifter is mailed (through this daemon's bus, so it

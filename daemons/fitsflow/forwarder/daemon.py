@@ -71,8 +71,8 @@ class ForwarderDaemon(Daemon):
         if removed:
             _log.warning("removed %d temp files left by an interrupted write: %s", len(removed), removed)
         await super().start()
-        self.spawn(self._heartbeats(), "heartbeats")
-        self.spawn(self._work(), "work")
+        self.spawn(self._heartbeats(), "heartbeats", forever=True)
+        self.spawn(self._work(), "work", forever=True)
 
     def status(self) -> str:
         return (f"{len(self.book.open_items())} assignments open, {self.files_written} files written, "

@@ -40,7 +40,7 @@ class HeaderServiceDaemon(Daemon):
 
     async def start(self) -> None:
         await super().start()
-        self.spawn(self._deadlines(), "deadlines")
+        self.spawn(self._deadlines(), "deadlines", forever=True)
 
     def status(self) -> str:
         return (f"{len(self.store.records)} images open, {self.written} headers written ({self.partial} partial), "

@@ -30,5 +30,5 @@ class OodsDaemon(IngestDaemon):
         super().__init__(cfg, bus, args)
         ocfg: OodsConfig = cfg.section("oods")
         self.cleaner = CacheCleaner(self.s.repo, self.registry, ocfg.expire_after_days * 86400,
-                                    ocfg.clean_interval_s, lambda: self.ingester.busy_paths)
+                                    ocfg.clean_interval_s, lambda: self.ingester.busy_paths, spawn=self.spawn)
         self.roles.append(self.cleaner)

@@ -21,7 +21,7 @@ class PanicMailerDaemon(Daemon):
         self.pcfg: PanicMailerConfig = cfg.section("panic_mailer")
         if not self.pcfg.recipients:
             raise ConfigError(str(cfg.source), "panic_mailer.recipients", "no on-call address to mail panics to")
-        self.mailer = Mailer(self.pcfg, smtp_sender(self.pcfg))
+        self.mailer = Mailer(self.pcfg, smtp_sender(self.pcfg), spawn=self.spawn)
         self.roles = [self.mailer]
         # Many handlers may wait at once: repeats wait for their window's summary mail.
         bus.subscribe(destination_of("PANIC"), self.on_panic, name="panic-mailer", concurrency=100)

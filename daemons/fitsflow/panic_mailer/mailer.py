@@ -21,6 +21,7 @@ from typing import Callable
 from fitsflow.core.config import read_credentials
 from fitsflow.core.runtime import cancel_and_wait
 from fitsflow.core.messages import Message
+from fitsflow.core.tasks import Spawn
 from fitsflow.panic_mailer.config import PanicMailerConfig
 
 _log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ class _Fold:
 class Mailer:
     """Role: see the module docstring. ``send`` is blocking (smtplib); it runs in a thread."""
 
-    def __init__(self, cfg: PanicMailerConfig, send: Send) -> None:
+    def __init__(self, cfg: PanicMailerConfig, send: Send, *, spawn: Spawn) -> None:
+        self._spawn = spawn
         self.cfg = cfg
         self.send = send
         self.folds: dict[tuple[str, str, str], _Fold] = {}
@@ -77,7 +79,7 @@ class Mailer:
         self._last_dead_letter_mail = 0.0
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._windows(), name="panic folding windows")
+        self._task = self._spawn(self._windows(), "panic folding windows", forever=True)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)

@@ -24,6 +24,7 @@ from fitsflow.core.layout import IMAGE_NAME
 from fitsflow.core.rawstore import (SensorMeta, SensorWriter, image_dir, read_readout_summary, sensor_key,
                                     write_readout_summary)
 from fitsflow.core.spead_format import Stripe
+from fitsflow.core.tasks import Spawn
 
 _log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ class ImageAssembler:
     """Role: turns stripes into stored sensors and announces finished images."""
 
     def __init__(self, root: Path, timeout_s: float, default_expected: set[str], announce: Announce,
-                 *, keep_announced_s: float = 600.0) -> None:
+                 *, spawn: Spawn, keep_announced_s: float = 600.0) -> None:
+        self._spawn = spawn
         self.root = Path(root)
         self.timeout_s = timeout_s
         self.default_expected = default_expected
@@ -70,7 +72,7 @@ class ImageAssembler:
 
     async def start(self) -> None:
         await asyncio.to_thread(self._resume)
-        self._task = asyncio.create_task(self._deadlines(), name="assembler deadlines")
+        self._task = self._spawn(self._deadlines(), "assembler deadlines", forever=True)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)

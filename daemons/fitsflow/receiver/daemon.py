@@ -9,7 +9,7 @@ import time
 
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
-from fitsflow.core.errors import Reject, UnsafePath
+from fitsflow.core.errors import FitsflowError, Reject, UnsafePath
 from fitsflow.core.messages import CAMERA_EVENTS, Message, destination_of, make
 from fitsflow.core.runtime import Daemon
 from fitsflow.core.sockbuf import cap_warning
@@ -31,12 +31,14 @@ class ReceiverDaemon(Daemon):
         self.rcfg: ReceiverConfig = cfg.section("receiver")
         self.raw_root = cfg.paths.resolved().raw_buffer
         self.assembler = ImageAssembler(self.raw_root, self.rcfg.image_timeout_s,
-                                        set(self.rcfg.expected_sensors), self._announce)
-        self.streams = [SpeadStreamReceiver(addr, self.rcfg, self.assembler.add_stripe, self._storage_error)
+                                        set(self.rcfg.expected_sensors), self._announce, spawn=self.spawn)
+        self.streams = [SpeadStreamReceiver(addr, self.rcfg, self.assembler.add_stripe, self._storage_error,
+                                            spawn=self.spawn)
                         for addr in self.rcfg.streams_for(args.instance)]
-        self.rejected = RejectedPacketCounter()
+        self.rejected = RejectedPacketCounter(on_fatal=self._receive_thread_died)
         self.loss = LossMonitor(self.streams, self.rcfg.loss_alert_fraction)
         self.alerts = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_panic = -PANIC_EVERY_S
         self.roles = [self.assembler, *self.streams]
         # Durable: a restarted receiver still learns which sensors to expect.
@@ -53,18 +55,15 @@ class ReceiverDaemon(Daemon):
         warning = cap_warning("rmem", self.rcfg.socket_buffer_bytes, f"{self.ident} UDP receive buffer")
         if warning:  # the package ships /usr/lib/sysctl.d/90-fitsflow-receiver.conf
             _log.warning(warning)
+        self._loop = asyncio.get_running_loop()
         self.rejected.install()
         await super().start()
-        for role in self.roles:  # a role task dying must end the daemon (exit 70), not idle
-            task = getattr(role, "task", None)
-            if task is not None:
-                task.add_done_callback(self._task_done)
         if self.rcfg.metrics_port:
             serve_metrics(StreamCollector(self.streams, self.rejected), self.rcfg.metrics_address,
                           self.rcfg.metrics_port)
-        self.spawn(self._stats_loop(), "stats")
+        self.spawn(self._stats_loop(), "stats", forever=True)
         if self.rcfg.raw_clean_interval_s:
-            self.spawn(self._clean_loop(), "raw buffer clean-up")
+            self.spawn(self._clean_loop(), "raw buffer clean-up", forever=True)
 
     async def stop(self) -> None:
         await super().stop()
@@ -126,9 +125,21 @@ class ReceiverDaemon(Daemon):
         await self.bus.send(make("ALERT", severity="error", source=self.ident,
                                  message=f"raw buffer store: {problem}", sender=self.ident))
 
+    def _receive_thread_died(self, problem: str) -> None:
+        """From spead2's thread: the stream cannot receive any more. The daemon ends (exit
+        70) and systemd restarts it, instead of living on deaf."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(lambda: self.spawn(_fail(problem), "spead2 receive thread"))
+
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(self.rcfg.stats_interval_s)
+            for stream in self.streams:
+                problem = stream.check_alive()
+                if problem:
+                    self.state = "FAULT"
+                    raise FitsflowError(problem)  # a supervised task: the daemon ends, systemd restarts it
             await self.bus.send(make("RECEIVER_STATS", receiver=self.ident, streams=self.loss.snapshot(),
                                      sender=self.ident))
             for problem in self.loss.check():
@@ -140,3 +151,7 @@ class ReceiverDaemon(Daemon):
                 if time.monotonic() - self._last_panic > PANIC_EVERY_S:  # a shifter needs one mail, not one a minute
                     self._last_panic = time.monotonic()
                     await self.raise_panic(f"{self.ident}: UDP packet loss above threshold: {problem}")
+
+
+async def _fail(problem: str) -> None:
+    raise FitsflowError(problem)

@@ -13,6 +13,8 @@ import ast
 import asyncio
 import functools
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -26,10 +28,43 @@ from fitsflow.core.errors import FitsflowError
 from fitsflow.core.layout import COMPONENT_NAME, IMAGE_NAME
 from fitsflow.core.spead_format import ITEMS, PIXEL_DTYPES, Stripe, decode_name, stripe_bounds
 from fitsflow.core.config import parse_host_port
+from fitsflow.core.tasks import Spawn
+from fitsflow.receiver import packet_filter
 from fitsflow.receiver.config import ReceiverConfig
 
 _log = logging.getLogger(__name__)
 _KNOWN_IDS = {spec.id for spec in ITEMS}
+#: Room in a heap beyond its pixels' max_heap_bytes, for the items and their descriptors.
+DESCRIPTOR_ROOM = 65536
+
+
+def udp_receive_queue(inode: int) -> int | None:
+    """The rx_queue (bytes) of the UDP socket with this inode, from /proc/net/udp and udp6."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[9] == str(inode):
+                        return int(fields[4].split(":")[1], 16)
+        except (OSError, ValueError, StopIteration):
+            continue
+    return None
+
+
+def _udp_socket(host: str, port: int, buffer_bytes: int) -> socket.socket:
+    """A bound UDP socket with the receive buffer asked for (the kernel caps it at
+    net.core.rmem_max; the daemon warns about that at start)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
+        sock.bind((host or "0.0.0.0", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class BadHeap(ValueError):
@@ -59,7 +94,8 @@ class SpeadStreamReceiver:
     """Role: receive one UDP port. ``sink(stripe)`` stores a stripe, False for a duplicate."""
 
     def __init__(self, address: str, cfg: ReceiverConfig, sink: StripeSink,
-                 on_storage_error: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 on_storage_error: Callable[[str], Awaitable[None]] | None = None, *, spawn: Spawn) -> None:
+        self._spawn = spawn
         self.on_storage_error = on_storage_error
         self.address = address
         self.host, self.port = parse_host_port(address)
@@ -72,22 +108,33 @@ class SpeadStreamReceiver:
         self._warned: set[str] = set()
         self._slots = asyncio.Semaphore(cfg.writers)
         self._writes: set[asyncio.Task[None]] = set()
+        self._socket: socket.socket | None = None
+        self._last_batches = -1
+        self._stalls = 0
 
     async def start(self) -> None:
-        pool = spead2.MemoryPool(lower=16384, upper=self.cfg.max_heap_bytes + 65536,
+        pool = spead2.MemoryPool(lower=16384, upper=self.cfg.max_heap_bytes + DESCRIPTOR_ROOM,
                                  max_free=self.cfg.pool_heaps(), initial=self.cfg.pool_heaps())
+        # allow_unsized_heaps=False: a heap must say its size in every packet (spead2's
+        # sender does), so that the packet filter can bound it.
         config = spead2.recv.StreamConfig(max_heaps=self.cfg.max_heaps, memory_allocator=pool,
-                                          allow_out_of_order=True, stop_on_stop_item=False)
+                                          allow_out_of_order=True, stop_on_stop_item=False,
+                                          allow_unsized_heaps=False)
         ring = spead2.recv.RingStreamConfig(heaps=self.cfg.ring_heaps, contiguous_only=False,
                                             incomplete_keep_payload_ranges=True)
         self._stream = spead2.recv.asyncio.Stream(spead2.ThreadPool(1), config, ring)
         try:
-            self._stream.add_udp_reader(self.port, max_size=9200, buffer_size=self.cfg.socket_buffer_bytes,
-                                        bind_hostname=self.host)
-        except RuntimeError as exc:  # boost.asio's bind/resolve errors
+            # Our own socket, so that the kernel filters it before spead2 sees a packet
+            # (packet_filter: no packet may make spead2 allocate beyond max_heap_bytes).
+            self._socket = _udp_socket(self.host, self.port, self.cfg.socket_buffer_bytes)
+            packet_filter.attach(self._socket, self.cfg.max_heap_bytes + DESCRIPTOR_ROOM)
+            self._stream.add_udp_reader(self._socket, max_size=9200)
+        except (OSError, RuntimeError) as exc:  # bind errors, boost.asio's errors
             self._stream.stop()
+            if self._socket is not None:
+                self._socket.close()
             raise FitsflowError(f"cannot receive on UDP {self.address}: {exc}") from None
-        self._task = asyncio.create_task(self._run(), name=f"spead {self.address}")
+        self._task = self._spawn(self._run(), f"spead {self.address}", forever=True)
         _log.info("receiving SPEAD on %s (socket buffer %d MiB, %d heaps in flight, %d in ring)", self.address,
                   self.cfg.socket_buffer_bytes >> 20, self.cfg.max_heaps, self.cfg.ring_heaps)
 
@@ -96,12 +143,36 @@ class SpeadStreamReceiver:
             self._stream.stop()
         await cancel_and_wait(self._task)
         await asyncio.gather(*self._writes, return_exceptions=True)  # stripes in flight land
+        if self._socket is not None:
+            self._socket.close()
         if self._stream is not None:
             _log.info("stream %s stopped: %s", self.address, self.describe())
 
     @property
     def task(self) -> asyncio.Task[None] | None:
         return self._task
+
+    def kernel_queue(self) -> int | None:
+        """Bytes waiting in this stream's socket receive queue (from /proc/net/udp*), or None."""
+        if self._socket is None:
+            return None
+        return udp_receive_queue(os.fstat(self._socket.fileno()).st_ino)
+
+    def check_alive(self) -> str | None:
+        """Called periodically: a reason if spead2's worker no longer reads the socket while
+        packets wait in it (its thread died or hangs), else None. Needs two calls in a row
+        that see packets waiting and no batch read in between."""
+        if self._stream is None:
+            return None
+        batches = self.spead_stats().get("batches", 0)
+        waiting = self.kernel_queue()
+        stalled = bool(waiting) and batches == self._last_batches
+        self._last_batches = batches
+        self._stalls = self._stalls + 1 if stalled else 0
+        if self._stalls >= 2:
+            return (f"spead2 stopped reading UDP {self.address}: {waiting} bytes wait in the socket and no packet "
+                    "was read since the last check")
+        return None
 
     def spead_stats(self) -> dict[str, int]:
         if self._stream is None:
@@ -135,7 +206,7 @@ class SpeadStreamReceiver:
                 continue
             self.counters.heaps_complete += 1
             await self._slots.acquire()  # at most `writers` stripes in flight; then wait
-            task = asyncio.create_task(self._store(stripe))
+            task = self._spawn(self._store(stripe), f"store {stripe.image} {stripe.raft}_{stripe.sensor}/{stripe.index}")
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
 
@@ -244,16 +315,23 @@ class RejectedPacketCounter(logging.Handler):
     ``spead2`` logger. This handler counts them by reason and logs the first of each kind,
     so a flood of foreign packets cannot flood the journal."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_fatal: Callable[[str], None] | None = None) -> None:
         super().__init__(logging.DEBUG)
         self.counts: dict[str, int] = {}
+        #: Called (from spead2's thread) when spead2 reports that its worker died.
+        self.on_fatal = on_fatal
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if "rejected" in message or "dropped" in message or "discarding" in message:
+            message = packet_filter.reason_of(message) or message
             self.counts[message] = self.counts.get(message, 0) + 1
             if self.counts[message] == 1:
                 _log.warning("spead2: %s (further ones are counted, not logged)", message)
+        elif "threw exception" in message:  # "Worker thread threw exception (expect deadlocks!)"
+            _log.critical("spead2: %s", message)
+            if self.on_fatal is not None:
+                self.on_fatal(f"spead2's receive thread died: {message}")
         elif record.levelno >= logging.WARNING:
             _log.warning("spead2: %s", message)
 

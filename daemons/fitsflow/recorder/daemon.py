@@ -58,7 +58,7 @@ class RecorderDaemon(Daemon):
 
     async def start(self) -> None:
         await super().start()
-        self.spawn(self._prune(), "prune")
+        self.spawn(self._prune(), "prune", forever=True)
 
     async def stop(self) -> None:
         await super().stop()

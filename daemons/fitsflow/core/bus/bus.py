@@ -55,6 +55,7 @@ from fitsflow.core.bus.store import BusStore
 from fitsflow.core.config import BusConfig, Config
 from fitsflow.core.errors import Disconnected, MessageError, Refused, Reject, Requeue, Retry
 from fitsflow.core.messages import Message, decode, destination_of
+from fitsflow.core.tasks import TaskSupervisor
 
 _log = logging.getLogger(__name__)
 
@@ -135,7 +136,10 @@ class MessageBus:
         if requeued:
             _log.warning("%s: %d message(s) refused by the broker earlier are tried again", name, requeued)
         self._subs: dict[str, _Sub] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        #: The bus's own tasks (connections, outbox, consumers): if one dies the daemon ends.
+        self.tasks = TaskSupervisor(f"bus {name}")
+        #: (subscription, message id) → when it was first requeued (Requeue.give_up_after_s)
+        self._waiting_since: dict[tuple[str, str], float] = {}
         self._link_down: dict[int, asyncio.Event] = {}
         self._any_up = asyncio.Event()
         self._outbox_wake = asyncio.Event()
@@ -164,9 +168,9 @@ class MessageBus:
         self._loop = asyncio.get_running_loop()
         for link in self.links:
             link.callbacks = LinkCallbacks(self._on_message_threadsafe, self._on_disconnected_threadsafe)
-            self._tasks.append(asyncio.create_task(self._maintain(link), name=f"bus-link {link.url}"))
-        self._tasks.append(asyncio.create_task(self._flush_outbox(), name="bus-outbox"))
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="bus-housekeeping"))
+            self.tasks.spawn(self._maintain(link), f"link {link.url}", forever=True)
+        self.tasks.spawn(self._flush_outbox(), "outbox", forever=True)
+        self.tasks.spawn(self._housekeeping(), "housekeeping", forever=True)
         if consume:
             self.start_consuming()
 
@@ -188,10 +192,7 @@ class MessageBus:
         busy_deadline = asyncio.get_running_loop().time() + grace_s
         while any(s.busy for s in self._subs.values()) and asyncio.get_running_loop().time() < busy_deadline:
             await asyncio.sleep(0.02)
-        workers = [w for s in self._subs.values() for w in s.workers]
-        for task in workers + self._tasks:
-            task.cancel()
-        await asyncio.gather(*workers, *self._tasks, return_exceptions=True)
+        await self.tasks.close()
         if self._outbox_count:
             await self._flush_once()
         for link in self.links:
@@ -325,7 +326,7 @@ class MessageBus:
                     fut.add_done_callback(lambda f: f.exception())
 
     def _start_workers(self, sub: _Sub) -> None:
-        sub.workers = [asyncio.create_task(self._worker(sub), name=f"bus-sub {sub.key}/{i}")
+        sub.workers = [self.tasks.spawn(self._worker(sub), f"consumer {sub.key}/{i}", forever=True)
                        for i in range(sub.concurrency)]
 
     def _subscribe_link(self, link: BrokerLink, sub: _Sub) -> concurrent.futures.Future[None]:
@@ -355,6 +356,7 @@ class MessageBus:
         sub.queue.put_nowait(item)
 
     async def _worker(self, sub: _Sub) -> None:
+        failures = 0
         while True:
             item = await sub.queue.get()
             if self._stopping:
@@ -362,6 +364,16 @@ class MessageBus:
             sub.busy += 1
             try:
                 await self._handle(sub, item)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the bus's own books failed (e.g. its store's disk)
+                # Not the handler (its outcomes are mapped in _handle): the message stays
+                # unacked and is tried again later; the consumer goes on with the others.
+                failures += 1
+                _log.exception("%s: consuming %s failed outside the handler; the message is kept and tried "
+                               "again", self.name, sub.key)
+                self._retry_later(sub, item, min(self.cfg.retry_delay_s * 2 ** failures, 30.0))
             finally:
                 sub.busy -= 1
 
@@ -371,7 +383,7 @@ class MessageBus:
             self.stats.stale += 1  # its connection is gone; the broker redelivers it
             return
         try:
-            msg = decode(item.frame.body, item.frame.destination)
+            msg = decode(item.frame.body, item.frame.destination, item.frame.headers)
         except MessageError as exc:
             await self._dead_letter(sub, item, f"malformed message: {exc}", None, attempts=0)
             return
@@ -383,6 +395,13 @@ class MessageBus:
             await sub.handler(msg)
         except Requeue as exc:
             self.stats.requeued += 1
+            now = asyncio.get_running_loop().time()
+            since = self._waiting_since.setdefault((sub.key, msg.id), now)
+            if exc.give_up_after_s is not None and now - since >= exc.give_up_after_s:
+                del self._waiting_since[(sub.key, msg.id)]
+                await self._dead_letter(sub, item, f"still not possible after {now - since:.0f} s: {exc}", msg,
+                                        attempts=1)
+                return
             _log.debug("%s: %s %s requeued: %s", self.name, msg.type, msg.id, exc)
             self._retry_later(sub, item, exc.delay)
             return
@@ -406,6 +425,7 @@ class MessageBus:
             else:
                 self._retry_later(sub, item, min(self.cfg.retry_delay_s * 2 ** (attempts - 1), 60.0))
             return
+        self._waiting_since.pop((sub.key, msg.id), None)
         self.store.mark_processed(sub.key, msg.id)
         self.stats.handled += 1
         self._ack(sub, item)

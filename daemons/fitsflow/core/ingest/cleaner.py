@@ -14,6 +14,7 @@ from typing import Callable
 from fitsflow.core.runtime import cancel_and_wait
 from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.layout import inside
+from fitsflow.core.tasks import Spawn
 
 _log = logging.getLogger(__name__)
 
@@ -22,7 +23,8 @@ class CacheCleaner:
     """Role: every ``interval_s``, expire entries ingested more than ``max_age_s`` ago."""
 
     def __init__(self, repo: Path, registry: Registry, max_age_s: float, interval_s: float,
-                 busy: Callable[[], set[Path]]) -> None:
+                 busy: Callable[[], set[Path]], *, spawn: Spawn) -> None:
+        self._spawn = spawn
         self.repo = Path(repo)
         self.registry = registry
         self.max_age_s = max_age_s
@@ -32,7 +34,7 @@ class CacheCleaner:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="oods cleaner")
+        self._task = self._spawn(self._run(), "oods cleaner", forever=True)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)

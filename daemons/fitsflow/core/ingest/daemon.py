@@ -19,6 +19,10 @@ from fitsflow.core.messages import Message, destination_of, make
 from fitsflow.core.runtime import Daemon
 
 _log = logging.getLogger(__name__)
+#: An INGEST_REQUEST whose file is neither staged nor registered waits this long (the
+#: controller stages before it asks, so only a moment's race needs waiting), then goes to the
+#: dead-letter queue with that reason instead of being retried forever.
+UNSTAGED_WAIT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,9 @@ class IngestDaemon(Daemon):
         self.registry = Registry(cfg.site.database_url, s.table)
         self.ingester = Ingester(name=self.name, staging=s.staging, repo=s.repo,
                                  quarantine=cfg.paths.resolved().quarantine / s.target, registry=self.registry,
-                                 placement=s.placement, announce=self._announce, concurrency=s.concurrency)
-        self.watcher = StagingWatcher(s.staging, self.ingester.found, s.rescan_s)
+                                 placement=s.placement, announce=self._announce, spawn=self.spawn,
+                                 concurrency=s.concurrency)
+        self.watcher = StagingWatcher(s.staging, self.ingester.found, s.rescan_s, spawn=self.spawn)
         self.roles = [self.ingester, self.watcher]
         bus.subscribe(destination_of("INGEST_REQUEST", target=s.target), self.on_ingest_request,
                       name=f"{s.target}-ingest", concurrency=s.concurrency)
@@ -68,7 +73,8 @@ class IngestDaemon(Daemon):
             data_id = dict(msg.data["data_id"])
             if "instrument" in data_id and self.registry.find(data_id) is not None:
                 return
-            raise Requeue(f"{msg.data['path']} is neither staged nor registered yet", delay=2.0)
+            raise Requeue(f"{msg.data['path']} is neither staged nor registered", delay=2.0,
+                          give_up_after_s=UNSTAGED_WAIT_S)
 
     async def _announce(self, status: int, description: str, path: str, data_id: dict[str, Any] | None,
                         image: str) -> None:

@@ -25,6 +25,7 @@ from fitsflow.core.handoff import fsync_dir, link_into
 from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.ingest.verify import (STATUS_INGEST_FAILURE, STATUS_OK, BadFile, Inspected, inspect)
 from fitsflow.core.layout import IMAGE_NAME, inside, within
+from fitsflow.core.tasks import Spawn
 
 _log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class Ingester:
     """Role: consumes paths found in ``staging``; ``concurrency`` files at once."""
 
     def __init__(self, *, name: str, staging: Path, repo: Path, quarantine: Path, registry: Registry,
-                 placement: Placement, announce: Announce, concurrency: int = 2) -> None:
+                 placement: Placement, announce: Announce, spawn: Spawn, concurrency: int = 2) -> None:
+        self._spawn = spawn
         self.name = name
         self.staging, self.repo, self.quarantine = Path(staging), Path(repo), Path(quarantine)
         self.registry = registry
@@ -64,7 +66,7 @@ class Ingester:
         self._workers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self._workers = [asyncio.create_task(self._worker(), name=f"{self.name} ingest {i}")
+        self._workers = [self._spawn(self._worker(), f"{self.name} ingest {i}", forever=True)
                          for i in range(self.concurrency)]
 
     async def stop(self) -> None:

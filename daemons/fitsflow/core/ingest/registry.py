@@ -12,7 +12,6 @@ from typing import Any, Iterator
 
 from sqlalchemy import (Boolean, Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint, delete, func,
                         insert, select, update)
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from fitsflow.core.db import make_engine

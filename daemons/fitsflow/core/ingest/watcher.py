@@ -21,6 +21,7 @@ from inotify_simple import INotify, flags
 
 from fitsflow.core.runtime import cancel_and_wait
 from fitsflow.core.handoff import TEMP_PREFIX
+from fitsflow.core.tasks import Spawn
 
 _log = logging.getLogger(__name__)
 WATCH = flags.CREATE | flags.MOVED_TO | flags.CLOSE_WRITE | flags.DELETE_SELF | flags.MOVE_SELF
@@ -29,7 +30,8 @@ WATCH = flags.CREATE | flags.MOVED_TO | flags.CLOSE_WRITE | flags.DELETE_SELF | 
 class StagingWatcher:
     """Role: watch ``root`` recursively and report regular files."""
 
-    def __init__(self, root: Path, found: Callable[[Path], None], rescan_s: float) -> None:
+    def __init__(self, root: Path, found: Callable[[Path], None], rescan_s: float, *, spawn: Spawn) -> None:
+        self._spawn = spawn
         self.root = Path(root)
         self.found = found
         self.rescan_s = rescan_s
@@ -45,7 +47,7 @@ class StagingWatcher:
         self._watch_tree(self.root)
         asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._readable)
         self.scan()  # whatever arrived while nobody was watching
-        self._task = asyncio.create_task(self._rescans(), name=f"rescan {self.root}")
+        self._task = self._spawn(self._rescans(), f"rescan {self.root}", forever=True)
 
     async def stop(self) -> None:
         if self._inotify is not None:

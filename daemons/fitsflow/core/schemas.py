@@ -1,0 +1,196 @@
+"""The typed schema of every message body: one msgspec ``Struct`` per message type.
+
+msgspec decodes JSON straight into these types and checks them in the same pass, strictly
+(``"1"`` is not an int, ``true`` is not a number, NaN and infinities are not JSON, unknown
+fields are refused, names must match their patterns), and its errors name the field
+(``Expected `int`, got `str` - at `$.data.snap```). It was chosen over pydantic for that
+strictness by default, for decoding without building an intermediate ``dict`` (the bus
+decodes every message of a night), and for having no dependencies; over hand-written checks
+because the previous ones missed nesting, patterns and timestamps.
+
+Nothing here is recursive or free-form: every container's element type is spelled out, so
+a body's nesting depth is bounded by its schema, not by the sender.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal, Union
+
+from msgspec import Meta, Struct
+
+# -- names and values (patterns shared with core/layout.py and docs/messages.md) ------------
+
+#: An image name; also a file-name component: no separators, no dots.
+MessageId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+ImageName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}$")]
+#: A raft, sensor or instrument code.
+Component = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,15}$")]
+#: ``RAFT_SENSOR``, e.g. ``R22_S00``.
+SensorRef = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,15}_[A-Za-z0-9][A-Za-z0-9-]{0,15}$")]
+GroupName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}$")]
+#: A daemon instance (forwarder ``f1``...): used in queue names and state-file names.
+InstanceName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+#: ``daemon@instance``.
+Ident = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,31}@[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+AssignmentId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_+-]{0,127}$")]
+HostName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")]
+ObsDay = Annotated[str, Meta(pattern=r"^[0-9]{8}$")]
+Checksum = Annotated[str, Meta(pattern=r"^crc32:[0-9a-f]{8}$")]
+TopicName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+KeyName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
+#: ISO-8601 with a time zone; :func:`check_timestamps` also parses it.
+Timestamp = Annotated[str, Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{8,20}(Z|[+-][0-9]{2}:?[0-9]{2})$")]
+#: A path as a sender wrote it; the daemons check it against their own tree (core/layout).
+PathText = Annotated[str, Meta(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")]
+ShortText = Annotated[str, Meta(max_length=1024)]
+#: Free text (a panic's message, a traceback): any characters, bounded only by the body size.
+Text = str
+Count = Annotated[int, Meta(ge=0)]
+Seconds = Annotated[float, Meta(ge=0)]
+
+Scalar = Union[str, int, float, bool, None]
+#: A telemetry value: a scalar or a flat list of scalars.
+TelemetryValue = Union[str, int, float, bool, None, list[Union[str, int, float, bool, None]]]
+#: Details of an alert or a state: scalars, flat lists and one level of mapping.
+Detail = Union[str, int, float, bool, None, list[Scalar], dict[str, Scalar]]
+
+
+class Body(Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
+    """Base of every body: unknown fields are an error; absent optional fields stay absent."""
+
+
+class DataId(Body):
+    """Where a sensor's file belongs (the registries' data ID)."""
+
+    image: ImageName
+    raft: Component
+    sensor: Component
+    instrument: Component | None = None
+    group: GroupName | None = None
+    snap: Count | None = None
+    obs_day: ObsDay | None = None
+
+
+class StartIntegration(Body):
+    group: GroupName
+    snap: Count
+    exptime: Seconds
+    sensors: list[SensorRef]
+    timestamp: Timestamp
+
+
+class EndReadout(Body):
+    timestamp: Timestamp
+    sensors: list[SensorRef]
+
+
+class EndOfImageTelemetry(Body):
+    timestamp: Timestamp
+
+
+class ResendImage(Body):
+    reason: ShortText
+
+
+class Telemetry(Body):
+    topic: TopicName
+    timestamp: Timestamp
+    values: dict[KeyName, TelemetryValue]
+
+
+class ReadoutComplete(Body):
+    present: list[SensorRef]
+    missing: list[SensorRef]
+    partial: list[SensorRef]
+    timed_out: bool | None = None
+
+
+class ReceiverStats(Body):
+    receiver: Ident
+    streams: list[dict[KeyName, Detail]]
+
+
+class HeaderReady(Body):
+    path: PathText
+    partial: bool
+    missing_keywords: list[ShortText]
+
+
+class ForwardImage(Body):
+    sensors: list[SensorRef]
+    assignment: AssignmentId
+
+
+class ForwarderHeartbeat(Body):
+    forwarder: InstanceName
+    load: Count
+    capacity: Count
+
+
+class FileDelivered(Body):
+    path: PathText
+    size: Count
+    checksum: Checksum
+    data_id: DataId
+    assignment: AssignmentId
+
+
+class IngestRequest(Body):
+    path: PathText
+    data_id: DataId
+    checksum: Checksum
+
+
+class IngestResult(Body):
+    """IMAGE_IN_OODS and IMAGE_IN_ARCHIVE."""
+
+    status: Literal[0, 1, 2]
+    description: Text
+    path: PathText
+    data_id: DataId | None = None
+
+
+class Panic(Body):
+    message: Text
+    host: HostName
+    program: ShortText
+    argv: list[Text] | None = None
+    cwd: Text | None = None
+    user: ShortText | None = None
+    pid: Count | None = None
+    traceback: Text | None = None
+    time: Timestamp | None = None
+
+
+class Alert(Body):
+    severity: Literal["debug", "info", "warning", "error", "critical"]
+    source: ShortText
+    message: Text
+    details: dict[KeyName, Detail] | None = None
+
+
+class DaemonState(Body):
+    daemon: Ident
+    host: HostName
+    state: Literal["INIT", "ON", "STANDBY", "ALARM", "FAULT", "OFF"]
+    status: Text
+    target: Literal["INIT", "ON", "STANDBY", "ALARM", "FAULT", "OFF"] | None = None
+    details: dict[KeyName, Detail] | None = None
+
+
+def check_timestamps(body: Body) -> str | None:
+    """The name of a timestamp field of ``body`` that does not parse, or None. (The pattern
+    lets through what only a calendar can refuse: month 13, 25 o'clock.)"""
+    for name in ("timestamp", "time"):
+        value = getattr(body, name, None)
+        if value is None:
+            continue
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return name
+        if parsed.tzinfo is None:
+            return name
+    return None
+
