@@ -6,8 +6,11 @@ import asyncio
 import email
 import json
 import os
+import re
+import ssl
 import subprocess
 import sys
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Awaitable
 
@@ -15,10 +18,14 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from fitsflow.core.config import Config, load_config
+from fitsflow.core.panic import build_panic
+from fitsflow.panic_mailer.config import PanicMailerConfig
 from fitsflow.panic_mailer.daemon import PanicMailerDaemon
+from fitsflow.panic_mailer.mailer import smtp_sender
 from fitsflow.testing.broker import PrivateBroker, free_port
 from fitsflow.testing.config import make_site
 from fitsflow.testing.daemons import Listener, running
+from fitsflow.testing.pki import TestPKI
 from fitsflow.testing.wait import async_wait_for
 
 pytestmark = pytest.mark.broker
@@ -200,3 +207,56 @@ def test_malformed_panic_dead_lettered_and_reported_once(tmp_path: Path, broker:
             await asyncio.sleep(1.0)
     run(main())
     assert len(smtp.inbox.mails) == 1 and "malformed" in smtp.inbox.mails[0]["Subject"]
+
+
+def test_any_text_is_mailed_with_safe_headers(tmp_path: Path, broker: PrivateBroker, smtp: SmtpServer) -> None:
+    """Newlines, a header-injection attempt, control characters, non-Latin text and 200 kB
+    (cut to what a message may carry, saying so): each arrives as one mail with a one-line
+    subject, no injected header, the text in the body."""
+    cfg = site(tmp_path, [broker.url], smtp)
+    texts = ["disk full\nBcc: evil@example.org\r\nX-Injected: yes",
+             "NUL \x00 ESC \x1b[31m red \u2028 LS; 中文 🔥",
+             "traceback line\n" * 14_000]
+
+    async def main() -> None:
+        async with running(PanicMailerDaemon, cfg) as mailer, Listener(cfg, f"texts-{os.getpid()}", []) as listen:
+            for i, text in enumerate(texts):
+                await listen.bus.send(build_panic(f"{i}: {text}", program=f"p{i}"))
+            await async_wait_for(lambda: len(smtp.inbox.mails) == len(texts), 60, what="one mail per panic")
+            assert mailer.failed is None and mailer.mailer.smtp_failures == 0
+    run(main())
+    for mail in smtp.inbox.mails:
+        subject = re.sub(r"\r?\n[ \t]", " ", mail["Subject"])  # unfolded (RFC 5322 folding is fine)
+        assert "\n" not in subject and "\r" not in subject
+        assert mail["Bcc"] is None and mail["X-Injected"] is None
+        assert mail.get_all("To") == ["oncall@example.org"]
+    bodies = {m["Subject"].split(": ", 1)[1][:1]: m.get_payload(decode=True).decode() for m in smtp.inbox.mails}
+    assert "Bcc: evil@example.org" in bodies["0"]  # in the body, where it is harmless
+    assert "\\x00" in bodies["1"] and "\\x1b[31m" in bodies["1"] and "中文 🔥" in bodies["1"]
+    assert bodies["2"].count("traceback line") > 6000 and "more characters cut" in bodies["2"]
+
+
+def test_starttls_verifies_the_smtp_servers_certificate(tmp_path: Path) -> None:
+    """A real SMTP server offering STARTTLS: the mail goes out when its certificate is signed
+    by the configured CA for the configured name, and not to an impostor."""
+    pki, rogue = TestPKI(tmp_path / "ca"), TestPKI(tmp_path / "rogue", name="rogue-ca")
+    pem = pki.server_pem("localhost", "127.0.0.1", name="smtp")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pem.cert, pem.key)
+    inbox, port = Inbox(), free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True)
+    controller.start()
+    try:
+        def mailer_config(ca: Path) -> PanicMailerConfig:
+            return PanicMailerConfig(smtp_host="localhost", smtp_port=port, starttls=True, tls_ca_file=ca,
+                                     recipients=("oncall@example.org",))
+        mail = EmailMessage()
+        mail["From"], mail["To"], mail["Subject"] = "f@test", "oncall@example.org", "tls test"
+        mail.set_content("hello")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            smtp_sender(mailer_config(rogue.ca_cert))(mail)
+        assert inbox.mails == []
+        smtp_sender(mailer_config(pki.ca_cert))(mail)
+        assert [m["Subject"] for m in inbox.mails] == ["tls test"]
+    finally:
+        controller.stop()

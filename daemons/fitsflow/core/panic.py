@@ -17,6 +17,7 @@ traceback of the exception being handled, if any. Delivery, in order of preferen
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import os
 import socket
@@ -32,6 +33,25 @@ from fitsflow.core.messages import Message, decode, destination_of, make, utcnow
 
 _log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 3.0
+#: Bytes a panic's text and traceback may take in the JSON body (the broker's limit for a
+#: whole message is messages.MAX_BODY_BYTES); longer ones are cut, saying so.
+MESSAGE_BUDGET = 120_000
+TRACEBACK_BUDGET = 100_000
+
+
+def _clip(text: str, budget: int, keep: str) -> str:
+    """``text`` cut (at its end, or its start for ``keep="tail"``) until it fits ``budget``
+    bytes as JSON (escapes counted), with a note of how much was cut."""
+    if len(json.dumps(text)) <= budget:
+        return text
+    size = len(text)
+    lo, hi = 0, min(size, budget)  # a piece of L characters takes at least L bytes as JSON
+    while lo < hi:  # the longest piece that fits, with room for the note
+        mid = (lo + hi + 1) // 2
+        piece = text[:mid] if keep == "head" else text[-mid:]
+        lo, hi = (mid, hi) if len(json.dumps(piece)) <= budget - 100 else (lo, mid - 1)
+    note = f"[… {size - lo} more characters cut …]"
+    return f"{text[:lo]}\n{note}" if keep == "head" else f"{note}\n{text[-lo:] if lo else ''}"
 
 
 def panic_outbox(cfg: Config) -> Path:
@@ -46,12 +66,12 @@ def build_panic(message: str, *, program: str | None = None, argv: list[str] | N
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    data = {"message": message[:20000], "host": socket.gethostname(),
+    data = {"message": _clip(message, MESSAGE_BUDGET, keep="head"), "host": socket.gethostname(),
             "program": program or os.path.basename(sys.argv[0] or "python"),
             "argv": list(argv if argv is not None else sys.argv), "cwd": os.getcwd(), "user": user,
             "pid": os.getpid(), "time": utcnow_iso()}
     if traceback_text:
-        data["traceback"] = traceback_text[-20000:]
+        data["traceback"] = _clip(traceback_text, TRACEBACK_BUDGET, keep="tail")
     return make("PANIC", **data)
 
 

@@ -12,6 +12,9 @@ class PanicMailerConfig:
     smtp_port: int = 25
     #: Upgrade the connection with STARTTLS before logging in (required to send a password).
     starttls: bool = False
+    #: CA certificates (PEM) that sign the SMTP server's certificate under STARTTLS; the
+    #: system's CA store when unset. The server's name (smtp_host) must match it.
+    tls_ca_file: Path | None = None
     #: TOML file with username/password for SMTP AUTH; mode 0600, owned by the service user.
     credentials_file: Path | None = None
     sender: str = "fitsflow@localhost"

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import smtplib
+import ssl
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -30,17 +32,39 @@ Send = Callable[[EmailMessage], None]
 
 
 def smtp_sender(cfg: PanicMailerConfig) -> Send:
-    """A blocking send over SMTP (STARTTLS and login when configured)."""
+    """A blocking send over SMTP (STARTTLS and login when configured). STARTTLS verifies the
+    server's certificate and name (the system's CAs, or ``tls_ca_file``): the password it
+    protects must not go to whoever answers on the port."""
     creds = read_credentials(cfg.credentials_file) if cfg.credentials_file else None
+    context = ssl.create_default_context(cafile=str(cfg.tls_ca_file) if cfg.tls_ca_file else None) \
+        if cfg.starttls else None
 
     def send(mail: EmailMessage) -> None:
         with smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=10) as smtp:
-            if cfg.starttls:
-                smtp.starttls()
+            if context is not None:
+                smtp.starttls(context=context)
             if creds:
                 smtp.login(*creds)
             smtp.send_message(mail)
     return send
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def safe_subject(text: str, limit: int = 200) -> str:
+    """A one-line header value from any text: no line breaks or control characters (no
+    header injection), no lone surrogates, at most ``limit`` characters."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def safe_body(text: str) -> str:
+    """Any text as a mail body: line breaks and tabs kept, other control characters and lone
+    surrogates shown as escapes (a shifter sees what was sent, and SMTP gets no NUL)."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 def describe(msg: Message) -> str:
@@ -159,12 +183,10 @@ class Mailer:
     # -- SMTP --------------------------------------------------------------------------
 
     async def _mail(self, subject: str, body: str) -> None:
-        """Send one mail; retries with back-off until the SMTP server accepts it."""
-        mail = EmailMessage()
-        mail["From"] = self.cfg.sender
-        mail["To"] = ", ".join(self.cfg.recipients)
-        mail["Subject"] = subject
-        mail.set_content(body)
+        """Send one mail; retries with back-off until the SMTP server accepts it. Whatever
+        the panic's text, the mail is built (safe_subject/safe_body); if sending it fails
+        in an unexpected way, the next attempt sends a plain-ASCII rendering of it."""
+        mail = self._build(subject, body)
         delay = 1.0
         while True:
             try:
@@ -172,9 +194,23 @@ class Mailer:
                 break
             except (OSError, smtplib.SMTPException) as exc:
                 self.smtp_failures += 1
-                _log.error("cannot send the panic mail %r via %s:%d: %s; retrying in %.0f s", subject,
+                _log.error("cannot send the panic mail %r via %s:%d: %s; retrying in %.0f s", mail["Subject"],
                            self.cfg.smtp_host, self.cfg.smtp_port, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.cfg.retry_max_s)
+            except Exception:  # noqa: BLE001 - the mail must go out; never lose the panic
+                self.smtp_failures += 1
+                _log.exception("sending the panic mail %r failed unexpectedly; next attempt in plain ASCII",
+                               mail["Subject"])
+                mail = self._build(subject.encode("ascii", "backslashreplace").decode(),
+                                   body.encode("ascii", "backslashreplace").decode())
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.cfg.retry_max_s)
         self.mails_sent += 1
-        _log.info("panic mail sent: %s", subject)
+        _log.info("panic mail sent: %s", mail["Subject"])
+
+    def _build(self, subject: str, body: str) -> EmailMessage:
+        mail = EmailMessage()
+        mail["From"] = self.cfg.sender
+        mail["To"] = ", ".join(self.cfg.recipients)
+        mail["Subject"] = safe_subject(subject)
+        mail.set_content(safe_body(body))
+        return mail

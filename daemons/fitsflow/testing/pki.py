@@ -64,10 +64,14 @@ class TestPKI:
         key.chmod(0o600)
         return ClientCert(cert, key)
 
+    def server_pem(self, host: str = "localhost", ip: str | None = "127.0.0.1", name: str = "server") -> ClientCert:
+        """A server certificate for ``host`` and ``ip`` with its key, in PEM (e.g. an SMTP server's)."""
+        san = f"DNS:{host}" + (f",IP:{ip}" if ip else "")
+        return self._issue(f"server-{name}", host, f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
+
     def server(self, host: str = "localhost", ip: str | None = "127.0.0.1", name: str = "broker") -> ServerStores:
         """Broker key store (server certificate for ``host`` and ``ip``) and a trust store with this CA."""
-        san = f"DNS:{host}" + (f",IP:{ip}" if ip else "")
-        pem = self._issue(f"server-{name}", host, f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
+        pem = self.server_pem(host, ip, name)
         key_store, trust_store = self.base / f"{name}.p12", self.base / f"{name}-trust.p12"
         _run("openssl", "pkcs12", "-export", "-in", pem.cert, "-inkey", pem.key, "-name", name,
              "-passout", f"pass:{STORE_PASSWORD}", "-out", key_store)
