@@ -8,6 +8,7 @@ tree before use.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from pathlib import Path
 
@@ -57,6 +58,25 @@ def inside(root: Path, relative: str | Path) -> Path:
     if target != root_resolved and root_resolved not in target.parents:
         raise UnsafePath(f"path {str(relative)!r} leaves {root}")
     return target
+
+
+def entry_within(root: Path, path: str | Path) -> Path:
+    """An absolute ``path`` from a message or a scan, normalised but *not* resolved: a
+    symlink stays the symlink (to be quarantined as such, never followed). It must lie
+    inside ``root`` and no directory between ``root`` and it may be a symlink."""
+    p = Path(path)
+    if not p.is_absolute():
+        raise UnsafePath(f"path {str(path)!r} is not absolute")
+    p = Path(os.path.normpath(p))
+    for base in (Path(os.path.normpath(root)), root.resolve()):
+        if base in p.parents:
+            break
+    else:
+        raise UnsafePath(f"path {str(path)!r} is outside {root}")
+    for parent in list(p.relative_to(base).parents)[:-1]:
+        if (base / parent).is_symlink():
+            raise UnsafePath(f"path {str(path)!r} goes through the symlink {base / parent}")
+    return p
 
 
 def within(root: Path, path: str | Path) -> Path:

@@ -31,6 +31,7 @@ import numpy as np
 
 from fitsflow.core.handoff import atomic_write_bytes, fsync_dir
 from fitsflow.core.layout import COMPONENT_NAME, check_name, inside
+from fitsflow.core.poison import load_file
 from fitsflow.core.spead_format import stripe_bounds
 
 
@@ -199,14 +200,20 @@ def _missing_rows(rows: int, count: int, received: set[int]) -> list[list[int]]:
     return ranges
 
 
-def read_meta(root: Path, image: str, raft: str, sensor: str) -> SensorMeta | None:
-    """A stored sensor's metadata, or None if it is not (yet) stored."""
+def parse_meta(data: bytes) -> SensorMeta:
+    """A sensor's metadata from its JSON (raises on anything that is not valid)."""
+    meta = SensorMeta(**json.loads(data))
+    if not (meta.rows > 0 and meta.cols > 0 and 0 < meta.stripe_count <= meta.rows):
+        raise ValueError(f"{meta.name}: impossible shape {meta.rows}x{meta.cols} in {meta.stripe_count} stripes")
+    return meta
+
+
+def read_meta(root: Path, image: str, raft: str, sensor: str,
+              problems: list[str] | None = None) -> SensorMeta | None:
+    """A stored sensor's metadata, or None if it is not (yet) stored — or unreadable, in
+    which case it is set aside (core.poison) and noted in ``problems``."""
     path = image_dir(root, image) / f"{sensor_key(raft, sensor)}.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    return SensorMeta(**data)
+    return load_file(path, parse_meta, [] if problems is None else problems)
 
 
 def read_pixels(root: Path, meta: SensorMeta) -> np.ndarray:
@@ -219,8 +226,11 @@ def write_readout_summary(root: Path, image: str, summary: dict[str, Any]) -> No
     atomic_write_bytes(image_dir(root, image) / "READOUT.json", json.dumps(summary, indent=1).encode())
 
 
-def read_readout_summary(root: Path, image: str) -> dict[str, Any] | None:
-    try:
-        return json.loads((image_dir(root, image) / "READOUT.json").read_text())
-    except FileNotFoundError:
-        return None
+def read_readout_summary(root: Path, image: str, problems: list[str] | None = None) -> dict[str, Any] | None:
+    """The image's announced READOUT summary, or None (not announced, or unreadable: set aside)."""
+    def parse(data: bytes) -> dict[str, Any]:
+        summary = json.loads(data)
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+        return summary
+    return load_file(image_dir(root, image) / "READOUT.json", parse, [] if problems is None else problems)

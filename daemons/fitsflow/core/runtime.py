@@ -53,6 +53,8 @@ STOP_ANNOUNCE_S = 1.0
 #: the successor carries on from the same state (a host name here lost every message published
 #: while the singleton was moving: found by the HA lab).
 DEFAULT_INSTANCE = "main"
+#: Unreadable state records reported one ALERT each at start; more are counted in one.
+MAX_STATE_ALERTS = 10
 
 
 async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
@@ -109,6 +111,24 @@ class Daemon:
         for role in self.roles:
             await role.start()
         self.state = "ON"
+        await self.report_unreadable_state()
+
+    def unreadable_state(self) -> list[str]:
+        """State this daemon could not read at start and set aside (core.poison); subclasses
+        return their stores' lists."""
+        return []
+
+    async def report_unreadable_state(self) -> None:
+        """One ALERT per record set aside at start (the first few, then a count): a person
+        decides what to do with them; the daemon works on meanwhile."""
+        problems = self.unreadable_state()
+        for problem in problems[:MAX_STATE_ALERTS]:
+            await self.bus.send(messages.make("ALERT", severity="error", source=self.ident, message=problem,
+                                              sender=self.ident))
+        if len(problems) > MAX_STATE_ALERTS:
+            await self.bus.send(messages.make(
+                "ALERT", severity="error", source=self.ident, sender=self.ident,
+                message=f"{len(problems) - MAX_STATE_ALERTS} more unreadable state records set aside (see the log)"))
 
     async def stop(self) -> None:
         for role in reversed(self.roles):

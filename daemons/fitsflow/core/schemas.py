@@ -109,6 +109,8 @@ class ReadoutComplete(Body):
 class ReceiverStats(Body):
     receiver: Ident
     streams: list[dict[KeyName, Detail]]
+    #: Packets spead2 refused (the packet filter's among them), by reason.
+    rejected: dict[ShortText, Count] | None = None
 
 
 class HeaderReady(Body):

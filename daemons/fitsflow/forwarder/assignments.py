@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fitsflow.core.handoff import atomic_write_bytes
 from fitsflow.core.layout import check_name
+from fitsflow.core.poison import load_file
 
 
 @dataclass
@@ -30,15 +31,26 @@ class Assignment:
         return [s for s in self.sensors if s not in self.delivered and s not in self.failed]
 
 
+def _assignment(data: bytes) -> Assignment:
+    a = Assignment(**json.loads(data))
+    check_name(a.image)
+    if not isinstance(a.sensors, list) or not all(isinstance(x, str) for x in a.sensors):
+        raise TypeError(f"assignment {a.assignment}: sensors must be a list of names")
+    return a
+
+
 class AssignmentBook:
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.items: dict[str, Assignment] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: What could not be read at start (set aside; the daemon raises an ALERT for each).
+        self.rejected: list[str] = []
         for path in self.dir.glob("*.json"):
-            a = Assignment(**json.loads(path.read_text()))
-            self.items[a.assignment] = a
+            a = load_file(path, _assignment, self.rejected)
+            if a is not None:
+                self.items[a.assignment] = a
 
     async def save(self, a: Assignment) -> None:
         """Persist ``a`` (from the event loop). Encoded here, where ``a`` changes: encoding it in

@@ -74,6 +74,9 @@ class ForwarderDaemon(Daemon):
         self.spawn(self._heartbeats(), "heartbeats", forever=True)
         self.spawn(self._work(), "work", forever=True)
 
+    def unreadable_state(self) -> list[str]:
+        return self.book.rejected
+
     def status(self) -> str:
         return (f"{len(self.book.open_items())} assignments open, {self.files_written} files written, "
                 f"{self.write_errors} write errors; {self.bus.describe()}")

@@ -13,6 +13,7 @@ from fitsflow.core.config import Config
 from fitsflow.core.errors import Reject, Requeue, UnsafePath
 from fitsflow.core.headerstore import write_header
 from fitsflow.core.messages import CAMERA_EVENTS, TELEMETRY, Message, make
+from fitsflow.core.poison import POISON_ERRORS
 from fitsflow.core.runtime import Daemon
 from fitsflow.header_service.builder import (ImageRecord, Sample, build_header, missing_keywords, parse_time,
                                              sample_keywords)
@@ -41,6 +42,9 @@ class HeaderServiceDaemon(Daemon):
     async def start(self) -> None:
         await super().start()
         self.spawn(self._deadlines(), "deadlines", forever=True)
+
+    def unreadable_state(self) -> list[str]:
+        return self.store.rejected
 
     def status(self) -> str:
         return (f"{len(self.store.records)} images open, {self.written} headers written ({self.partial} partial), "
@@ -131,7 +135,13 @@ class HeaderServiceDaemon(Daemon):
                 start = rec.events.get("START_INTEGRATION")
                 if start is None:
                     continue  # orphan telemetry-less record: waits for its start event
-                deadline = parse_time(start) + dt.timedelta(seconds=rec.exptime + self.hcfg.timeout_margin_s)
+                try:
+                    deadline = parse_time(start) + dt.timedelta(seconds=rec.exptime + self.hcfg.timeout_margin_s)
+                except POISON_ERRORS as exc:  # cannot come through the bus; set aside, never a crash loop
+                    await self.store.set_aside(rec, f"unusable START_INTEGRATION time {start!r}: {exc}")
+                    await self.bus.send(make("ALERT", severity="error", source=self.ident,
+                                             message=self.store.rejected[-1], sender=self.ident))
+                    continue
                 if now >= deadline:
                     try:
                         await self._write(rec)

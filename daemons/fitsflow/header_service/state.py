@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from fitsflow.core.layout import check_name
-from fitsflow.header_service.builder import ImageRecord, Sample, add_sample
+from fitsflow.core.poison import POISON_ERRORS, set_aside_row
+from fitsflow.header_service.builder import ImageRecord, Sample, add_sample, parse_time
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -37,6 +38,16 @@ CREATE INDEX IF NOT EXISTS samples_topic_t ON samples (topic, t);
 """
 
 
+def _record(text: str) -> ImageRecord:
+    """A record from its JSON, checked as the handlers would have checked its message."""
+    rec = ImageRecord(**json.loads(text))
+    check_name(rec.image)
+    for event, timestamp in rec.events.items():
+        parse_time(timestamp)  # the deadlines are computed from these
+    float(rec.exptime)
+    return rec
+
+
 def _row(rec: ImageRecord) -> tuple[str, str]:
     """A record as its database row (image, JSON)."""
     return check_name(rec.image), json.dumps(asdict(rec))
@@ -49,6 +60,8 @@ class HeaderState:
         self.history_per_topic = history_per_topic
         self.records: dict[str, ImageRecord] = {}
         self.history: dict[str, list[Sample]] = {}
+        #: What could not be read at start (set aside; the daemon raises an ALERT for each).
+        self.rejected: list[str] = []
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.dir / "state.sqlite", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -62,11 +75,26 @@ class HeaderState:
             self._db.close()
 
     def _load(self) -> None:
-        for (text,) in self._db.execute("SELECT record FROM records"):
-            rec = ImageRecord(**json.loads(text))
+        """Read the state; a row that does not make a valid record or sample is set aside
+        (core.poison) and the service starts with the rest."""
+        for image, text in list(self._db.execute("SELECT image, record FROM records")):
+            try:
+                rec = _record(text)
+            except POISON_ERRORS as exc:
+                set_aside_row(self.dir, "record", {"image": image, "record": text}, f"{type(exc).__name__}: {exc}",
+                              self.rejected)
+                self._db.execute("DELETE FROM records WHERE image = ?", (image,))
+                continue
             self.records[rec.image] = rec
-        for topic, text in self._db.execute("SELECT topic, sample FROM samples ORDER BY seq"):
-            add_sample(self.history.setdefault(topic, []), Sample(**json.loads(text)), self.history_per_topic)
+        for seq, topic, text in list(self._db.execute("SELECT seq, topic, sample FROM samples ORDER BY seq")):
+            try:
+                sample = Sample(**json.loads(text))
+            except POISON_ERRORS as exc:
+                set_aside_row(self.dir, "sample", {"topic": topic, "sample": text}, f"{type(exc).__name__}: {exc}",
+                              self.rejected)
+                self._db.execute("DELETE FROM samples WHERE seq = ?", (seq,))
+                continue
+            add_sample(self.history.setdefault(topic, []), sample, self.history_per_topic)
 
     def _import_json_state(self) -> None:
         """Take over the state of the first version (a JSON file per open image and one for
@@ -102,6 +130,11 @@ class HeaderState:
     def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         with self._lock:
             self._db.executemany(sql, rows)
+
+    async def set_aside(self, rec: ImageRecord, reason: str) -> None:
+        """A record found unusable while running: kept under rejected/ with the reason, forgotten."""
+        set_aside_row(self.dir, "record", asdict(rec), reason, self.rejected)
+        await self.forget(rec.image)
 
     async def forget(self, image: str) -> None:
         self.records.pop(image, None)

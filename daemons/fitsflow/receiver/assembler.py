@@ -21,7 +21,8 @@ from fitsflow.core.runtime import cancel_and_wait
 from fitsflow.core.errors import UnsafePath
 from fitsflow.core.handoff import remove_stale_temps
 from fitsflow.core.layout import IMAGE_NAME
-from fitsflow.core.rawstore import (SensorMeta, SensorWriter, image_dir, read_readout_summary, sensor_key,
+from fitsflow.core.poison import load_file
+from fitsflow.core.rawstore import (SensorMeta, SensorWriter, image_dir, parse_meta, read_readout_summary, sensor_key,
                                     write_readout_summary)
 from fitsflow.core.spead_format import Stripe
 from fitsflow.core.tasks import Spawn
@@ -67,6 +68,8 @@ class ImageAssembler:
         self.images_announced = 0
         self.late_stripes = 0
         self.storage_errors = 0
+        #: State that could not be read at start-up (set aside; the daemon raises an ALERT).
+        self.rejected: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -86,7 +89,7 @@ class ImageAssembler:
 
     def _resume(self) -> None:
         for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            if IMAGE_NAME.fullmatch(d.name) and read_readout_summary(self.root, d.name) is None:
+            if IMAGE_NAME.fullmatch(d.name) and read_readout_summary(self.root, d.name, self.rejected) is None:
                 state = self._load(d)
                 self.images[d.name] = state
                 _log.info("resuming image %s: %d sensors stored, %d being assembled", d.name, len(state.done),
@@ -99,21 +102,28 @@ class ImageAssembler:
                            announced=read_readout_summary(self.root, d.name) is not None)
         for meta_file in d.glob("*.json"):
             if meta_file.name != "READOUT.json":
-                meta = SensorMeta(**json.loads(meta_file.read_text()))
-                state.done[meta.name] = meta
+                meta = load_file(meta_file, parse_meta, self.rejected)
+                if meta is not None:
+                    state.done[meta.name] = meta
         for journal in d.glob(".*.stripes"):
             key = journal.name[1:-len(".stripes")]
             meta_path = d / f".{key}.meta"
-            if meta_path.exists() and (key not in state.done or state.done[key].partial):  # incl. a refill
-                state.writers[key] = SensorWriter(self.root, SensorMeta(**json.loads(meta_path.read_text())))
+            if key in state.done and not state.done[key].partial:
+                continue
+            meta = load_file(meta_path, parse_meta, self.rejected)  # None: never started, or unreadable
+            if meta is not None:  # incl. a refill of a partial sensor
+                state.writers[key] = SensorWriter(self.root, meta)
         remove_stale_temps(d)
         return state
 
     def _expected_from_disk(self, d: Path) -> set[str] | None:
-        try:
-            return set(json.loads((d / ".expected").read_text()))
-        except (FileNotFoundError, ValueError):
-            return set(self.default_expected) or None
+        def parse(data: bytes) -> set[str]:
+            names = json.loads(data)
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError("not a list of sensor names")
+            return set(names)
+        expected = load_file(d / ".expected", parse, self.rejected)
+        return expected if expected is not None else (set(self.default_expected) or None)
 
     # -- events ------------------------------------------------------------------------
 

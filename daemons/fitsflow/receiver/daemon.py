@@ -69,6 +69,9 @@ class ReceiverDaemon(Daemon):
         await super().stop()
         self.rejected.uninstall()
 
+    def unreadable_state(self) -> list[str]:
+        return self.assembler.rejected
+
     def status(self) -> str:
         heaps = sum(s.counters.heaps_complete for s in self.streams)
         incomplete = sum(s.counters.heaps_incomplete for s in self.streams)
@@ -141,7 +144,7 @@ class ReceiverDaemon(Daemon):
                     self.state = "FAULT"
                     raise FitsflowError(problem)  # a supervised task: the daemon ends, systemd restarts it
             await self.bus.send(make("RECEIVER_STATS", receiver=self.ident, streams=self.loss.snapshot(),
-                                     sender=self.ident))
+                                     rejected=dict(self.rejected.counts), sender=self.ident))
             for problem in self.loss.check():
                 self.alerts += 1
                 self.state = "ALARM"

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import logging
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -34,6 +35,7 @@ from fitsflow.receiver.config import ReceiverConfig
 
 _log = logging.getLogger(__name__)
 _KNOWN_IDS = {spec.id for spec in ITEMS}
+_DIGITS = re.compile(r"\d+")
 #: Room in a heap beyond its pixels' max_heap_bytes, for the items and their descriptors.
 DESCRIPTOR_ROOM = 65536
 
@@ -324,7 +326,9 @@ class RejectedPacketCounter(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if "rejected" in message or "dropped" in message or "discarding" in message:
-            message = packet_filter.reason_of(message) or message
+            # Counted by kind: numbers vary per packet ("too small (17 bytes)") and would make
+            # one key per packet size.
+            message = packet_filter.reason_of(message) or _DIGITS.sub("N", message)
             self.counts[message] = self.counts.get(message, 0) + 1
             if self.counts[message] == 1:
                 _log.warning("spead2: %s (further ones are counted, not logged)", message)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -24,7 +25,7 @@ from typing import Any, Awaitable, Callable
 from fitsflow.core.handoff import fsync_dir, link_into
 from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.ingest.verify import (STATUS_INGEST_FAILURE, STATUS_OK, BadFile, Inspected, inspect)
-from fitsflow.core.layout import IMAGE_NAME, inside, within
+from fitsflow.core.layout import IMAGE_NAME, entry_within, inside
 from fitsflow.core.tasks import Spawn
 
 _log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class Ingester:
     async def ingest(self, path: Path, expected_checksum: str | None = None) -> int:
         """Ingest one staged path; returns the announced status (or -1 if the path is gone).
         Raises UnsafePath for a path outside the staging tree."""
-        path = within(self.staging, path)
+        path = entry_within(self.staging, path)
         running = self._busy.get(path)
         if running is not None:
             return await asyncio.shield(running)
@@ -118,8 +119,13 @@ class Ingester:
             del self._busy[path]
 
     async def _ingest(self, path: Path, expected_checksum: str | None) -> int:
-        if not path.is_file():
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
             return -1  # ingested meanwhile by another trigger
+        if not stat.S_ISREG(st.st_mode):  # never followed, never retried: quarantined once
+            await self._quarantine(path, STATUS_INGEST_FAILURE, f"not a regular file: {_kind(path, st)}", None)
+            return STATUS_INGEST_FAILURE
         try:
             info = await asyncio.to_thread(inspect, path, expected_checksum)
         except BadFile as bad:
@@ -161,11 +167,24 @@ class Ingester:
         await self.announce(status, reason, str(target), data_id, image)
 
 
+def _kind(path: Path, st: os.stat_result) -> str:
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            return f"a symbolic link to {os.readlink(path)}"
+        except OSError:
+            return "a symbolic link"
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(st.st_mode):
+            return name
+    return f"file type {stat.S_IFMT(st.st_mode):o}"
+
+
 def _move(path: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():  # a file quarantined before under this name: keep both
+    if os.path.lexists(target):  # something quarantined before under this name: keep both
         n = 1
-        while target.with_name(f"{target.name}.{n}").exists():
+        while os.path.lexists(target.with_name(f"{target.name}.{n}")):
             n += 1
         target = target.with_name(f"{target.name}.{n}")
     os.rename(path, target)

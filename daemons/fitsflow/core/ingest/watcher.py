@@ -70,8 +70,12 @@ class StagingWatcher:
                 if not name.startswith(TEMP_PREFIX):
                     self.found(d / name)
                     n += 1
-            if self._inotify is not None:
-                for sub in dirnames:  # directories made between watch and scan
+            for sub in list(dirnames):
+                if (d / sub).is_symlink():  # not followed: reported, so the ingester quarantines it
+                    dirnames.remove(sub)
+                    self.found(d / sub)
+                    n += 1
+                elif self._inotify is not None:  # directories made between watch and scan
                     self._add_watch(d / sub)
         return n
 
@@ -81,7 +85,7 @@ class StagingWatcher:
 
     def _add_watch(self, path: Path) -> None:
         assert self._inotify is not None
-        if path in self._dirs.values():
+        if path in self._dirs.values() or path.is_symlink():
             return
         try:
             wd = self._inotify.add_watch(path, WATCH)
