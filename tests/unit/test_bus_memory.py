@@ -153,6 +153,58 @@ def test_requeue_does_not_count(tmp_path: Path) -> None:
     run(main)
 
 
+def test_a_wait_that_cannot_end_gives_up_into_the_dlq(tmp_path: Path) -> None:
+    broker = MemoryBroker()
+
+    async def main() -> None:
+        bus = new_bus(tmp_path, [broker])
+
+        async def never(msg: Message) -> None:
+            raise Requeue("the file is neither staged nor registered", delay=0.01, give_up_after_s=0.2)
+        bus.subscribe("/queue/q", never)
+        await bus.start()
+        await bus.wait_connected(5)
+        await bus.send(alert(), "/queue/q")
+        await async_wait_for(lambda: bus.stats.dead_lettered == 1, 10)
+        assert bus.stats.requeued > 1 and bus.stats.handled == 0
+        dead = broker.messages("/queue/DLQ.q")
+        assert "still not possible after" in dead[0].headers["DLQReason"] and "neither staged" in \
+            dead[0].headers["DLQReason"]
+        await bus.stop()
+    run(main)
+
+
+def test_a_consumer_survives_a_failure_of_the_bus_itself(tmp_path: Path) -> None:
+    """Not the handler: the bus's own books (here its store) fail once; the message is kept
+    and handled on the next try, and the consumer goes on."""
+    broker = MemoryBroker()
+    got: list[str] = []
+
+    async def main() -> None:
+        bus = new_bus(tmp_path, [broker])
+
+        async def handler(msg: Message) -> None:
+            got.append(msg.id)
+        bus.subscribe("/queue/q", handler)
+        real = bus.store.is_processed
+        failures = [OSError(28, "No space left on device")]
+
+        def flaky(*args: object) -> bool:
+            if failures:
+                raise failures.pop()
+            return real(*args)  # type: ignore[arg-type]
+        bus.store.is_processed = flaky  # type: ignore[method-assign]
+        await bus.start()
+        await bus.wait_connected(5)
+        first, second = alert(1), alert(2)
+        await bus.send(first, "/queue/q")
+        await bus.send(second, "/queue/q")
+        await async_wait_for(lambda: len(got) == 2, 10)
+        assert set(got) == {first.id, second.id} and bus.tasks.failed is None
+        await bus.stop()
+    run(main)
+
+
 def test_outbox_keeps_order_while_broker_down(tmp_path: Path) -> None:
     broker = MemoryBroker()
     broker.up = False

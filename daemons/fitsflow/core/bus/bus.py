@@ -399,7 +399,7 @@ class MessageBus:
             since = self._waiting_since.setdefault((sub.key, msg.id), now)
             if exc.give_up_after_s is not None and now - since >= exc.give_up_after_s:
                 del self._waiting_since[(sub.key, msg.id)]
-                await self._dead_letter(sub, item, f"still not possible after {now - since:.0f} s: {exc}", msg,
+                await self._dead_letter(sub, item, f"still not possible after {now - since:.1f} s: {exc}", msg,
                                         attempts=1)
                 return
             _log.debug("%s: %s %s requeued: %s", self.name, msg.type, msg.id, exc)
