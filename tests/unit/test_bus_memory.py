@@ -205,6 +205,39 @@ def test_a_consumer_survives_a_failure_of_the_bus_itself(tmp_path: Path) -> None
     run(main)
 
 
+def test_a_message_is_on_disk_before_it_is_on_the_wire(tmp_path: Path) -> None:
+    """Write-ahead: while a send awaits its receipt, the message is already in the outbox
+    file (a power cut then loses nothing: the next start sends it); it leaves after."""
+    import concurrent.futures
+
+    broker = MemoryBroker()
+
+    async def main() -> None:
+        bus = new_bus(tmp_path, [broker])
+        await bus.start()
+        await bus.wait_connected(5)
+        link = bus.links[0]
+        real_send = link.send
+        held: list[concurrent.futures.Future[None]] = []
+
+        def slow_send(*args: object, **kwargs: object) -> concurrent.futures.Future[None]:
+            fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+            held.append(fut)
+            return fut
+        link.send = slow_send  # type: ignore[method-assign]
+        sending = asyncio.create_task(bus.send(alert(7), "/queue/q"))
+        await async_wait_for(lambda: held, 5)
+        crashed_view = BusStore(tmp_path / "t.sqlite")  # what a restart after a power cut would find
+        assert [json.loads(e.body)["data"]["message"] for e in crashed_view.outbox_head()] == ["m7"]
+        crashed_view.close()
+        held[0].set_result(None)  # the receipt
+        await sending
+        link.send = real_send  # type: ignore[method-assign]
+        assert bus.store.outbox_size() == 0 and bus.outbox_size == 0
+        await bus.stop()
+    run(main)
+
+
 def test_outbox_keeps_order_while_broker_down(tmp_path: Path) -> None:
     broker = MemoryBroker()
     broker.up = False

@@ -219,8 +219,11 @@ class ImageAssembler:
 
     async def _announce(self, state: ImageState) -> None:
         summary = state.summary()
-        await asyncio.to_thread(write_readout_summary, self.root, state.image, summary)
+        # Announce first (the bus has it on disk before it goes out), then record that it was
+        # announced: a crash in between announces the image again at the next start (the
+        # consumers are idempotent), never not at all.
         await self.announce(state.image, summary)
+        await asyncio.to_thread(write_readout_summary, self.root, state.image, summary)
         if not state.announced:
             self.images_announced += 1
         state.announced = True

@@ -144,6 +144,8 @@ class MessageBus:
         self._any_up = asyncio.Event()
         self._outbox_wake = asyncio.Event()
         self._outbox_count = store.outbox_size()
+        #: outbox entries being sent directly by send_raw (the flusher leaves them alone)
+        self._inflight: set[int] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._consuming = False
@@ -210,12 +212,13 @@ class MessageBus:
 
     @property
     def outbox_size(self) -> int:
-        return self._outbox_count
+        """Messages waiting in the outbox for a broker (not those in flight right now)."""
+        return self._waiting()
 
     def describe(self) -> str:
         """One line for STATUS=: brokers up, outbox, outcome counters."""
         s = self.stats
-        return (f"brokers {len(self.connected_brokers)}/{len(self.links)}, outbox {self._outbox_count}, "
+        return (f"brokers {len(self.connected_brokers)}/{len(self.links)}, outbox {self._waiting()}, "
                 f"handled {s.handled}, retried {s.failures}, dead-lettered {s.dead_lettered}"
                 + (f", refused {s.refused}" if s.refused else ""))
 
@@ -227,20 +230,41 @@ class MessageBus:
         await self.send_raw(destination or destination_of(msg.type), msg.encode(), msg.headers())
 
     async def send_raw(self, destination: str, body: str, headers: Mapping[str, str]) -> None:
-        """Send a body as it is (dead-lettering and re-injection use this)."""
+        """Send a body as it is (dead-lettering and re-injection use this).
+
+        Write-ahead: the message is in the outbox (fsynced) before it goes on the wire, and
+        leaves it once the broker's receipt came. A crash at any instant — before the send,
+        while the receipt is awaited — leaves it in the outbox, and the next start sends it
+        (perhaps a second time; consumers drop the copy by id). Nothing a daemon decided to
+        announce can be lost."""
         self.stats.sent += 1
+        older_waiting = self._waiting()
+        seq = self.store.outbox_put(destination, headers, body)
+        self._outbox_count += 1
         link = self._producer_link()
-        if link is None or self._outbox_count:
-            self._to_outbox(destination, headers, body, "no broker connected" if link is None else "outbox not empty")
+        if link is None or older_waiting:
+            # no broker, or older messages queue: the flusher sends them in order
+            self._note_outboxed(destination, headers, "no broker connected" if link is None else "outbox not empty")
             return
+        self._inflight.add(seq)
         try:
-            await wait_for(asyncio.wrap_future(link.send(destination, body, headers)),
-                                   self.cfg.receipt_timeout_s)
+            await wait_for(asyncio.wrap_future(link.send(destination, body, headers)), self.cfg.receipt_timeout_s)
         except Refused as exc:
-            self.store.refuse(destination, headers, body, str(exc))
+            self.store.refuse(destination, headers, body, str(exc), seq=seq)
+            self._outbox_count -= 1
             await self._refused(destination, "send", str(exc))
+            return
         except (Disconnected, TimeoutError) as exc:
-            self._to_outbox(destination, headers, body, str(exc) or "no receipt in time")
+            self._note_outboxed(destination, headers, str(exc) or "no receipt in time")
+            return
+        finally:
+            self._inflight.discard(seq)
+        self.store.outbox_remove(seq)
+        self._outbox_count -= 1
+
+    def _waiting(self) -> int:
+        """Messages in the outbox that are not being sent directly right now."""
+        return self._outbox_count - len(self._inflight)
 
     async def _refused(self, destination: str, what: str, reason: str) -> None:
         self.stats.refused += 1
@@ -256,28 +280,27 @@ class MessageBus:
     def _producer_link(self) -> BrokerLink | None:
         return next((link for link in self.links if link.connected), None)
 
-    def _to_outbox(self, destination: str, headers: Mapping[str, str], body: str, why: str) -> None:
-        self.store.outbox_put(destination, headers, body)
-        self._outbox_count += 1
+    def _note_outboxed(self, destination: str, headers: Mapping[str, str], why: str) -> None:
+        """A message stays in the outbox for the flusher: count it, say so (sparingly), wake it."""
         self.stats.outboxed += 1
-        if self._outbox_count == 1 or self._outbox_count % 1000 == 0:
+        if self._waiting() == 1 or self._waiting() % 1000 == 0:
             _log.warning("%s: %s; message %s to %s kept in the outbox (%d waiting)", self.name, why,
-                         headers.get("MsgId", "?"), destination, self._outbox_count)
+                         headers.get("MsgId", "?"), destination, self._waiting())
         self._outbox_wake.set()
 
     async def _flush_outbox(self) -> None:
         while True:
             await wait_event(self._outbox_wake, 1.0)
             self._outbox_wake.clear()
-            if self._outbox_count:
+            if self._waiting() > 0:
                 await self._flush_once()
 
     async def _flush_once(self) -> None:
-        while self._outbox_count:
+        while self._waiting() > 0:
             link = self._producer_link()
             if link is None:
                 return
-            entries = self.store.outbox_head(100)
+            entries = [e for e in self.store.outbox_head(100 + len(self._inflight)) if e.seq not in self._inflight]
             if not entries:  # the count drifted (another process emptied it): resync
                 self._outbox_count = self.store.outbox_size()
                 return
@@ -296,7 +319,7 @@ class MessageBus:
                 self.store.outbox_remove(entry.seq)
                 self._outbox_count -= 1
                 self.stats.flushed += 1
-            if not self._outbox_count:
+            if not self._waiting():
                 _log.info("%s: outbox flushed", self.name)
 
     # -- receiving ---------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The bus's durable local state, one SQLite file per daemon instance (under site.state_dir).
 
-- **outbox**: messages that could not be handed to a broker yet, in send order. A message is
-  in the outbox only once SQLite has fsynced it (``synchronous=FULL``), so "accepted by
-  ``send``" means "on a broker or on this disk".
+- **outbox**: every message from the moment it is sent until its broker's receipt (write-ahead),
+  in send order; those a broker could not take yet stay until the flusher sends them. A
+  message is in the outbox only once SQLite has fsynced it (``synchronous=FULL``), so
+  "accepted by ``send``" means "on a broker or on this disk" at every instant.
 - **refused**: messages the broker refused (an identity may not write that destination).
   Kept, not retried in a loop; put back into the outbox at the next start, so they flow
   once an operator has fixed the broker's authorization map and restarted the daemon.
@@ -101,7 +102,10 @@ class BusStore:
         return [OutboxEntry(seq, dest, json.loads(h), body) for seq, dest, h, body in rows]
 
     def outbox_remove(self, seq: int) -> None:
-        self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+        """A message the broker confirmed leaves the outbox. Not fsynced (the NORMAL
+        connection): if a power cut undoes the removal, the message is sent once more and
+        its consumers drop the copy by id."""
+        self._seen.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
 
     def outbox_size(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
