@@ -200,12 +200,12 @@ def test_forwarder_join_both_orders_bit_exact_and_valid(tmp_path: Path, broker: 
             assert listen.of("FORWARDER_HEARTBEAT")[0].data["forwarder"] == "f1"
             # The same assignment again: no second file, no second delivery (waited for on
             # the forwarder's own counters, not for a while).
-            handled, written = fwd.bus.stats.handled, fwd.files_written
+            handled = fwd.bus.stats.handled
             await listen.bus.send(make("FORWARD_IMAGE", first.image, sensors=SENSORS, assignment="a1"),
                                   "/queue/fitsflow.forwarder.f1")
             await async_wait_for(lambda: fwd.bus.stats.handled > handled, 30, what="the repeated assignment handled")
             await async_wait_for(lambda: not fwd.book.open_items(), 30, what="the forwarder idle")
-            assert fwd.files_written == written and len(listen.of("FILE_DELIVERED")) == 6
+            assert fwd.files_written == 6 and len(listen.of("FILE_DELIVERED")) == 6  # 2 images x 3 sensors
     run(main())
 
 
@@ -268,10 +268,14 @@ def test_forwarder_full_disk(tmp_path: Path, broker: PrivateBroker) -> None:
                 assert "cannot write" in alert and "bytes free there" in alert, alert
                 incoming = cfg.paths.resolved().incoming
                 assert list(incoming.iterdir()) == [], "a temp or partial file was left behind"
-                assert fwd.failed is None and fwd.state == "FAULT"
+                assert fwd.failed is None and fwd.effective_state() == "ALARM"
+                assert "ALARM FITS files" in fwd.status_line()
                 filler.unlink()  # space again: the pending sensor is written on the next round
                 await async_wait_for(lambda: listen.of("FILE_DELIVERED", image), 30)
-                assert fwd.state == "ON"
+                assert fwd.effective_state() == "ON"
+                await async_wait_for(lambda: any("cleared" in m.data["message"] for m in listen.of("ALERT")), 30,
+                                     what="the episode's 'cleared' ALERT")
+                assert len([m for m in listen.of("ALERT") if "cleared" not in m.data["message"]]) == 1
         run(main())
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -11,6 +11,9 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import Any, Mapping
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from fitsflow.archive_controller.book import Assignment, Book, HandOffRow
 from fitsflow.archive_controller.catchup import CatchUp
@@ -18,13 +21,15 @@ from fitsflow.archive_controller.config import ArchiveControllerConfig
 from fitsflow.archive_controller.handoff import HandOffError, redelivered_copy, run_handoff, verify
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
-from fitsflow.core.errors import Reject, Retry, UnsafePath
+from fitsflow.core.errors import Reject, Requeue, Retry, UnsafePath
 from fitsflow.core.failpoints import failpoint
+from fitsflow.core.faults import is_environmental, retry_delay
 from fitsflow.core.layout import COMPONENT_NAME, OBS_DAY, check_name, sensor_file_name, within
 from fitsflow.core.messages import Message, destination_of, make
 from fitsflow.core.runtime import Daemon
 
 _log = logging.getLogger(__name__)
+HANDOFF_FAULT = "hand-off"
 
 
 class ArchiveControllerDaemon(Daemon):
@@ -54,13 +59,9 @@ class ArchiveControllerDaemon(Daemon):
 
     async def start(self) -> None:
         await super().start()
-        for row in await asyncio.to_thread(self.book.unfinished_handoffs):  # a restart: finish them first
-            _log.info("resuming hand-off of %s from state %s", row.key, row.state, extra={"IMAGE": row.image})
-            try:
-                await self._advance(row.key)
-            except Reject:
-                pass  # reported; the row stays for an operator
+        await self._resume_handoffs()  # a restart: finish them first
         self.spawn(self._assign_loop(), "assignments", forever=True)
+        self.spawn(self._resume_loop(), "hand-off resumer", forever=True)
 
     async def stop(self) -> None:
         await super().stop()
@@ -194,6 +195,21 @@ class ArchiveControllerDaemon(Daemon):
             await self._error(f"FILE_DELIVERED {d.get('path')!r} refused: {exc}")
             raise Reject(f"FILE_DELIVERED refused: {exc}") from None
         key = f"{image}/{raft}_{sensor}"
+        try:
+            await self._record_delivery(key, image, raft, sensor, day, src, d, data_id)
+        except (OSError, SQLAlchemyError) as exc:
+            if not is_environmental(exc):
+                raise
+            n = self.faults.report(HANDOFF_FAULT, f"{key}: {exc}")
+            raise Requeue(f"{key}: {exc}", delay=retry_delay(n)) from None  # waits out the fault, never dead
+        await self._advance(key)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]  # done: the book remembers it
+
+    async def _record_delivery(self, key: str, image: str, raft: str, sensor: str, day: str, src: Path,
+                               d: Mapping[str, Any], data_id: dict[str, Any]) -> None:
+        """Verify a delivered file and record its hand-off (or drop a re-delivery)."""
         async with self._lock(key):
             if await asyncio.to_thread(self.book.handoff, key) is None:
                 try:
@@ -213,10 +229,6 @@ class ArchiveControllerDaemon(Daemon):
                 failpoint("handoff.verified")
             else:
                 await self._drop_redelivery(key, src)
-        await self._advance(key)
-        lock = self._locks.get(key)
-        if lock is not None and not lock.locked():
-            del self._locks[key]  # done: the book remembers it
 
     async def _drop_redelivery(self, key: str, src: Path) -> None:
         """The sensor was handed off already; a second delivery (a reassignment after a
@@ -249,10 +261,40 @@ class ArchiveControllerDaemon(Daemon):
                 return
             try:
                 await run_handoff(self.book, row, self._request, self.acfg.staging_dir_mode, asyncio.to_thread)
-            except HandOffError as exc:
+            except (HandOffError, OSError, SQLAlchemyError) as exc:
+                if is_environmental(exc):
+                    # The machine, not the file: the hand-off is recorded at its last step and
+                    # the resumer takes it on when the fault clears (one ALARM episode).
+                    self.faults.report(HANDOFF_FAULT, f"{row.key} stopped at {row.state}: {exc}")
+                    return
+                if not isinstance(exc, HandOffError):
+                    raise
                 await self._error(f"{row.key}: hand-off stopped at {row.state}: {exc}")
                 raise Reject(f"hand-off of {row.key} failed: {exc}") from None
             self.handoffs_done += 1
+            if HANDOFF_FAULT in self.faults.active:
+                self.faults.clear(HANDOFF_FAULT)
+
+    async def _resume_handoffs(self) -> None:
+        """Take every recorded, unfinished hand-off on (at start, and then periodically: one
+        stopped by a fault of the machine completes once the fault clears)."""
+        for row in await asyncio.to_thread(self.book.unfinished_handoffs):
+            try:
+                await self._advance(row.key)
+            except Reject:
+                pass  # reported; the row stays for an operator
+
+    async def _resume_loop(self) -> None:
+        attempt = 0
+        while True:
+            attempt = attempt + 1 if HANDOFF_FAULT in self.faults.active else 0
+            await asyncio.sleep(retry_delay(attempt, first=2.0))
+            try:
+                await self._resume_handoffs()
+            except (OSError, SQLAlchemyError) as exc:
+                if not is_environmental(exc):
+                    raise
+                self.faults.report(HANDOFF_FAULT, f"cannot read the hand-off book: {exc}")
 
     async def _request(self, row: HandOffRow) -> None:
         for target, path in (("oods", row.oods), ("archive", row.archive)):

@@ -83,7 +83,7 @@ def link_step(row: HandOffRow, dir_mode: int) -> None:
         try:
             link_into(src, target)
         except OSError as exc:  # EXDEV (another filesystem), EEXIST (a different file), EACCES...
-            raise HandOffError(f"cannot link {src} to {target}: {exc}") from None
+            raise HandOffError(f"cannot link {src} to {target}: {exc}") from exc
     for d in {t.parent for t in targets}:
         fsync_dir(d)
 

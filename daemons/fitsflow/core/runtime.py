@@ -35,6 +35,7 @@ from fitsflow.core.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, ConfigError, Fit
 from fitsflow.core.logs import setup_logging
 from fitsflow.core import messages
 from fitsflow.core.aio import wait_for
+from fitsflow.core.faults import FaultEpisodes
 from fitsflow.core.tasks import TaskSupervisor
 
 _log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class Daemon:
         self.target = "ON"
         #: Every background task of the daemon and of its roles (roles get ``self.spawn``).
         self.tasks = TaskSupervisor(self.ident)
+        #: Faults of the machine this daemon is waiting out (core.faults): ALARM while any is open.
+        self.faults = FaultEpisodes(self.ident, self._fault_news, self.spawn)
 
     @property
     def ident(self) -> str:
@@ -146,8 +149,30 @@ class Daemon:
     async def publish_state(self) -> None:
         """Announce this instance's state (DAEMON_STATE) for the recorder and ``fitsflow status``."""
         await self.bus.send(messages.make("DAEMON_STATE", daemon=self.ident, host=socket.gethostname(),
-                                          state=self.state, target=self.target, status=self.status(),
+                                          state=self.effective_state(), target=self.target,
+                                          status=self.status_line(),
                                           sender=self.ident))
+
+    def effective_state(self) -> str:
+        """The state to show: ALARM while a fault of the machine is open, else ``state``."""
+        return "ALARM" if self.faults.active and self.state == "ON" else self.state
+
+    def status_line(self) -> str:
+        """STATUS= and DAEMON_STATE's status: open fault episodes first, then :meth:`status`."""
+        faults = self.faults.describe()
+        return f"{faults}; {self.status()}" if faults else self.status()
+
+    async def _fault_news(self, condition: str, detail: str, started: bool) -> None:
+        """One ALERT (and, when it starts, one panic) per fault episode; the state at once."""
+        text = f"{self.ident}: {condition}: {detail}"
+        try:
+            await self.bus.send(messages.make("ALERT", severity="error" if started else "info", source=self.ident,
+                                              message=text, sender=self.ident))
+            if started:
+                await self.raise_panic(f"{text} — the work waits and completes by itself once this is fixed")
+            await self.publish_state()
+        except Exception:  # noqa: BLE001 - telling people must not take the daemon down
+            _log.exception("%s: cannot report %s", self.ident, condition)
 
     async def wait_failure(self) -> None:
         """Return once a task of the daemon, of one of its roles or of its bus has died."""
@@ -278,7 +303,7 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
         await bus.stop()
         return EX_SOFTWARE
     bus.start_consuming()
-    notifier.notify(f"READY=1\nSTATUS={daemon.status()}")
+    notifier.notify(f"READY=1\nSTATUS={daemon.status_line()}")
     _log.info("%s %s ready", daemon.ident, __version__)
     await _announce(daemon)
 
@@ -293,7 +318,7 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
         await asyncio.wait({failure, stopping}, timeout=min(period, STATUS_PERIOD_S),
                            return_when=asyncio.FIRST_COMPLETED)
         # Sent from the loop on purpose: if the loop hangs, the pings stop and systemd acts.
-        notifier.notify(f"WATCHDOG=1\nSTATUS={daemon.status()}")
+        notifier.notify(f"WATCHDOG=1\nSTATUS={daemon.status_line()}")
         if time.monotonic() >= next_state and (periodic is None or periodic.done()):
             next_state = time.monotonic() + STATUS_PERIOD_S
             # In the background: a broker slow to answer must not hold this loop (SIGTERM).

@@ -19,6 +19,7 @@ from fitsflow.core.aio import wait_event
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
 from fitsflow.core.errors import Reject, UnsafePath
+from fitsflow.core.faults import is_environmental
 from fitsflow.core.headerstore import BadHeader, ImageHeader, header_path, read_header
 from fitsflow.core.layout import check_name, obs_day, sensor_file_name
 from fitsflow.core.messages import Message, destination_of, make
@@ -31,6 +32,8 @@ from fitsflow.core.checksum import file_crc32
 from fitsflow.forwarder.fitswriter import build_hdus, write_fits
 
 _log = logging.getLogger(__name__)
+WRITE_FAULT = "FITS files"
+STATE_FAULT = "assignment state"
 
 #: Another forwarder's temp file this old is a crash's leftover (a write takes seconds).
 STALE_TEMP_S = 3600.0
@@ -60,7 +63,6 @@ class ForwarderDaemon(Daemon):
         self.in_progress: set[str] = set()
         self.files_written = 0
         self.write_errors = 0
-        self._alerted: set[tuple[str, str]] = set()
         bus.subscribe(destination_of("FORWARD_IMAGE", forwarder=self.instance), self.on_forward_image,
                       name=f"forwarder-{self.instance}")
         bus.subscribe("/topic/fitsflow.readout", self.on_ready, name=f"forwarder-{self.instance}-readout")
@@ -124,16 +126,27 @@ class ForwarderDaemon(Daemon):
 
     async def _process(self, a: Assignment) -> None:
         try:
-            header = self._header(a)
-            summary = read_readout_summary(self.raw_root, a.image)
-            await asyncio.gather(*(self._sensor(a, s, header, summary) for s in a.pending()))
-            if not a.pending():
-                a.complete = True
-                await self.book.save(a)
-                _log.info("assignment %s for %s done: %d delivered, %d failed", a.assignment, a.image,
-                          len(a.delivered), len(a.failed), extra={"IMAGE": a.image})
+            await self._process_once(a)
+        except OSError as exc:
+            if not is_environmental(exc):
+                raise
+            # The state directory or the raw buffer failing: the assignment stays open in the
+            # book and is taken up again at the next wake-up.
+            self.faults.report(STATE_FAULT, f"assignment {a.assignment} of {a.image}: {exc}")
         finally:
             self.in_progress.discard(a.assignment)
+
+    async def _process_once(self, a: Assignment) -> None:
+        header = self._header(a)
+        summary = read_readout_summary(self.raw_root, a.image)
+        await asyncio.gather(*(self._sensor(a, s, header, summary) for s in a.pending()))
+        if not a.pending():
+            a.complete = True
+            await self.book.save(a)
+            _log.info("assignment %s for %s done: %d delivered, %d failed", a.assignment, a.image,
+                      len(a.delivered), len(a.failed), extra={"IMAGE": a.image})
+        if STATE_FAULT in self.faults.active:
+            self.faults.clear(STATE_FAULT)
 
     def _header(self, a: Assignment) -> ImageHeader:
         try:
@@ -165,14 +178,13 @@ class ForwarderDaemon(Daemon):
                 written = await asyncio.to_thread(self._write, filename, header, meta, data_id)
             except OSError as exc:  # the environment (full disk, I/O error): retried until it works
                 self.write_errors += 1
-                self.state = "FAULT"
-                if (a.assignment, name) not in self._alerted:  # once per sensor, not every retry
-                    self._alerted.add((a.assignment, name))
-                    free = shutil.disk_usage(self.incoming).free
-                    problem = (f"{a.image} {name}: cannot write {filename} in {self.incoming}: {exc} "
-                               f"({free} bytes free there)")
-                    await self._alert(problem)
-                    await self.raise_panic(f"{self.ident}: {problem}")
+                try:
+                    free = f"{shutil.disk_usage(self.incoming).free} bytes free there"
+                except OSError:
+                    free = "free space unknown"
+                # One ALARM episode for all sensors, not a panic per sensor.
+                self.faults.report(WRITE_FAULT, f"cannot write FITS files in {self.incoming}: {exc} ({free}); "
+                                                f"last: {a.image} {name}")
                 return  # stays pending: retried on the next wake-up
             except Exception as exc:  # noqa: BLE001 - a bad input or a bug: this sensor fails, others go on
                 _log.exception("%s %s: writing %s failed", a.image, name, filename, extra={"IMAGE": a.image})
@@ -180,8 +192,8 @@ class ForwarderDaemon(Daemon):
                 await self.book.save(a)
                 await self._alert(f"{a.image} {name}: no FITS file: {type(exc).__name__}: {exc}")
                 return
-        self._alerted.discard((a.assignment, name))
-        self.state = "ON"
+        if WRITE_FAULT in self.faults.active:
+            self.faults.clear(WRITE_FAULT)
         await self.bus.send(make("FILE_DELIVERED", a.image, path=str(written[0]), size=written[1],
                                  checksum=written[2], data_id=data_id, assignment=a.assignment, sender=self.ident))
         a.delivered[name] = {"path": str(written[0]), "size": written[1], "checksum": written[2]}

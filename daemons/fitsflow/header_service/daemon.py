@@ -11,6 +11,7 @@ from pathlib import Path
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
 from fitsflow.core.errors import Reject, Requeue, UnsafePath
+from fitsflow.core.faults import retry_delay
 from fitsflow.core.headerstore import write_header
 from fitsflow.core.messages import CAMERA_EVENTS, TELEMETRY, Message, make
 from fitsflow.core.poison import POISON_ERRORS
@@ -21,6 +22,7 @@ from fitsflow.header_service.config import HeaderServiceConfig
 from fitsflow.header_service.state import HeaderState
 
 _log = logging.getLogger(__name__)
+STORE_FAULT = "header store"
 
 
 class HeaderServiceDaemon(Daemon):
@@ -101,10 +103,10 @@ class HeaderServiceDaemon(Daemon):
             path = await asyncio.to_thread(write_header, self.headers_root, header)
         except OSError as exc:
             self.storage_faults += 1
-            self.state = "FAULT"
-            self._fault(f"cannot write the header of {rec.image} to {self.headers_root}: {exc}")
-            raise Requeue(f"header store unwritable: {exc}", delay=5.0) from None
-        self.state = "ON"
+            n = self.faults.report(STORE_FAULT, f"cannot write headers to {self.headers_root}: {exc}")
+            raise Requeue(f"header store unwritable: {exc}", delay=retry_delay(n)) from None
+        if STORE_FAULT in self.faults.active:
+            self.faults.clear(STORE_FAULT)
         rec.written = True
         self.written += 1  # counted when on disk, before anyone hears of it
         self.partial += header.partial
@@ -116,13 +118,6 @@ class HeaderServiceDaemon(Daemon):
                  f", partial: missing {header.missing_keywords}" if header.partial else "",
                  extra={"IMAGE": rec.image, "MSGTYPE": "HEADER_READY"})
         await self.store.forget(rec.image)
-
-    def _fault(self, problem: str) -> None:
-        _log.error(problem)
-        self.spawn(self.bus.send(make("ALERT", severity="error", source=self.ident, message=problem,
-                                      sender=self.ident)), "alert")
-        if self.storage_faults == 1 or self.storage_faults % 100 == 0:
-            self.spawn(self.raise_panic(f"{self.ident}: {problem}"), "panic")
 
     async def _deadlines(self) -> None:
         while True:

@@ -19,7 +19,7 @@ from typing import Awaitable, Callable
 
 from fitsflow.core.runtime import cancel_and_wait
 from fitsflow.core.errors import UnsafePath
-from fitsflow.core.handoff import remove_stale_temps
+from fitsflow.core.handoff import atomic_write_bytes, remove_stale_temps
 from fitsflow.core.layout import IMAGE_NAME
 from fitsflow.core.poison import load_file
 from fitsflow.core.rawstore import (SensorMeta, SensorWriter, image_dir, parse_meta, read_readout_summary, sensor_key,
@@ -54,8 +54,10 @@ class ImageAssembler:
     """Role: turns stripes into stored sensors and announces finished images."""
 
     def __init__(self, root: Path, timeout_s: float, default_expected: set[str], announce: Announce,
-                 *, spawn: Spawn, keep_announced_s: float = 600.0) -> None:
+                 *, spawn: Spawn, storage_failed: Callable[[str], object] = lambda detail: None,
+                 keep_announced_s: float = 600.0) -> None:
         self._spawn = spawn
+        self.storage_failed = storage_failed
         self.root = Path(root)
         self.timeout_s = timeout_s
         self.default_expected = default_expected
@@ -134,7 +136,7 @@ class ImageAssembler:
         state.deadline = max(state.deadline, time.monotonic() + exptime + self.timeout_s)
         d = image_dir(self.root, image)
         d.mkdir(exist_ok=True)
-        (d / ".expected").write_text(json.dumps(sorted(sensors)))
+        atomic_write_bytes(d / ".expected", json.dumps(sorted(sensors)).encode())
 
     async def add_stripe(self, stripe: Stripe) -> bool:
         """Store one stripe; False if it was a duplicate. Announces the image when whole."""
@@ -154,7 +156,7 @@ class ImageAssembler:
             _log.info("image %s sensor %s: refilling a partial sensor", stripe.image, key,
                       extra={"IMAGE": stripe.image})
             writer = SensorWriter.refill(self.root, done)
-            (writer.dir / f".{key}.meta").write_text(json.dumps(writer.meta.__dict__))
+            atomic_write_bytes(writer.dir / f".{key}.meta", json.dumps(writer.meta.__dict__).encode())
             state.writers[key] = writer
         if writer is None:
             meta = SensorMeta(image=stripe.image, image_seq=stripe.image_seq, group=stripe.group, snap=stripe.snap,
@@ -185,7 +187,8 @@ class ImageAssembler:
     def _open_writer(self, meta: SensorMeta) -> SensorWriter:
         writer = SensorWriter(self.root, meta)
         # The sensor's identity, beside its journal, so a restart can resume it.
-        (writer.dir / f".{meta.name}.meta").write_text(json.dumps(meta.__dict__))
+        # Atomic: a full disk must not leave a 0-byte .meta that a restart cannot read.
+        atomic_write_bytes(writer.dir / f".{meta.name}.meta", json.dumps(meta.__dict__).encode())
         return writer
 
     async def _finish_sensor(self, state: ImageState, key: str, writer: SensorWriter | None = None) -> None:
@@ -248,4 +251,11 @@ class ImageAssembler:
                         _log.error("image %s sensor %s cannot be stored: %s", state.image, key, exc,
                                    extra={"IMAGE": state.image})
                 _log.warning("image %s timed out: %s", state.image, state.summary(), extra={"IMAGE": state.image})
-                await self._announce(state)
+                try:
+                    await self._announce(state)
+                except OSError as exc:  # the store is full or unwritable: try again shortly
+                    self.storage_errors += 1
+                    state.deadline = now + 1.0
+                    _log.error("image %s: cannot record its readout: %s; retrying", state.image, exc,
+                               extra={"IMAGE": state.image})
+                    self.storage_failed(f"{state.image}: {exc}")

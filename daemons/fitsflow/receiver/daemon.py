@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import time
 
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
@@ -20,7 +19,8 @@ from fitsflow.receiver.metrics import LossMonitor, StreamCollector, serve_metric
 from fitsflow.receiver.stream import RejectedPacketCounter, SpeadStreamReceiver
 
 _log = logging.getLogger(__name__)
-PANIC_EVERY_S = 600.0
+STORE_FAULT = "raw buffer store"
+LOSS_FAULT = "UDP packet loss above threshold"
 
 
 class ReceiverDaemon(Daemon):
@@ -31,15 +31,15 @@ class ReceiverDaemon(Daemon):
         self.rcfg: ReceiverConfig = cfg.section("receiver")
         self.raw_root = cfg.paths.resolved().raw_buffer
         self.assembler = ImageAssembler(self.raw_root, self.rcfg.image_timeout_s,
-                                        set(self.rcfg.expected_sensors), self._announce, spawn=self.spawn)
-        self.streams = [SpeadStreamReceiver(addr, self.rcfg, self.assembler.add_stripe, self._storage_error,
-                                            spawn=self.spawn)
+                                        set(self.rcfg.expected_sensors), self._announce, spawn=self.spawn,
+                                        storage_failed=self._storage_failed)
+        self.streams = [SpeadStreamReceiver(addr, self.rcfg, self.assembler.add_stripe, self._storage_failed,
+                                            self._storage_ok, spawn=self.spawn)
                         for addr in self.rcfg.streams_for(args.instance)]
         self.rejected = RejectedPacketCounter(on_fatal=self._receive_thread_died)
         self.loss = LossMonitor(self.streams, self.rcfg.loss_alert_fraction)
         self.alerts = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_panic = -PANIC_EVERY_S
         self.roles = [self.assembler, *self.streams]
         # Durable: a restarted receiver still learns which sensors to expect.
         bus.subscribe(CAMERA_EVENTS, self.on_camera_event, name=f"receiver-events-{self.instance}",
@@ -121,12 +121,14 @@ class ReceiverDaemon(Daemon):
                   len(summary["missing"]), len(summary["partial"]), extra={"IMAGE": image,
                                                                            "MSGTYPE": "READOUT_COMPLETE"})
 
-    async def _storage_error(self, problem: str) -> None:
-        if self.state != "ALARM":
-            await self.raise_panic(f"{self.ident}: cannot store readouts: {problem}")
-        self.state = "ALARM"
-        await self.bus.send(make("ALERT", severity="error", source=self.ident,
-                                 message=f"raw buffer store: {problem}", sender=self.ident))
+    def _storage_failed(self, problem: str) -> None:
+        """The raw buffer store refused a write (full, unwritable): one fault episode until a
+        write succeeds again; the pixels lost meanwhile come back by catch-up's re-sends."""
+        self.faults.report(STORE_FAULT, f"cannot store readouts in {self.raw_root}: {problem}")
+
+    def _storage_ok(self) -> None:
+        if STORE_FAULT in self.faults.active:
+            self.faults.clear(STORE_FAULT)
 
     def _receive_thread_died(self, problem: str) -> None:
         """From spead2's thread: the stream cannot receive any more. The daemon ends (exit
@@ -145,15 +147,14 @@ class ReceiverDaemon(Daemon):
                     raise FitsflowError(problem)  # a supervised task: the daemon ends, systemd restarts it
             await self.bus.send(make("RECEIVER_STATS", receiver=self.ident, streams=self.loss.snapshot(),
                                      rejected=dict(self.rejected.counts), sender=self.ident))
-            for problem in self.loss.check():
+            # One episode while intervals keep losing (one ALERT and one panic, not one a
+            # minute), cleared by the first interval without loss.
+            problems = self.loss.check()
+            if problems:
                 self.alerts += 1
-                self.state = "ALARM"
-                _log.error("packet loss above threshold: %s", problem)
-                await self.bus.send(make("ALERT", severity="error", source=self.ident, message=problem,
-                                         sender=self.ident))
-                if time.monotonic() - self._last_panic > PANIC_EVERY_S:  # a shifter needs one mail, not one a minute
-                    self._last_panic = time.monotonic()
-                    await self.raise_panic(f"{self.ident}: UDP packet loss above threshold: {problem}")
+                self.faults.report(LOSS_FAULT, "; ".join(problems))
+            elif LOSS_FAULT in self.faults.active:
+                self.faults.clear(LOSS_FAULT)
 
 
 async def _fail(problem: str) -> None:

@@ -96,9 +96,12 @@ class SpeadStreamReceiver:
     """Role: receive one UDP port. ``sink(stripe)`` stores a stripe, False for a duplicate."""
 
     def __init__(self, address: str, cfg: ReceiverConfig, sink: StripeSink,
-                 on_storage_error: Callable[[str], Awaitable[None]] | None = None, *, spawn: Spawn) -> None:
+                 storage_failed: Callable[[str], object], storage_ok: Callable[[], None], *, spawn: Spawn) -> None:
+        """``storage_failed(detail)`` / ``storage_ok()``: the raw buffer store refused a stripe /
+        took one (a fault episode of the daemon opens and closes with them)."""
         self._spawn = spawn
-        self.on_storage_error = on_storage_error
+        self.storage_failed = storage_failed
+        self.storage_ok = storage_ok
         self.address = address
         self.host, self.port = parse_host_port(address)
         self.cfg = cfg
@@ -217,13 +220,13 @@ class SpeadStreamReceiver:
         try:
             try:
                 stored = await self.sink(stripe)
-            except OSError as exc:  # one sensor's storage failing must not stop the stream
+            except OSError as exc:  # the store failing must not stop the stream (nor flood the log)
                 self.counters.storage_errors += 1
-                _log.error("cannot store stripe %d of %s %s_%s: %s", stripe.index, stripe.image, stripe.raft,
+                _log.debug("cannot store stripe %d of %s %s_%s: %s", stripe.index, stripe.image, stripe.raft,
                            stripe.sensor, exc, extra={"IMAGE": stripe.image})
-                if self.on_storage_error is not None:
-                    await self.on_storage_error(f"{stripe.image} {stripe.raft}_{stripe.sensor}: {exc}")
+                self.storage_failed(f"{stripe.image} {stripe.raft}_{stripe.sensor}: {exc}")
                 return
+            self.storage_ok()
             if stored:
                 self.counters.stripes_stored += 1
                 self.counters.bytes_stored += stripe.pixels.nbytes

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
+from fitsflow.core.faults import is_environmental, retry_delay
 from fitsflow.core.errors import Reject, Requeue, UnsafePath
 from fitsflow.core.ingest.engine import Ingester, Placement
 from fitsflow.core.ingest.registry import Registry
@@ -23,6 +26,7 @@ _log = logging.getLogger(__name__)
 #: controller stages before it asks, so only a moment's race needs waiting), then goes to the
 #: dead-letter queue with that reason instead of being retried forever.
 UNSTAGED_WAIT_S = 300.0
+STORAGE_FAULT = "ingest storage"
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ class IngestDaemon(Daemon):
         self.ingester = Ingester(name=self.name, staging=s.staging, repo=s.repo,
                                  quarantine=cfg.paths.resolved().quarantine / s.target, registry=self.registry,
                                  placement=s.placement, announce=self._announce, spawn=self.spawn,
-                                 concurrency=s.concurrency)
+                                 concurrency=s.concurrency, storage_failed=self._storage_failed,
+                                 storage_ok=self._storage_ok)
         self.watcher = StagingWatcher(s.staging, self.ingester.found, s.rescan_s, spawn=self.spawn)
         self.roles = [self.ingester, self.watcher]
         bus.subscribe(destination_of("INGEST_REQUEST", target=s.target), self.on_ingest_request,
@@ -64,11 +69,24 @@ class IngestDaemon(Daemon):
         return (f"{st.ingested} ingested, {st.duplicates} duplicates, {st.quarantined} quarantined, "
                 f"{st.errors} errors, {self.watcher.overflows} inotify overflows; {self.bus.describe()}")
 
+    def _storage_failed(self, detail: str) -> None:
+        self.faults.report(STORAGE_FAULT, detail)
+
+    def _storage_ok(self) -> None:
+        if STORAGE_FAULT in self.faults.active:
+            self.faults.clear(STORAGE_FAULT)
+
     async def on_ingest_request(self, msg: Message) -> None:
         try:
             status = await self.ingester.ingest(Path(str(msg.data["path"])), str(msg.data["checksum"]))
         except UnsafePath as exc:
             raise Reject(f"INGEST_REQUEST for {msg.image}: {exc}") from None
+        except (OSError, SQLAlchemyError) as exc:
+            if not is_environmental(exc):
+                raise
+            # The machine (repository or registry full, unwritable): wait it out, never dead-letter.
+            episode = self.faults.active.get(STORAGE_FAULT)
+            raise Requeue(f"{msg.data['path']}: {exc}", delay=retry_delay(episode.count if episode else 1)) from None
         if status == -1:  # not in staging: ingested by another trigger, or not there yet
             data_id = dict(msg.data["data_id"])
             if "instrument" in data_id and self.registry.find(data_id) is not None:

@@ -25,6 +25,7 @@ from typing import Any, Awaitable, Callable
 from fitsflow.core.handoff import fsync_dir, link_into
 from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.ingest.verify import (STATUS_INGEST_FAILURE, STATUS_OK, BadFile, Inspected, inspect)
+from fitsflow.core.faults import is_environmental
 from fitsflow.core.layout import IMAGE_NAME, entry_within, inside
 from fitsflow.core.tasks import Spawn
 
@@ -52,8 +53,14 @@ class Ingester:
     """Role: consumes paths found in ``staging``; ``concurrency`` files at once."""
 
     def __init__(self, *, name: str, staging: Path, repo: Path, quarantine: Path, registry: Registry,
-                 placement: Placement, announce: Announce, spawn: Spawn, concurrency: int = 2) -> None:
+                 placement: Placement, announce: Announce, spawn: Spawn, concurrency: int = 2,
+                 storage_failed: Callable[[str], object] = lambda detail: None,
+                 storage_ok: Callable[[], None] = lambda: None) -> None:
+        """``storage_failed(detail)`` / ``storage_ok()``: a file could not be ingested because of
+        the machine (full, unwritable) / one was (the daemon's fault episode opens and closes)."""
         self._spawn = spawn
+        self.storage_failed = storage_failed
+        self.storage_ok = storage_ok
         self.name = name
         self.staging, self.repo, self.quarantine = Path(staging), Path(repo), Path(quarantine)
         self.registry = registry
@@ -94,9 +101,12 @@ class Ingester:
             self._queued.discard(path)
             try:
                 await self.ingest(path)
-            except Exception:  # noqa: BLE001 - one file's surprise must not stop the others
+            except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the others
                 self.stats.errors += 1
-                _log.exception("%s: ingesting %s failed; the next rescan retries it", self.name, path)
+                if is_environmental(exc):  # one ALARM episode (storage_failed), not a traceback per file
+                    _log.debug("%s: ingesting %s waits: %s", self.name, path, exc)
+                else:
+                    _log.exception("%s: ingesting %s failed; the next rescan retries it", self.name, path)
 
     async def ingest(self, path: Path, expected_checksum: str | None = None) -> int:
         """Ingest one staged path; returns the announced status (or -1 if the path is gone).
@@ -108,7 +118,13 @@ class Ingester:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._busy[path] = fut
         try:
-            status = await self._ingest(path, expected_checksum)
+            try:
+                status = await self._ingest(path, expected_checksum)
+            except Exception as exc:
+                if is_environmental(exc):
+                    self.storage_failed(f"{path}: {exc}")
+                raise
+            self.storage_ok()
             fut.set_result(status)
             return status
         except BaseException as exc:
