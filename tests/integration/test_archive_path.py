@@ -18,7 +18,7 @@ import pytest
 from astropy.io import fits
 
 from fitsflow.archive_controller.book import Book
-from fitsflow.archive_controller.daemon import ArchiveControllerDaemon
+from fitsflow.archive_controller.daemon import POOL_FAULT, ArchiveControllerDaemon
 from fitsflow.archive_ingest.daemon import ArchiveIngestDaemon
 from fitsflow.camera_sim.pixels import sensor_pixels
 from fitsflow.core.config import Config, load_config
@@ -165,8 +165,38 @@ def test_empty_pool_alerts_then_assigns(tmp_path: Path, broker: PrivateBroker) -
             await listen.bus.send(readout(image))
             await async_wait_for(lambda: listen.of("ALERT"), 20, what="pool-empty ALERT")
             assert "no live forwarder" in listen.of("ALERT")[0].data["message"]
+            # Not before the controller had listened for the whole liveness timeout.
+            assert ctl.bus.last_connected_at is not None
+            assert ctl.effective_state() == "ALARM" and ctl.listening()
             async with running(ForwarderDaemon, cfg, "late"):
                 await async_wait_for(lambda: len(ctl.book.delivered_sensors(image)) == 3, 30)
+                await async_wait_for(lambda: any("cleared" in m.data["message"] for m in listen.of("ALERT")), 10,
+                                     what="the pool's episode cleared")
+            assert ctl.effective_state() == "ON"
+            assert [m for m in listen.of("ALERT") if "no live forwarder" in m.data["message"]][:1] == \
+                listen.of("ALERT")[:1] and len(listen.of("ALERT")) == 2  # one episode: one ALERT each way
+    run(main())
+
+
+def test_no_false_pool_alarm_after_a_reconnect(tmp_path: Path, broker: PrivateBroker) -> None:
+    """Readouts queued while the controller was away arrive before the first heartbeat after
+    its reconnect: the forwarders are alive, only not heard yet — no ALARM, no panic."""
+    cfg = site(tmp_path, broker)
+    images = [f"TESTCAM_O_20261121_0000{20 + i}" for i in range(3)]
+    for i, image in enumerate(images):
+        store_image(cfg, image, 20 + i)
+
+    async def main() -> None:
+        async with running(ForwarderDaemon, cfg, "f1"), Listener(cfg, "arch-l4", ["/topic/fitsflow.alerts"]) as listen:
+            async with running(ArchiveControllerDaemon, cfg):
+                pass  # its durable subscriptions exist now
+            for image in images:  # published while the controller is down
+                await listen.bus.send(readout(image))
+            async with running(ArchiveControllerDaemon, cfg) as ctl:
+                await async_wait_for(lambda: all(len(ctl.book.delivered_sensors(i)) == 3 for i in images), 60,
+                                     what="the backlog delivered")
+                assert POOL_FAULT not in ctl.faults.active and ctl.faults.episodes == 0
+            assert not [m for m in listen.of("ALERT") if "forwarder" in m.data["message"]]
     run(main())
 
 

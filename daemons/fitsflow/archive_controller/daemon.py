@@ -30,6 +30,7 @@ from fitsflow.core.runtime import Daemon
 
 _log = logging.getLogger(__name__)
 HANDOFF_FAULT = "hand-off"
+POOL_FAULT = "forwarder pool empty"
 
 
 class ArchiveControllerDaemon(Daemon):
@@ -47,7 +48,6 @@ class ArchiveControllerDaemon(Daemon):
         self.started = time.monotonic()
         self.handoffs_done = 0
         self.reassignments = 0
-        self.pool_empty_alerted = False
         self._locks: dict[str, asyncio.Lock] = {}
         bus.subscribe("/topic/fitsflow.readout", self.on_readout_complete, name="controller-readout", durable=True)
         bus.subscribe("/topic/fitsflow.forwarder.heartbeat", self.on_heartbeat, name="controller-heartbeats")
@@ -135,24 +135,29 @@ class ArchiveControllerDaemon(Daemon):
             _log.info("%s: %d sensors to %s (%s)", a.image, len(a.sensors), a.forwarder, a.assignment,
                       extra={"IMAGE": a.image, "MSGTYPE": "FORWARD_IMAGE"})
 
+    def listening(self) -> bool:
+        """True once the controller has been connected long enough to have heard every live
+        forwarder's heartbeat (liveness_timeout_s since its start or its last reconnect).
+        Heartbeats are not durable: after a reconnect, the backlog of readouts arrives before
+        the first heartbeat, and judging the pool then would cry wolf."""
+        since = max(self.started, self.bus.last_connected_at or self.started)
+        return self.bus.connected_brokers != [] and time.monotonic() - since >= self.acfg.liveness_timeout_s
+
     async def _pool_empty(self, image: str) -> None:
-        if not self.pool_empty_alerted:
-            self.pool_empty_alerted = True
-            self.state = "ALARM"
-            problem = f"no live forwarder: {image} and later images wait for one"
-            _log.error(problem, extra={"IMAGE": image})
-            await self.bus.send(make("ALERT", severity="error", source=self.ident, message=problem,
-                                     sender=self.ident))
-            await self.raise_panic(f"{self.ident}: forwarder pool empty: {problem}")
+        """An assignment found no live forwarder: it waits (the assign loop sends it once one
+        is heard); the pool is declared empty only when the controller has been listening
+        for the whole liveness timeout — one episode, cleared when a forwarder is back."""
+        if self.listening() and not self.live_forwarders():
+            self.faults.report(POOL_FAULT, f"no live forwarder heard for {self.acfg.liveness_timeout_s:.0f} s: "
+                                           f"{image} and later images wait for one")
 
     async def _assign_loop(self) -> None:
         while True:
             await asyncio.sleep(self.acfg.assign_interval_s)
             live = self.live_forwarders()
-            if live and self.pool_empty_alerted:
-                self.pool_empty_alerted = False
-                self.state = "ON"
-            grace = time.monotonic() - self.started < self.acfg.liveness_timeout_s  # hear everyone first
+            if live and POOL_FAULT in self.faults.active:
+                self.faults.clear(POOL_FAULT)
+            grace = not self.listening()  # hear everyone first (after a start or a reconnect)
             if self.acfg.partial_grace_s and live:
                 # Partial sensors the camera did not re-send in time: forward them as they are.
                 cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=self.acfg.partial_grace_s)
@@ -167,6 +172,8 @@ class ArchiveControllerDaemon(Daemon):
                     await asyncio.to_thread(self.book.set_assignment, a.assignment, state="done")
                 elif a.forwarder is None or (a.forwarder not in live and not grace):
                     if not live:
+                        if a.forwarder is None:
+                            await self._pool_empty(a.image)
                         continue
                     plan = self._plan(a.image, left)
                     if a.forwarder is not None:

@@ -146,6 +146,9 @@ class MessageBus:
         self._outbox_count = store.outbox_size()
         #: outbox entries being sent directly by send_raw (the flusher leaves them alone)
         self._inflight: set[int] = set()
+        #: loop time (monotonic) of the latest (re)connection: what was published while this
+        #: bus was away, on topics it does not hold durably, it never heard
+        self.last_connected_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._consuming = False
@@ -530,6 +533,7 @@ class MessageBus:
                 continue
             delay = 0.1
             self.stats.connects += 1
+            self.last_connected_at = asyncio.get_running_loop().time()
             _log.info("%s: connected to %s", self.name, link.url)
             self._update_any_up()
             self._outbox_wake.set()
