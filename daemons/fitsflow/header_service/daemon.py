@@ -20,9 +20,11 @@ from fitsflow.header_service.builder import (ImageRecord, Sample, build_header, 
                                              sample_keywords)
 from fitsflow.header_service.config import HeaderServiceConfig
 from fitsflow.header_service.state import HeaderState
+from fitsflow.header_service.stream_clock import StreamClock
 
 _log = logging.getLogger(__name__)
 STORE_FAULT = "header store"
+DEADLINE_TICK_S = 0.5
 
 
 class HeaderServiceDaemon(Daemon):
@@ -37,6 +39,8 @@ class HeaderServiceDaemon(Daemon):
         self.partial = 0
         self.storage_faults = 0
         self._writing: set[str] = set()
+        #: deadlines are judged against the processed stream (stream_clock), not the wall clock
+        self.clock = StreamClock()
         # Durable: events and telemetry published while the service restarts are still seen.
         bus.subscribe(CAMERA_EVENTS, self.on_event, name=f"header-events-{self.instance}", durable=True)
         bus.subscribe(TELEMETRY, self.on_telemetry, name=f"header-telemetry-{self.instance}", durable=True)
@@ -55,6 +59,7 @@ class HeaderServiceDaemon(Daemon):
     # -- event handlers ----------------------------------------------------------------
 
     async def on_event(self, msg: Message) -> None:
+        self.clock.observe("events", parse_time(msg.sent))
         try:
             rec = self.store.record(msg.image or "")
         except UnsafePath as exc:
@@ -71,6 +76,7 @@ class HeaderServiceDaemon(Daemon):
             await self._write(rec)
 
     async def on_telemetry(self, msg: Message) -> None:
+        self.clock.observe("telemetry", parse_time(msg.sent))
         topic = str(msg.data["topic"])
         try:
             sample = Sample(str(msg.data["timestamp"]), dict(msg.data["values"]))
@@ -120,9 +126,13 @@ class HeaderServiceDaemon(Daemon):
         await self.store.forget(rec.image)
 
     async def _deadlines(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_tick, last_connect = loop.time(), self.bus.last_connected_at
         while True:
-            await asyncio.sleep(0.5)
-            now = dt.datetime.now(dt.timezone.utc)
+            await asyncio.sleep(DEADLINE_TICK_S)
+            if loop.time() - last_tick > 10 * DEADLINE_TICK_S or self.bus.last_connected_at != last_connect:
+                self.clock.interrupted()  # stopped, starved or reconnected: a backlog may follow
+            last_tick, last_connect = loop.time(), self.bus.last_connected_at
             for rec in list(self.store.records.values()):
                 if rec.written:
                     await self.store.forget(rec.image)
@@ -137,7 +147,7 @@ class HeaderServiceDaemon(Daemon):
                     await self.bus.send(make("ALERT", severity="error", source=self.ident,
                                              message=self.store.rejected[-1], sender=self.ident))
                     continue
-                if now >= deadline:
+                if self.clock.past(deadline):
                     try:
                         await self._write(rec)
                     except Requeue:
