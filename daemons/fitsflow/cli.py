@@ -7,6 +7,7 @@
     fitsflow oods ls|get [--image I] [--raft R] [--sensor S] [--obs-day D] [--json]
     fitsflow oods tag|untag [data ID options]
     fitsflow archive ls|get [data ID options]
+    fitsflow dlq ls|show|replay|purge [IDS] [--queue Q] [--reason TEXT] [--image I] [--older-than S]
 """
 
 from __future__ import annotations
@@ -149,9 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--no-dirs", action="store_true", help="skip the checks of the data directories")
     check.set_defaults(func=_config_check)
 
-    from fitsflow import status
+    from fitsflow import dlq, status
     _add_demo_parser(sub)
     status.add_parser(sub)
+    dlq.add_parser(sub)
 
     p = sub.add_parser("panic", help="raise a panic (the on-call shifter is e-mailed)")
     p.add_argument("text", nargs="*")
