@@ -3,8 +3,11 @@
 Images whose packets were sent while a receiver was down (or lost on the way) never become
 files. The camera announces every image it read out (END_READOUT); this role compares those
 announcements with what the archive registry holds and, for an image still incomplete
-``catchup_after_s`` later, asks the camera to send it again (RESEND_IMAGE, at most
-``catchup_max_resends`` times, ``catchup_after_s`` apart). A re-sent image flows through the
+``catchup_after_s`` later, re-drives the step that is missing: sensors the controller never
+heard of (or partial ones) are asked of the camera again (RESEND_IMAGE, at most
+``catchup_max_resends`` times, ``catchup_after_s`` apart); sensors handed off but not in the
+archive get their INGEST_REQUEST again; sensors assigned and on their way are left to the
+assignment loop (a full disk downstream is not cured by the camera sending pixels again). A re-sent image flows through the
 normal path: the receiver stores the sensors it lacked (or fills partial ones), announces the
 readout again, and the controller assigns what is new. An image still incomplete after the
 last re-send raises one panic.
@@ -52,8 +55,15 @@ class CatchUp:
     """A role of the archive controller (see the module docstring)."""
 
     def __init__(self, cfg: ArchiveControllerConfig, database_url: str, bus: MessageBus, ident: str,
-                 panic: Callable[[str], Awaitable[None]], *, spawn: Spawn) -> None:
+                 panic: Callable[[str], Awaitable[None]], *, spawn: Spawn,
+                 sensor_states: Callable[[str], dict[str, str]] = lambda image: {},
+                 redrive_ingest: Callable[[str, list[str]], Awaitable[int]] | None = None) -> None:
+        """``sensor_states(image)``: what the controller knows of each sensor (its book);
+        ``redrive_ingest(image, sensors)``: ask the ingesters again for handed-off sensors."""
         self._spawn = spawn
+        self.sensor_states = sensor_states
+        self.redrive_ingest = redrive_ingest or _no_redrive
+        self.redriven = 0
         self.cfg = cfg
         self.bus = bus
         self.ident = ident
@@ -76,7 +86,8 @@ class CatchUp:
         self.engine.dispose()
 
     def status(self) -> str:
-        return f"catch-up: {self.resends} re-sends asked, {self.closed} gaps closed"
+        return (f"catch-up: {self.resends} re-sends asked, {self.redriven} ingests asked again, "
+                f"{self.closed} gaps closed")
 
     async def on_end_readout(self, msg: Message) -> None:
         try:
@@ -116,6 +127,21 @@ class CatchUp:
                     _log.info("catch-up: %s complete after %d re-send(s)", row.image, row.resends,
                               extra={"IMAGE": row.image})
                 continue
+            # Re-drive the step that is missing; only pixels that never reached the controller
+            # need the camera (a gap downstream of the receiver is not closed by a re-send).
+            states = await asyncio.to_thread(self.sensor_states, row.image)
+            upstream = [s for s in missing if states.get(s) in (None, "deferred")]
+            handed_off = [s for s in missing if states.get(s) == "delivered"]
+            if handed_off:
+                asked = await self.redrive_ingest(row.image, handed_off)
+                if asked:
+                    self.redriven += asked
+                    _log.warning("catch-up: %s: %d sensors handed off but not in the archive; ingest asked again",
+                                 row.image, asked, extra={"IMAGE": row.image})
+            if not upstream:  # on their way (assigned, handed off): look again later, no re-send
+                await asyncio.to_thread(self._set, row.image, last_resend_at=now)
+                continue
+            missing = upstream
             if row.resends >= self.cfg.catchup_max_resends:
                 await asyncio.to_thread(self._set, row.image, state="given-up")
                 await self.panic(f"{self.ident}: {row.image} still lacks {len(missing)} sensors in the archive "
@@ -141,3 +167,7 @@ class CatchUp:
     def _set(self, image: str, **values: object) -> None:
         with self.engine.begin() as c:
             c.execute(update(expected_t).where(expected_t.c.image == image).values(**values))
+
+
+async def _no_redrive(image: str, sensors: list[str]) -> int:
+    return 0

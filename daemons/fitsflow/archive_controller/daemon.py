@@ -53,7 +53,8 @@ class ArchiveControllerDaemon(Daemon):
         bus.subscribe("/topic/fitsflow.forwarder.heartbeat", self.on_heartbeat, name="controller-heartbeats")
         bus.subscribe(destination_of("FILE_DELIVERED"), self.on_file_delivered, name="controller-delivered",
                       concurrency=4)
-        self.catchup = CatchUp(self.acfg, cfg.site.database_url, bus, self.ident, self.raise_panic, spawn=self.spawn) \
+        self.catchup = CatchUp(self.acfg, cfg.site.database_url, bus, self.ident, self.raise_panic, spawn=self.spawn,
+                               sensor_states=self.book.sensor_states, redrive_ingest=self._redrive_ingest) \
             if self.acfg.catchup else None
         self.roles = [self.catchup] if self.catchup else []
 
@@ -302,6 +303,17 @@ class ArchiveControllerDaemon(Daemon):
                 if not is_environmental(exc):
                     raise
                 self.faults.report(HANDOFF_FAULT, f"cannot read the hand-off book: {exc}")
+
+    async def _redrive_ingest(self, image: str, sensors: list[str]) -> int:
+        """Catch-up: INGEST_REQUEST again for these sensors if their hand-off is complete
+        (ingest is idempotent); returns how many were asked."""
+        asked = 0
+        for sensor in sensors:
+            row = await asyncio.to_thread(self.book.handoff, f"{image}/{sensor}")
+            if row is not None and row.state == "requested":
+                await self._request(row)
+                asked += 1
+        return asked
 
     async def _request(self, row: HandOffRow) -> None:
         for target, path in (("oods", row.oods), ("archive", row.archive)):
