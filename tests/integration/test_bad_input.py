@@ -9,149 +9,29 @@ and that every daemon still consumes (the good image needs all of them).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
 import struct
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Awaitable, Callable
 
 import numpy as np
 import pytest
-from astropy.io import fits
 
-from fitsflow.camera_sim.pixels import sensor_pixels
-from fitsflow.camera_sim.sender import SpeadSender
-from fitsflow.camera_sim.simulator import CameraSimulator, SimSettings
-from fitsflow.camera_sim.store import ImageRecipe, ImageStore
-from fitsflow.core.bus import MessageBus
-from fitsflow.core.config import Config, load_config
-from fitsflow.core.ingest.registry import Registry
-from fitsflow.core.messages import Message, destination_of, make
-from fitsflow.testing.broker import PrivateBroker, free_port
-from fitsflow.testing.config import make_site
-from fitsflow.testing.pipeline import Pipeline
-from fitsflow.testing.stomp_tools import drain
-from fitsflow.testing.udp import free_udp_port
+from fitsflow.core.messages import destination_of, make
+from fitsflow.testing.broker import PrivateBroker
+from fitsflow.testing.flow import SENSORS, Flow, run_flow
 from fitsflow.testing.wait import async_wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-SENSORS = ["R22_S00", "R22_S01"]
 SENT = "2026-11-21T00:00:00Z"
 
 
-class Flow:
-    """The pipeline, a camera on its own bus, and what the checks need."""
-
-    def __init__(self, tmp: Path, broker: PrivateBroker) -> None:
-        self.tmp = tmp
-        self.broker = broker
-        self.port = free_udp_port()
-        self.cfg: Config = load_config(make_site(tmp, [broker.url], extra={
-            "bus": {"max_attempts": 3, "retry_delay_s": 0.2},
-            "receiver": {"streams": [f"127.0.0.1:{self.port}"], "image_timeout_s": 3.0, "max_heap_bytes": 1 << 20,
-                         "socket_buffer_bytes": 4 << 20, "expected_sensors": SENSORS, "stats_interval_s": 1.0},
-            "forwarder": {"heartbeat_s": 0.5},
-            "archive_controller": {"liveness_timeout_s": 5.0},
-            "oods": {"rescan_s": 1.0}, "archive_ingest": {"rescan_s": 1.0},
-            "recorder": {"http_port": free_port()},
-        }))
-        self.pipeline = Pipeline(self.cfg.source, tmp / "logs")
-        self.states: dict[str, str] = {}
-        self.stats: list[Message] = []
-        self.oods: list[Message] = []
-        self.bus = MessageBus.from_config(self.cfg, f"camera-{os.getpid()}")
-        self.bus.subscribe(destination_of("DAEMON_STATE"), self._on)
-        self.bus.subscribe(destination_of("RECEIVER_STATS"), self._on)
-        self.bus.subscribe(destination_of("IMAGE_IN_OODS"), self._on)
-        self.sender: SpeadSender | None = None
-        self.sim: CameraSimulator | None = None
-
-    async def _on(self, msg: Message) -> None:
-        if msg.type == "DAEMON_STATE":
-            self.states[str(msg.data["daemon"])] = str(msg.data["state"])
-        elif msg.type == "RECEIVER_STATS":
-            self.stats.append(msg)
-        else:
-            self.oods.append(msg)
-
-    async def start(self) -> None:
-        self.pipeline.start_all()
-        await self.bus.start()
-        assert await self.bus.wait_connected(30)
-        await async_wait_for(lambda: all(self.states.get(n) == "ON" for n in self.pipeline.daemons), 120,
-                             what="every daemon ON")
-        self.sender = SpeadSender([("127.0.0.1", self.port)], rate_bytes_s=50e6)
-        settings = SimSettings(instrument="TESTCAM", sensors=SENSORS, rows=64, cols=80, stripe_rows=16)
-        self.sim = CameraSimulator(settings, self.bus, self.sender, ImageStore(self.tmp / "camera-store", 50))
-
-    async def stop(self) -> None:
-        if self.sender is not None:
-            self.sender.close()
-        await self.bus.stop()
-        self.pipeline.stop_all()
-
-    def link(self) -> Any:
-        """A raw STOMP connection, as a client fitsflow did not write."""
-        from fitsflow.core.bus.stomp_link import StompLink
-        link = StompLink(self.broker.url, heartbeat_ms=0)
-        link.connect(f"outsider-{os.urandom(4).hex()}")
-        return link
-
-    def send_raw(self, destination: str, body: str, **headers: str) -> None:
-        link = self.link()
-        try:
-            link.send(destination, body, {"persistent": "true", **headers}).result(10)
-        finally:
-            link.close()
-
-    def dead_letters(self, destination: str, expect: int) -> list[Any]:
-        name = destination.split("/", 2)[-1]
-        return drain(self.broker.url, f"/queue/DLQ.{name}", expect=expect, timeout=30)
-
-    async def good_image_archived(self) -> ImageRecipe:
-        """A good image, end to end: bit-exact in both registries; every daemon alive."""
-        assert self.sim is not None
-        recipe = await self.sim.take_image()
-        registries = [Registry(self.cfg.site.database_url, t) for t in ("oods_files", "archive_files")]
-        paths = self.cfg.paths.resolved()
-        try:
-            def entries() -> list[list[Any]]:
-                return [[e for e in r.query() if e.data_id["image"] == recipe.image] for r in registries]
-            await async_wait_for(lambda: all(len(e) == len(SENSORS) for e in entries()), 90,
-                                 what=f"{recipe.image} in both registries")
-            for found, repo in zip(entries(), (paths.oods_repo, paths.archive_repo)):
-                for e in found:
-                    index = SENSORS.index(f"{e.data_id['raft']}_{e.data_id['sensor']}")
-                    with fits.open(repo / e.path) as hdul:
-                        want = sensor_pixels(recipe.seed, recipe.image_seq, index, recipe.rows, recipe.cols)
-                        assert np.array_equal(hdul[1].data, want), f"{e.path} differs"
-        finally:
-            for r in registries:
-                r.close()
-        assert self.pipeline.dead() == [], {n: self.pipeline.log_tail(n) for n in self.pipeline.dead()}
-        return recipe
-
-
 @pytest.fixture
-def flow(tmp_path: Path, fresh_broker: PrivateBroker) -> Iterator[Callable[[Callable[[Flow], Awaitable[None]]], None]]:
+def flow(tmp_path: Path, fresh_broker: PrivateBroker) -> Callable[[Callable[[Flow], Awaitable[None]]], None]:
     """``flow(scenario)``: run ``scenario(flow)`` against a started pipeline, then stop it."""
-    made: list[Flow] = []
-
-    def run(scenario: Callable[[Flow], Awaitable[None]]) -> None:
-        async def main() -> None:
-            f = Flow(tmp_path, fresh_broker)
-            made.append(f)
-            try:
-                await f.start()
-                await scenario(f)
-            finally:
-                await f.stop()
-        asyncio.run(asyncio.wait_for(main(), 400))
-    yield run
-    for f in made:
-        f.pipeline.stop_all()
+    return lambda scenario: run_flow(tmp_path, fresh_broker, scenario)
 
 
 def _spead_packet(items: list[tuple[int, int]], payload: bytes = b"x" * 8) -> bytes:

@@ -153,6 +153,12 @@ class Daemon:
                                           status=self.status_line(),
                                           sender=self.ident))
 
+    def watch_bus_faults(self) -> None:
+        """Handlers meeting a fault of the machine open (and their next success closes) one of
+        this daemon's fault episodes."""
+        self.bus.on_fault = self.faults.report
+        self.bus.on_fault_cleared = self.faults.clear
+
     def effective_state(self) -> str:
         """The state to show: ALARM while a fault of the machine is open, else ``state``."""
         return "ALARM" if self.faults.active and self.state == "ON" else self.state
@@ -286,6 +292,7 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
     if bus.on_dead_letter is None:  # a daemon may have its own (the panic mailer does)
         bus.on_dead_letter = daemon.panic_on_dead_letter
     bus.on_refused = bus.on_refused or daemon.panic_on_refused
+    daemon.watch_bus_faults()
     notifier.notify(f"STATUS=starting {daemon.ident}, connecting to {len(cfg.bus.brokers)} broker(s)")
     await bus.start(consume=False)  # handlers run once the daemon has started (and recovered)
     if not await _wait_broker(bus, stop, notifier):

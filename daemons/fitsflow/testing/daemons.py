@@ -19,6 +19,7 @@ async def running(cls: type[D], cfg: Config, instance: str = "t") -> AsyncIterat
     """Start ``cls`` as its entry point would (bus first, then roles); stop it on exit."""
     bus = MessageBus.from_config(cfg, f"{cls.name}-{instance}")
     daemon = cls(cfg, bus, argparse.Namespace(instance=instance))
+    daemon.watch_bus_faults()
     await bus.start(consume=False)
     if not await bus.wait_connected(15):
         raise TimeoutError(f"{cls.name}: no broker")

@@ -18,6 +18,9 @@ Receiving (:meth:`MessageBus.subscribe`)
     - :class:`Requeue`: kept unacked, handled again after its delay (not counted);
     - :class:`Reject` or an undecodable body: sent to ``/queue/DLQ.<destination>`` with the
       reason in headers, then acked;
+    - a fault of the machine (core.faults: a full disk, an unwritable directory): retried
+      with back-off for as long as it lasts, never dead-lettered, reported through
+      ``on_fault`` (the daemon's ALARM episode) and cleared by the next success;
     - any other exception: logged with its traceback, counted (durably), retried with
       exponential back-off; at ``max_attempts`` it is dead-lettered. Consumption goes on.
 
@@ -54,6 +57,7 @@ from fitsflow.core.bus.link import BrokerLink, Frame, LinkCallbacks, Subscriptio
 from fitsflow.core.bus.store import BusStore
 from fitsflow.core.config import BusConfig, Config
 from fitsflow.core.errors import Disconnected, MessageError, Refused, Reject, Requeue, Retry
+from fitsflow.core.faults import is_environmental, retry_delay
 from fitsflow.core.messages import Message, decode, destination_of
 from fitsflow.core.tasks import TaskSupervisor
 
@@ -140,6 +144,14 @@ class MessageBus:
         self.tasks = TaskSupervisor(f"bus {name}")
         #: (subscription, message id) → when it was first requeued (Requeue.give_up_after_s)
         self._waiting_since: dict[tuple[str, str], float] = {}
+        #: (subscription, message id) → attempts that met a fault of the machine (back-off)
+        self._waiting_faults: dict[tuple[str, str], int] = {}
+        self._faulted: set[str] = set()
+        #: on_fault(condition, detail) / on_fault_cleared(condition): a handler met a fault of
+        #: the machine / a later message of that subscription went through (the daemon's
+        #: fault episodes, core.faults)
+        self.on_fault: Callable[[str, str], object] | None = None
+        self.on_fault_cleared: Callable[[str], None] | None = None
         self._link_down: dict[int, asyncio.Event] = {}
         self._any_up = asyncio.Event()
         self._outbox_wake = asyncio.Event()
@@ -437,6 +449,17 @@ class MessageBus:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any handler bug: count, retry, then dead-letter
+            if is_environmental(exc):
+                # The machine (full disk, unwritable directory), not the message: it waits,
+                # retried with back-off, never dead-lettered; the daemon shows ALARM meanwhile.
+                self.stats.requeued += 1
+                n = self._waiting_faults[(sub.key, msg.id)] = self._waiting_faults.get((sub.key, msg.id), 0) + 1
+                self._faulted.add(sub.key)
+                if self.on_fault is not None:
+                    self.on_fault(f"handling {sub.destination}", f"{msg.type}{f' of {msg.image}' if msg.image else ''}: "
+                                                                 f"{type(exc).__name__}: {exc}")
+                self._retry_later(sub, item, retry_delay(n))
+                return
             self.stats.failures += 1
             attempts = self.store.record_failure(sub.key, msg.id, f"{type(exc).__name__}: {exc}")
             expected = isinstance(exc, Retry)
@@ -452,9 +475,14 @@ class MessageBus:
                 self._retry_later(sub, item, min(self.cfg.retry_delay_s * 2 ** (attempts - 1), 60.0))
             return
         self._waiting_since.pop((sub.key, msg.id), None)
+        self._waiting_faults.pop((sub.key, msg.id), None)
         self.store.mark_processed(sub.key, msg.id)
         self.stats.handled += 1
         self._ack(sub, item)
+        if sub.key in self._faulted:
+            self._faulted.discard(sub.key)
+            if self.on_fault_cleared is not None:
+                self.on_fault_cleared(f"handling {sub.destination}")
 
     def _retry_later(self, sub: _Sub, item: _Delivery, delay: float) -> None:
         asyncio.get_running_loop().call_later(delay, sub.queue.put_nowait, item)
