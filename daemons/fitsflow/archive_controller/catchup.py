@@ -30,9 +30,8 @@ from sqlalchemy.exc import IntegrityError
 from fitsflow.archive_controller.config import ArchiveControllerConfig
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.db import make_engine
-from fitsflow.core.errors import Reject, UnsafePath
 from fitsflow.core.ingest.registry import Registry
-from fitsflow.core.layout import COMPONENT_NAME, check_name
+from fitsflow.core.schemas import EndReadout
 from fitsflow.core.messages import CAMERA_EVENTS, Message, make
 from fitsflow.core.runtime import cancel_and_wait
 from fitsflow.core.tasks import Spawn
@@ -90,12 +89,8 @@ class CatchUp:
                 f"{self.closed} gaps closed")
 
     async def on_end_readout(self, msg: Message) -> None:
-        try:
-            image = check_name(msg.image or "")
-            sensors = sorted(check_name(str(s), "sensor", COMPONENT_NAME) for s in msg.data["sensors"])
-        except UnsafePath as exc:
-            raise Reject(str(exc)) from None
-        await asyncio.to_thread(self._expect, image, sensors)
+        body: EndReadout = msg.body  # names checked at the door (core.schemas)
+        await asyncio.to_thread(self._expect, msg.image or "", sorted(body.sensors))
 
     def _expect(self, image: str, sensors: list[str]) -> None:
         try:

@@ -24,7 +24,8 @@ from fitsflow.core.config import Config
 from fitsflow.core.errors import Reject, Requeue, Retry, UnsafePath
 from fitsflow.core.failpoints import failpoint
 from fitsflow.core.faults import is_environmental, retry_delay
-from fitsflow.core.layout import COMPONENT_NAME, OBS_DAY, check_name, sensor_file_name, within
+from fitsflow.core import schemas
+from fitsflow.core.layout import sensor_file_name, within
 from fitsflow.core.messages import Message, destination_of, make
 from fitsflow.core.runtime import Daemon
 
@@ -102,13 +103,8 @@ class ArchiveControllerDaemon(Daemon):
     async def on_readout_complete(self, msg: Message) -> None:
         """Assign the sensors stored and not yet assigned or delivered. Sent again after a
         re-send by the camera (catch-up), it assigns what was missing or is now whole."""
-        image = msg.image or ""
-        try:
-            check_name(image)
-            present = [check_name(str(s), "sensor", COMPONENT_NAME) for s in msg.data["present"]]
-            partial = {str(s) for s in msg.data.get("partial") or []}
-        except UnsafePath as exc:
-            raise Reject(str(exc)) from None
+        body: schemas.ReadoutComplete = msg.body  # names checked at the door (core.schemas)
+        image, present, partial = msg.image or "", list(body.present), set(body.partial)
         known = await asyncio.to_thread(self.book.sensor_states, image)
         defer = [] if not self.acfg.partial_grace_s else \
             [s for s in present if s in partial and s not in known]
@@ -188,18 +184,19 @@ class ArchiveControllerDaemon(Daemon):
 
     async def on_file_delivered(self, msg: Message) -> None:
         d = msg.data
+        body: schemas.FileDelivered = msg.body  # names and types checked at the door (core.schemas)
+        data_id = dict(d["data_id"])
+        image, raft, sensor = body.data_id.image, body.data_id.raft, body.data_id.sensor
         try:
-            data_id = dict(d["data_id"])
-            image = check_name(str(data_id.get("image")))
-            raft = check_name(str(data_id.get("raft")), "raft", COMPONENT_NAME)
-            sensor = check_name(str(data_id.get("sensor")), "sensor", COMPONENT_NAME)
-            day = check_name(str(data_id.get("obs_day")), "obs-day", OBS_DAY)
-            src = within(self.incoming, str(d["path"]))
+            if body.data_id.obs_day is None or body.data_id.instrument is None:
+                raise UnsafePath(f"data ID {data_id} lacks its obs_day or instrument")
+            day = body.data_id.obs_day
+            src = within(self.incoming, body.path)  # the path is the sender's: it must be ours
             if src.parent != self.incoming.resolve():
                 raise UnsafePath(f"{src} is not directly in {self.incoming}")
-            if src.name != sensor_file_name(str(data_id.get("instrument")), image, raft, sensor):
+            if src.name != sensor_file_name(body.data_id.instrument, image, raft, sensor):
                 raise UnsafePath(f"file name {src.name} does not match data ID {data_id}")
-        except (UnsafePath, KeyError, TypeError, ValueError) as exc:
+        except UnsafePath as exc:
             await self._error(f"FILE_DELIVERED {d.get('path')!r} refused: {exc}")
             raise Reject(f"FILE_DELIVERED refused: {exc}") from None
         key = f"{image}/{raft}_{sensor}"
