@@ -323,6 +323,8 @@ class RejectedPacketCounter(logging.Handler):
     def __init__(self, on_fatal: Callable[[str], None] | None = None) -> None:
         super().__init__(logging.DEBUG)
         self.counts: dict[str, int] = {}
+        #: spead2's other warnings, by kind (numbers replaced by N)
+        self.warnings: dict[str, int] = {}
         #: Called (from spead2's thread) when spead2 reports that its worker died.
         self.on_fatal = on_fatal
 
@@ -339,8 +341,11 @@ class RejectedPacketCounter(logging.Handler):
             _log.critical("spead2: %s", message)
             if self.on_fatal is not None:
                 self.on_fatal(f"spead2's receive thread died: {message}")
-        elif record.levelno >= logging.WARNING:
-            _log.warning("spead2: %s", message)
+        elif record.levelno >= logging.WARNING:  # e.g. "worker thread blocked by full ringbuffer on heap 12"
+            kind = _DIGITS.sub("N", message)
+            self.warnings[kind] = self.warnings.get(kind, 0) + 1
+            if self.warnings[kind] == 1:
+                _log.warning("spead2: %s (further ones of this kind are counted, not logged)", message)
 
     @property
     def total(self) -> int:
