@@ -48,11 +48,19 @@ async def images_while(f: Flow, n: int, during: float) -> None:
         await asyncio.sleep(during / n)
 
 
-def report(name: str, f: Flow, recovered_s: float, panics: list[str]) -> None:
+async def recovered(name: str, f: Flow, timeout: float = 240) -> list[str]:
+    """After the fault: every image archived exactly once and bit-exact, nothing stranded, no
+    daemon dead; prints the figures; returns the panics raised."""
+    t0 = time.monotonic()
+    await f.wait_all_archived(timeout=timeout)
+    await quiet(f)
+    f.check_exact()
+    panics = f.panics()
     print(f"\n[{name}] images {len(f.recipes)}, sensors {len(f.recipes) * 2}: lost 0, duplicated 0, corrupt 0, "
-          f"stranded 0; recovered {recovered_s:.1f} s after the fault ended; panics {len(panics)}")
+          f"stranded 0; recovered {time.monotonic() - t0:.1f} s after the fault ended; panics {len(panics)}")
     for p in panics:
         print(f"    panic: {p[:200]}")
+    return panics
 
 
 def test_power_cut_broker_and_every_daemon_at_once(tmp_path: Path, fresh_broker: PrivateBroker) -> None:
@@ -72,12 +80,7 @@ def test_power_cut_broker_and_every_daemon_at_once(tmp_path: Path, fresh_broker:
             f.broker.start()
             f.pipeline.start_all()
             await f.all_on()
-        t0 = time.monotonic()
-        await f.wait_all_archived(timeout=240)
-        await quiet(f)
-        f.check_exact()
-        panics = f.panics()
-        report("power cut x3", f, time.monotonic() - t0, panics)
+        panics = await recovered("power cut x3", f, 240)
         assert panics == [], panics
     run_flow(tmp_path, fresh_broker, scenario, timeout=600)
 
@@ -92,12 +95,7 @@ def test_broker_stopped(tmp_path: Path, fresh_broker: PrivateBroker) -> None:
         await asyncio.sleep(OUTAGE_S)
         os.kill(f.broker.proc.pid, signal.SIGCONT)
         await camera
-        t0 = time.monotonic()
-        await f.wait_all_archived(timeout=240)
-        await quiet(f)
-        f.check_exact()
-        panics = f.panics()
-        report("broker SIGSTOP", f, time.monotonic() - t0, panics)
+        panics = await recovered("broker SIGSTOP", f, 240)
         assert panics == [], panics
     run_flow(tmp_path, fresh_broker, scenario, timeout=600)
 
@@ -121,12 +119,7 @@ def test_handoff_directory_unwritable(which: str, tmp_path: Path, fresh_broker: 
             for day in target.iterdir():
                 subprocess.run(["chattr", "-i", str(day)], check=False)
             subprocess.run(["chattr", "-i", str(target)], check=False)
-        t0 = time.monotonic()
-        await f.wait_all_archived(timeout=240)
-        await quiet(f)
-        f.check_exact()
-        panics = f.panics()
-        report(f"{which} unwritable", f, time.monotonic() - t0, panics)
+        panics = await recovered(f"{which} unwritable", f, 240)
         # One episode per daemon that met the fault (two forwarders share incoming/).
         assert len(panics) <= 2 and all(str(target) in p or "Errno" in p for p in panics), panics
         await async_wait_for(lambda: any("cleared" in m.data["message"] for m in f.alerts), 60,
@@ -152,12 +145,7 @@ def test_data_filesystem_full(tmp_path: Path, fresh_broker: PrivateBroker) -> No
             await asyncio.sleep(OUTAGE_S / 2)
         finally:
             filler.unlink()
-        t0 = time.monotonic()
-        await f.wait_all_archived(timeout=300)
-        await quiet(f)
-        f.check_exact()
-        panics = f.panics()
-        report("data filesystem full", f, time.monotonic() - t0, panics)
+        panics = await recovered("data filesystem full", f, 300)
         assert len(panics) <= len(f.pipeline.daemons), panics  # at most one episode per daemon
     try:
         run_flow(tmp_path, fresh_broker, scenario, timeout=600, data_root=mnt)
