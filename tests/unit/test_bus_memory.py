@@ -238,6 +238,34 @@ def test_a_message_is_on_disk_before_it_is_on_the_wire(tmp_path: Path) -> None:
     run(main)
 
 
+def test_a_full_state_disk_sends_without_the_outbox_and_says_so(tmp_path: Path) -> None:
+    import sqlite3
+
+    broker = MemoryBroker()
+    faults: list[str] = []
+    cleared: list[str] = []
+
+    async def main() -> None:
+        bus = new_bus(tmp_path, [broker])
+        bus.on_fault = lambda condition, detail: faults.append(f"{condition}: {detail}")
+        bus.on_fault_cleared = cleared.append
+        await bus.start()
+        await bus.wait_connected(5)
+        real_put = bus.store.outbox_put
+
+        def full(*args: object) -> int:
+            raise sqlite3.OperationalError("database or disk is full")
+        bus.store.outbox_put = full  # type: ignore[method-assign]
+        await bus.send(alert(1), "/queue/q")  # still delivered, straight to the broker
+        assert [json.loads(f.body)["data"]["message"] for f in broker.messages("/queue/q")] == ["m1"]
+        assert faults and "bus store" in faults[0] and "disk is full" in faults[0]
+        bus.store.outbox_put = real_put  # type: ignore[method-assign]
+        await bus.send(alert(2), "/queue/q")
+        assert cleared == ["bus store"]
+        await bus.stop()
+    run(main)
+
+
 def test_outbox_keeps_order_while_broker_down(tmp_path: Path) -> None:
     broker = MemoryBroker()
     broker.up = False

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from fitsflow.core.errors import FitsflowError
 from fitsflow.core.tasks import Spawn
 
 _log = logging.getLogger(__name__)
@@ -35,11 +36,18 @@ _SQLITE_ENVIRONMENTAL = ("disk is full", "disk i/o error", "readonly database", 
                          "database is locked")
 
 
+class MachineFault(FitsflowError):
+    """Work that cannot be done now because of the machine (e.g. no broker and no disk to keep
+    a message on): the caller waits and retries, like an ENOSPC."""
+
+
 def is_environmental(exc: BaseException | None) -> bool:
     """An error caused by the machine (full, unwritable, failing storage; also as SQLite or
     SQLAlchemy report it), as opposed to one that says the input is wrong (ENOENT of a path
     a message named, EXDEV, EEXIST...)."""
     while exc is not None:
+        if isinstance(exc, MachineFault):
+            return True
         if isinstance(exc, OSError) and exc.errno in ENVIRONMENTAL_ERRNOS:
             return True
         if isinstance(exc, sqlite3.OperationalError) and any(t in str(exc).lower() for t in _SQLITE_ENVIRONMENTAL):

@@ -19,7 +19,7 @@ from fitsflow.core.aio import wait_event
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
 from fitsflow.core.errors import Reject, UnsafePath
-from fitsflow.core.faults import is_environmental
+from fitsflow.core.faults import MachineFault, is_environmental
 from fitsflow.core.headerstore import BadHeader, ImageHeader, header_path, read_header
 from fitsflow.core.layout import check_name, obs_day, sensor_file_name
 from fitsflow.core.messages import Message, destination_of, make
@@ -215,8 +215,11 @@ class ForwarderDaemon(Daemon):
 
     async def _heartbeats(self) -> None:
         while True:
-            await self.bus.send(make("FORWARDER_HEARTBEAT", forwarder=self.instance,
-                                     load=len(self.book.open_items()), capacity=self.fcfg.capacity, sender=self.ident))
+            try:
+                await self.bus.send(make("FORWARDER_HEARTBEAT", forwarder=self.instance, load=len(self.book.open_items()),
+                                         capacity=self.fcfg.capacity, sender=self.ident))
+            except MachineFault as exc:  # the next beat will do; the bus reported the fault
+                _log.debug("heartbeat not sent: %s", exc)
             await asyncio.sleep(self.fcfg.heartbeat_s)
 
 

@@ -9,6 +9,7 @@ import logging
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
 from fitsflow.core.errors import FitsflowError, Reject, UnsafePath
+from fitsflow.core.faults import MachineFault
 from fitsflow.core.messages import CAMERA_EVENTS, Message, destination_of, make
 from fitsflow.core.runtime import Daemon
 from fitsflow.core.sockbuf import cap_warning
@@ -145,8 +146,11 @@ class ReceiverDaemon(Daemon):
                 if problem:
                     self.state = "FAULT"
                     raise FitsflowError(problem)  # a supervised task: the daemon ends, systemd restarts it
-            await self.bus.send(make("RECEIVER_STATS", receiver=self.ident, streams=self.loss.snapshot(),
-                                     rejected=dict(self.rejected.counts), sender=self.ident))
+            try:
+                await self.bus.send(make("RECEIVER_STATS", receiver=self.ident, streams=self.loss.snapshot(),
+                                         rejected=dict(self.rejected.counts), sender=self.ident))
+            except MachineFault as exc:  # informative: the next interval's will do
+                _log.debug("stats not sent: %s", exc)
             # One episode while intervals keep losing (one ALERT and one panic, not one a
             # minute), cleared by the first interval without loss.
             problems = self.loss.check()

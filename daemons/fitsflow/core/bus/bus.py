@@ -47,6 +47,7 @@ import concurrent.futures
 import logging
 import random
 import socket
+import sqlite3
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,7 @@ from fitsflow.core.bus.link import BrokerLink, Frame, LinkCallbacks, Subscriptio
 from fitsflow.core.bus.store import BusStore
 from fitsflow.core.config import BusConfig, Config
 from fitsflow.core.errors import Disconnected, MessageError, Refused, Reject, Requeue, Retry
-from fitsflow.core.faults import is_environmental, retry_delay
+from fitsflow.core.faults import MachineFault, is_environmental, retry_delay
 from fitsflow.core.messages import Message, decode, destination_of
 from fitsflow.core.tasks import TaskSupervisor
 
@@ -73,6 +74,8 @@ RefusedHook = Callable[[str, str, str], Awaitable[None]]
 _DELIVERY_HEADERS = {"message-id", "destination", "subscription", "ack", "redelivered", "expires",
                      "priority", "timestamp", "content-length"}
 PROCESSED_RETENTION_S = 7 * 86400
+#: The fault condition of a bus whose store (outbox, processed ids) cannot be written.
+STORE_FAULT = "bus store"
 
 
 def dlq_for(destination: str) -> str:
@@ -254,7 +257,17 @@ class MessageBus:
         announce can be lost."""
         self.stats.sent += 1
         older_waiting = self._waiting()
-        seq = self.store.outbox_put(destination, headers, body)
+        try:
+            seq = self.store.outbox_put(destination, headers, body)
+        except sqlite3.Error as exc:
+            if not is_environmental(exc):
+                raise
+            await self._send_without_outbox(destination, body, headers, exc)
+            return
+        if STORE_FAULT in self._faulted:
+            self._faulted.discard(STORE_FAULT)
+            if self.on_fault_cleared is not None:
+                self.on_fault_cleared(STORE_FAULT)
         self._outbox_count += 1
         link = self._producer_link()
         if link is None or older_waiting:
@@ -274,8 +287,30 @@ class MessageBus:
             return
         finally:
             self._inflight.discard(seq)
-        self.store.outbox_remove(seq)
+        try:
+            self.store.outbox_remove(seq)
+        except sqlite3.Error as exc:  # stays: sent again later, a copy the consumers drop by id
+            _log.warning("%s: sent message %s stays in the outbox: %s", self.name, headers.get("MsgId", "?"), exc)
+            self._note_outboxed(destination, headers, "outbox not writable")
+            return
         self._outbox_count -= 1
+
+    async def _send_without_outbox(self, destination: str, body: str, headers: Mapping[str, str],
+                                   exc: BaseException) -> None:
+        """The outbox's disk is full or failing: send straight to a broker (its receipt is the
+        only safety left) and say so; with no broker either, the caller's work must wait."""
+        self._faulted.add(STORE_FAULT)
+        if self.on_fault is not None:
+            self.on_fault(STORE_FAULT, f"cannot keep messages on disk ({self.store.path}): {exc}; "
+                                       "sending without the outbox")
+        link = self._producer_link()
+        try:
+            if link is None:
+                raise Disconnected("no broker connected")
+            await wait_for(asyncio.wrap_future(link.send(destination, body, headers)), self.cfg.receipt_timeout_s)
+        except (Disconnected, TimeoutError) as why:
+            raise MachineFault(f"{self.name}: cannot send ({why or 'no receipt in time'}) and cannot keep the "
+                               f"message in the outbox {self.store.path}: {exc}") from exc
 
     def _waiting(self) -> int:
         """Messages in the outbox that are not being sent directly right now."""
