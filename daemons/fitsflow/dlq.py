@@ -25,13 +25,14 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
-from fitsflow.core.bus.link import Frame, LinkCallbacks, Subscription
-from fitsflow.core.bus.stomp_link import StompLink
-from fitsflow.core.config import Config
 from fitsflow.core.errors import Disconnected, MessageError
-from fitsflow.core.messages import decode, make, destination_of
+
+if TYPE_CHECKING:  # the bus, stomp.py and msgspec only when a command runs (`fitsflow --version` needs none)
+    from fitsflow.core.bus.link import Frame
+    from fitsflow.core.bus.stomp_link import StompLink
+    from fitsflow.core.config import Config
 
 #: Headers the broker sets on delivery and the bus adds on dead-lettering: not copied to a replay.
 _NOT_REPLAYED = {"message-id", "destination", "subscription", "ack", "redelivered", "expires", "priority",
@@ -101,12 +102,16 @@ class Filter:
 
 
 def _links(cfg: Config) -> Iterator[StompLink]:
+    from fitsflow.core.bus.stomp_link import StompLink
+
     yield from StompLink.for_brokers(cfg.bus, heartbeat_ms=0)
 
 
 def browse(cfg: Config, flt: Filter) -> list[DeadLetter]:
     """Every dead letter matching ``flt`` on every configured broker; nothing is taken.
     A broker that cannot be reached raises Disconnected (a partial list would mislead)."""
+    from fitsflow.core.bus.link import LinkCallbacks, Subscription
+
     found: list[DeadLetter] = []
     for link in _links(cfg):
         frames: queue.Queue[Frame] = queue.Queue()
@@ -134,6 +139,8 @@ def browse(cfg: Config, flt: Filter) -> list[DeadLetter]:
 def _take(cfg: Config, letters: Iterable[DeadLetter], act: Callable[[StompLink, Frame], None]) -> int:
     """Receive exactly these dead letters (by broker message-id) and ``act`` on each before
     it is acked; returns how many were taken."""
+    from fitsflow.core.bus.link import LinkCallbacks, Subscription
+
     by_broker: dict[str, list[DeadLetter]] = {}
     for d in letters:
         by_broker.setdefault(d.broker, []).append(d)
@@ -166,6 +173,8 @@ def replay(cfg: Config, letters: list[DeadLetter], *, force: bool = False) -> in
     """Send each dead letter back to its origin as a new message (see the module
     docstring). Without ``force``, a body that would be refused again (it does not decode)
     is left where it is."""
+    from fitsflow.core.messages import decode
+
     who = f"{getpass.getuser()}@{socket.gethostname()}"
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     if not force:
@@ -208,6 +217,8 @@ def purge(cfg: Config, letters: list[DeadLetter]) -> int:
 
 def _record(cfg: Config, text: str) -> None:
     """Tell the recorder (and anyone watching alerts) what an operator did."""
+    from fitsflow.core.messages import destination_of, make
+
     msg = make("ALERT", severity="info", source="fitsflow dlq", message=text)
     for link in _links(cfg):
         try:
