@@ -122,10 +122,7 @@ class StompLink(BrokerLink):
                     raise stomp.exception.ConnectFailedException(f"no CONNECTED within {self._timeout:.0f} s")
                 time.sleep(0.01)
         except (stomp.exception.StompException, OSError, Disconnected) as exc:
-            try:
-                conn.disconnect()
-            except Exception:  # noqa: BLE001 - best effort on a connection that never came up
-                pass
+            _abandon(conn)
             if isinstance(exc, Disconnected):  # Refused included
                 raise
             raise Disconnected(f"{self.address}: cannot connect: {str(exc) or type(exc).__name__}") from None
@@ -140,6 +137,8 @@ class StompLink(BrokerLink):
                 conn.disconnect()
             except Exception as exc:  # noqa: BLE001 - the socket may already be gone
                 _log.debug("%s: disconnect: %s", self.address, exc)
+            if not conn.is_connected():  # lost already: make sure its socket is closed too
+                _abandon(conn)
         self._fail_pending(f"{self.address}: connection closed")
 
     def send(self, destination: str, body: str, headers: Mapping[str, str]) -> concurrent.futures.Future[None]:
@@ -222,3 +221,19 @@ class _Listener(stomp.ConnectionListener):
         self.link._fail_pending(f"{self.link.address}: connection lost")
         if self.link.callbacks:
             self.link.callbacks.on_disconnected(self.link, self.generation)
+
+
+def _abandon(conn: stomp.Connection) -> None:
+    """Close a connection's socket whatever its state. stomp.py's ``disconnect()`` does
+    nothing for a connection that never got CONNECTED — its socket stays open, and a broker
+    that was hung (SIGSTOP, GC pause) answers the queued CONNECT when it resumes: the
+    abandoned connection then holds the client-id, heart-beats keep it alive, and every
+    later connection is refused "already connected" (seen for minutes in the fault tests)."""
+    try:
+        conn.remove_listener("fitsflow")
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+    try:
+        conn.transport.disconnect_socket()
+    except Exception as exc:  # noqa: BLE001 - best effort on a connection that never came up
+        _log.debug("closing an abandoned connection: %s", exc)
