@@ -234,12 +234,13 @@ class Lab:
         if node.up:
             return
         nd = self.base / "nodes" / name
-        lib, log, upper = nd / "lib-pacemaker", nd / "log-pacemaker", nd / "etc"
+        lib, log, upper, journal = nd / "lib-pacemaker", nd / "log-pacemaker", nd / "etc", nd / "journal"
         if not upper.exists():  # first boot: the seed CIB and the node's /etc
             for sub in ("cib", "pengine", "blackbox", "cores"):
                 (lib / sub).mkdir(parents=True)
             shutil.copy(self.base / "cib.xml", lib / "cib" / "cib.xml")
             log.mkdir(parents=True)
+            journal.mkdir(parents=True)
             shutil.copytree(self.base / "etc", upper, symlinks=True)
             (upper / "hostname").write_text(f"{name}\n")
             (upper / "machine-id").write_text(secrets.token_hex(16) + "\n")
@@ -256,7 +257,8 @@ class Lab:
             machine=name, etc_upper=upper, netns=node.netns, mask=NODE_MASK, cgroup=f"halab/{name}",
             capabilities=["CAP_NET_ADMIN", "CAP_NET_RAW"],  # IPaddr2: ip addr add, arping
             log=nd / "nspawn.log",
-            binds=[(lib, "/var/lib/pacemaker"), (log, "/var/log/pacemaker"),
+            # The journal on the host: it outlives a power cut, for the post-mortem of a failed scenario.
+            binds=[(lib, "/var/lib/pacemaker"), (log, "/var/log/pacemaker"), (journal, "/var/log/journal"),
                    (self.fitsflow_dir, "/var/lib/fitsflow"), (self.shared / "activemq", "/var/lib/activemq-fitsflow")],
             binds_ro=[self.venv, ACTIVEMQ_HOME])
 

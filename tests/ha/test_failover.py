@@ -119,6 +119,9 @@ def wait_complete(lab: Lab, camera: Camera, timeout: float = 240.0) -> tuple[int
         if lost == 0:
             break
         time.sleep(2)
+    else:
+        for table, entries in registries(lab).items():  # for the post-mortem (node journals: the lab's nodes/*/journal)
+            print(f"{table}: missing {sorted(want - set(entries))}")
     return lost, dup
 
 
