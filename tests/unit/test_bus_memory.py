@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import threading
 from pathlib import Path
 from typing import Awaitable, Callable
 
 import pytest
 
 from fitsflow.core.bus import MessageBus
-from fitsflow.core.bus.memory_link import MemoryBroker
+from fitsflow.core.bus.memory_link import MemoryBroker, MemoryLink
 from fitsflow.core.bus.store import BusStore
 from fitsflow.core.config import BusConfig
 from fitsflow.core.errors import Reject, Requeue
@@ -364,3 +366,39 @@ def test_durable_needs_a_topic(tmp_path: Path) -> None:
     bus = new_bus(tmp_path, [MemoryBroker()])
     with pytest.raises(ValueError):
         bus.subscribe("/queue/q", lambda m: asyncio.sleep(0), durable=True)
+
+
+def test_listening_only_once_subscriptions_are_confirmed(tmp_path: Path) -> None:
+    """A connection that is up but still subscribing hears nothing: ``listening`` waits for the
+    broker's confirmation of every subscription (the controller judges forwarder liveness on
+    it; judging while subscribing declared a live pool empty after a broker hang)."""
+    broker = MemoryBroker()
+    release = threading.Event()
+
+    class SlowSubscribe(MemoryLink):
+        def subscribe(self, sub):  # type: ignore[no-untyped-def]
+            fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+            def later() -> None:
+                release.wait(10)
+                inner = MemoryLink.subscribe(self, sub)
+                fut.set_result(inner.result()) if inner.exception() is None else fut.set_exception(inner.exception())
+            threading.Thread(target=later, daemon=True).start()
+            return fut
+
+    async def main() -> None:
+        bus = MessageBus(CFG, "t", BusStore(tmp_path / "t.sqlite"), [SlowSubscribe("memory://0", broker)])
+
+        async def handler(msg: Message) -> None:
+            pass
+        bus.subscribe("/queue/q", handler)
+        await bus.start()
+        await async_wait_for(lambda: bus.connected_brokers != [], 5, what="the connection")
+        assert not bus.listening and bus.last_connected_at is None
+        release.set()
+        await async_wait_for(lambda: bus.listening, 5, what="the subscriptions confirmed")
+        assert bus.last_connected_at is not None
+        broker.crash()
+        await async_wait_for(lambda: not bus.listening, 5, what="the connection lost")
+        await bus.stop()
+    run(main)

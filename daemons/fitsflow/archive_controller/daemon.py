@@ -133,12 +133,14 @@ class ArchiveControllerDaemon(Daemon):
                       extra={"IMAGE": a.image, "MSGTYPE": "FORWARD_IMAGE"})
 
     def listening(self) -> bool:
-        """True once the controller has been connected long enough to have heard every live
-        forwarder's heartbeat (liveness_timeout_s since its start or its last reconnect).
-        Heartbeats are not durable: after a reconnect, the backlog of readouts arrives before
-        the first heartbeat, and judging the pool then would cry wolf."""
+        """True once the controller has been subscribed long enough to have heard every live
+        forwarder's heartbeat: liveness_timeout_s since its start or its last reconnect, plus
+        the bus's reconnect_max_s (a forwarder that lost the broker when the controller did
+        retries within that). Heartbeats are not durable: after a reconnect, the backlog of
+        readouts arrives before the first heartbeat, and judging the pool then would cry wolf."""
         since = max(self.started, self.bus.last_connected_at or self.started)
-        return self.bus.connected_brokers != [] and time.monotonic() - since >= self.acfg.liveness_timeout_s
+        return self.bus.listening and \
+            time.monotonic() - since >= self.acfg.liveness_timeout_s + self.bus.cfg.reconnect_max_s
 
     async def _pool_empty(self, image: str) -> None:
         """An assignment found no live forwarder: it waits (the assign loop sends it once one

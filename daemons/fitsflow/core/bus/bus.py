@@ -164,6 +164,8 @@ class MessageBus:
         #: loop time (monotonic) of the latest (re)connection: what was published while this
         #: bus was away, on topics it does not hold durably, it never heard
         self.last_connected_at: float | None = None
+        #: links whose subscriptions the broker has confirmed since their latest connect
+        self._subscribed: set[int] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._consuming = False
@@ -227,6 +229,12 @@ class MessageBus:
     @property
     def connected_brokers(self) -> list[str]:
         return [link.url for link in self.links if link.connected]
+
+    @property
+    def listening(self) -> bool:
+        """True while at least one broker connection has every subscription confirmed: a
+        connection that is up but still subscribing hears nothing yet."""
+        return bool(self._subscribed)
 
     @property
     def outbox_size(self) -> int:
@@ -597,10 +605,12 @@ class MessageBus:
             delay = 0.1
             self.stats.connects += 1
             self.last_connected_at = asyncio.get_running_loop().time()
+            self._subscribed.add(id(link))
             _log.info("%s: connected to %s", self.name, link.url)
             self._update_any_up()
             self._outbox_wake.set()
             await down.wait()
+            self._subscribed.discard(id(link))
             self.stats.disconnects += 1
             _log.warning("%s: lost broker %s; reconnecting", self.name, link.url)
             await asyncio.to_thread(link.close)
