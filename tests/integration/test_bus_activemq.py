@@ -8,12 +8,14 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
 import pytest
 
 from fitsflow.core.bus import MessageBus
+from fitsflow.core.bus import stomp_link
 from fitsflow.core.bus.stomp_link import StompLink
 from fitsflow.core.bus.store import BusStore
 from fitsflow.core.config import BusConfig
@@ -272,17 +274,28 @@ def test_two_brokers_consumers_on_all(tmp_path: Path, broker_factory: Callable[.
     assert sorted(got) == sorted([f"a{i}" for i in range(10)] + [f"b{i}" for i in range(10)])
 
 
-def test_client_id_still_taken_is_transient_not_a_refusal(broker: PrivateBroker, unique: str) -> None:
+def test_client_id_still_taken_is_transient_not_a_refusal(broker: PrivateBroker, unique: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """After a quick reconnect the broker may not yet have dropped our previous connection
     ("client-id already connected"): the link must report a plain Disconnected (the bus
-    retries) — not Refused, which would page the shifter for nothing."""
+    retries) — not Refused, which would page the shifter for nothing. stomp.py flags the
+    failure before it hands over the ERROR frame that says why; on a loaded machine the frame
+    came late and the link called it a refusal (test_faults::test_broker_stopped failed so in
+    CI): the frame's delivery is delayed here on purpose."""
+    on_error = stomp_link._Listener.on_error
+
+    def late_on_error(self: stomp_link._Listener, frame: object) -> None:
+        time.sleep(0.3)
+        on_error(self, frame)  # type: ignore[arg-type]
+    monkeypatch.setattr(stomp_link._Listener, "on_error", late_on_error)
     first, second = StompLink(broker.url, heartbeat_ms=0), StompLink(broker.url, heartbeat_ms=0)
     first.connect(unique)
     try:
-        with pytest.raises(Disconnected) as caught:
-            second.connect(unique)
-        assert not isinstance(caught.value, Refused), caught.value
-        assert "already connected" in str(caught.value)
+        for _ in range(3):
+            with pytest.raises(Disconnected) as caught:
+                second.connect(unique)
+            assert not isinstance(caught.value, Refused), caught.value
+            assert "already connected" in str(caught.value)
     finally:
         first.close()
         second.close()

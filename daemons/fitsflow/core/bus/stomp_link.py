@@ -102,7 +102,9 @@ class StompLink(BrokerLink):
                          cert_file=str(self._tls.cert_file) if self._tls.cert_file else None,
                          key_file=str(self._tls.key_file) if self._tls.key_file else None)
         generation = self.generation + 1
-        conn.set_listener("fitsflow", _Listener(self, generation))
+        listener = _Listener(self, generation)
+        conn.set_listener("fitsflow", listener)
+        self._last_error = ""
         user, password = self._credentials or (None, None)
         try:
             # Not wait=True: stomp.py then waits for CONNECTED with no time limit (its own
@@ -112,6 +114,9 @@ class StompLink(BrokerLink):
             deadline = time.monotonic() + self._timeout
             while not conn.is_connected():
                 if conn.transport.connection_error:
+                    # stomp.py flags the error before it hands the ERROR frame to listeners:
+                    # wait for the frame, whose message tells a transient refusal from a final one.
+                    listener.error_seen.wait(1.0)
                     if "already connected" in (self._last_error or ""):
                         # The broker has not yet noticed that our previous connection is
                         # gone (client-id still taken): transient, retried with back-off.
@@ -199,6 +204,7 @@ class _Listener(stomp.ConnectionListener):
     def __init__(self, link: StompLink, generation: int) -> None:
         self.link = link
         self.generation = generation
+        self.error_seen = threading.Event()
 
     def on_message(self, frame: stomp.utils.Frame) -> None:
         if self.link.callbacks:
@@ -212,6 +218,7 @@ class _Listener(stomp.ConnectionListener):
         receipt = frame.headers.get("receipt-id")
         _log.warning("%s: broker ERROR frame: %s", self.link.address, message)
         self.link._last_error = message
+        self.error_seen.set()
         if receipt:
             self.link._receipt(receipt, message)
         else:  # a connection-level error (e.g. frame too large): the broker closes the connection
