@@ -402,3 +402,32 @@ def test_listening_only_once_subscriptions_are_confirmed(tmp_path: Path) -> None
         await async_wait_for(lambda: not bus.listening, 5, what="the connection lost")
         await bus.stop()
     run(main)
+
+
+def test_an_outbox_shared_with_another_writer_is_still_sent(tmp_path: Path) -> None:
+    """Two instances of one daemon on the same state (a split brain on shared storage): one
+    flushes rows the other wrote, and its count of the outbox falls below the rows there. A
+    message it keeps in the outbox later must still go out (it stayed there for ever)."""
+    broker = MemoryBroker()
+    broker.crash()
+
+    async def main() -> None:
+        path = tmp_path / "shared.bus.sqlite"
+        a = MessageBus(CFG, "a", BusStore(path), [broker.link("memory://a")])
+        b = MessageBus(CFG, "b", BusStore(path), [broker.link("memory://b")])
+        await a.start()
+        await b.start()
+        for i in range(3):
+            await a.send(alert(i), "/queue/q")  # no broker: kept in the shared outbox
+        await a.stop()
+        await b.send(alert(3), "/queue/q")
+        broker.up = True
+        await async_wait_for(lambda: len(broker.messages("/queue/q")) == 4, 10, what="b flushed every row")
+        broker.crash()
+        broker.up = True  # a blip: b's next message waits behind an 'older' one it believes in
+        await async_wait_for(lambda: b.connected_brokers != [], 10, what="b reconnected")
+        await b.send(alert(4), "/queue/q")
+        await async_wait_for(lambda: len(broker.messages("/queue/q")) == 5, 10, what="the later message sent")
+        await b.stop()
+        assert BusStore(path).outbox_size() == 0
+    run(main)
