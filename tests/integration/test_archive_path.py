@@ -108,6 +108,9 @@ def test_images_reach_oods_and_archive_exactly_once(tmp_path: Path, broker: Priv
                     f"controller {ctl.status()}; f1 {f1.status()}; f2 {f2.status()}; oods {oods.status()}; "
                     f"archive {arch.status()}; announcements {[(m.type, m.image) for m in listen.messages]}") from None
             assert all(m.data["status"] == 0 for m in listen.of("IMAGE_IN_OODS") + listen.of("IMAGE_IN_ARCHIVE"))
+            # Written on this host: no file was read back to check its checksum (one write, no re-read).
+            assert (ctl.checksums_trusted, ctl.checksums_read) == (6, 0), ctl.status()
+            assert oods.ingester.stats.trusted == arch.ingester.stats.trusted == 6, (oods.status(), arch.status())
     run(main())
     paths = cfg.paths.resolved()
     for table, repo, layout in (("oods_files", paths.oods_repo, "TESTCAM/20261120"),

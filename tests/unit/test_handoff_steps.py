@@ -50,3 +50,20 @@ def test_link_step_is_idempotent(tmp_path: Path) -> None:
     link_step(row, 0o2775)
     link_step(row, 0o2775)  # a crash before "linked" was recorded
     assert os.stat(row.incoming).st_nlink == 3
+
+
+def test_a_local_write_is_trusted_only_while_unchanged(tmp_path: Path) -> None:
+    """The forwarder's announced identity spares the re-read of a file it wrote here; a file
+    changed since (new mtime) or replaced (new inode) is read in full and its CRC checked."""
+    src = tmp_path / "f.fits"
+    src.write_bytes(b"x" * 100)
+    written_as = verify(src, 100, "ignored", check_crc=False)
+    assert verify(src, 100, "crc32:00000000", check_crc=True, written_as=written_as) == written_as  # not read
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # written again since
+    with pytest.raises(HandOffError, match="checksum"):
+        verify(src, 100, "crc32:00000000", check_crc=True, written_as=written_as)
+    src.unlink()
+    src.write_bytes(b"x" * 100)  # another file under the name
+    with pytest.raises(HandOffError, match="checksum"):
+        verify(src, 100, "crc32:00000000", check_crc=True, written_as=written_as)

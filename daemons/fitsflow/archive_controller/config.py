@@ -14,10 +14,14 @@ class ArchiveControllerConfig:
     #: Mode of the obs-day staging directories. No setgid bit here: they inherit it from
     #: the staging tree (tmpfiles.d), and the units forbid setting it (RestrictSUIDSGID=yes).
     staging_dir_mode: int = 0o775
-    #: Re-read each delivered file to check its CRC-32 (size is always checked). About half
-    #: of the hand-off's time (bench/e2e, 64 MiB sensors: 369 -> 183 ms median without); the
-    #: OODS and archive ingest check the same CRC again before registering a file.
+    #: Check each delivered file's CRC-32 against its announcement (size is always checked).
     verify_checksum: bool = True
+    #: ... except for a file a forwarder on this host wrote and announced with its identity
+    #: (dev:ino:mtime_ns), still unchanged: its CRC was computed over the bytes as they were
+    #: written, and a re-read right after comes from the page cache — it proves nothing more
+    #: and costs a pass over every pixel. Files from other hosts (shared storage) are read.
+    #: The ingests then trust the identity the controller verified (one check per inode).
+    trust_local_writes: bool = True
 
     #: Partial sensors (rows lost on the way) wait this long for the camera's re-send
     #: (catch-up) before they are forwarded as they are, flagged partial. 0: at once.

@@ -48,6 +48,8 @@ class ArchiveControllerDaemon(Daemon):
         self.forwarders: dict[str, tuple[float, int, int]] = {}
         self.started = time.monotonic()
         self.handoffs_done = 0
+        #: delivered files whose checksum was trusted (written here, unchanged) / read in full
+        self.checksums_trusted = self.checksums_read = 0
         self.reassignments = 0
         self._locks: dict[str, asyncio.Lock] = {}
         bus.subscribe("/topic/fitsflow.readout", self.on_readout_complete, name="controller-readout", durable=True)
@@ -71,7 +73,8 @@ class ArchiveControllerDaemon(Daemon):
 
     def status(self) -> str:
         live = len(self.live_forwarders())
-        return (f"{live} forwarders live, {self.handoffs_done} hand-offs, {self.reassignments} reassignments; "
+        return (f"{live} forwarders live, {self.handoffs_done} hand-offs ({self.checksums_read} files read to "
+                f"verify, {self.checksums_trusted} written here and trusted), {self.reassignments} reassignments; "
                 + (f"{self.catchup.status()}; " if self.catchup else "") + self.bus.describe())
 
     # -- forwarders --------------------------------------------------------------------
@@ -220,8 +223,14 @@ class ArchiveControllerDaemon(Daemon):
         async with self._lock(key):
             if await asyncio.to_thread(self.book.handoff, key) is None:
                 try:
+                    # A file this host's forwarder wrote, unchanged since: its checksum is trusted.
+                    local = d.get("identity") if d.get("written_on") == self.host and self.acfg.trust_local_writes \
+                        else None
                     inode = await asyncio.to_thread(verify, src, int(d["size"]), str(d["checksum"]),
-                                                    self.acfg.verify_checksum)
+                                                    self.acfg.verify_checksum, local)
+                    if self.acfg.verify_checksum:
+                        self.checksums_trusted += inode == local
+                        self.checksums_read += inode != local
                 except HandOffError as exc:
                     # After a reassignment two forwarders deliver the same sensor under one name:
                     # the later file may replace the earlier before its announcement is read. The
@@ -317,7 +326,7 @@ class ArchiveControllerDaemon(Daemon):
     async def _request(self, row: HandOffRow) -> None:
         for target, path in (("oods", row.oods), ("archive", row.archive)):
             await self.bus.send(make("INGEST_REQUEST", row.image, path=path, data_id=row.data_id,
-                                     checksum=row.checksum, sender=self.ident),
+                                     checksum=row.checksum, verified=row.inode, sender=self.ident),
                                 destination_of("INGEST_REQUEST", target=target))
         _log.info("%s handed off to the OODS and the archive", Path(row.oods).name, extra={"IMAGE": row.image})
 

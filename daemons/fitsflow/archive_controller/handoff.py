@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 from fitsflow.archive_controller.book import Book, HandOffRow
 from fitsflow.core.checksum import file_crc32
 from fitsflow.core.failpoints import failpoint
-from fitsflow.core.handoff import fsync_dir, link_into
+from fitsflow.core.handoff import file_identity, fsync_dir, link_into
 
 _log = logging.getLogger(__name__)
 
@@ -27,15 +27,13 @@ class HandOffError(Exception):
     """A step that cannot succeed (a link refused, a file missing or different)."""
 
 
-def identity(st: os.stat_result) -> str:
-    """dev:ino:mtime_ns. The inode number alone is not enough (a freed inode is reused at
-    once for the next file); linking changes ctime but not mtime, and nobody writes a
-    delivered file again."""
-    return f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
-
-
-def verify(path: Path, size: int, checksum: str, check_crc: bool) -> str:
+def verify(path: Path, size: int, checksum: str, check_crc: bool, written_as: str | None = None) -> str:
     """Check size (and CRC) against the announcement; returns the file's identity.
+
+    ``written_as``: the identity the forwarder announced for the file it wrote on this host.
+    When the file still has it, its bytes are the ones the forwarder summed while writing
+    them, and reading them back (from the page cache) would prove nothing more: the CRC is
+    trusted. A file from elsewhere, or one that changed since, is read in full.
 
     The steps after this one recognise the file by that identity, never by another name:
     the ingesters may consume the staged names at any moment after the links exist."""
@@ -45,16 +43,17 @@ def verify(path: Path, size: int, checksum: str, check_crc: bool) -> str:
         raise HandOffError(f"{path} does not exist") from None
     if st.st_size != size:
         raise HandOffError(f"{path} has {st.st_size} bytes, {size} announced")
-    if check_crc:
+    ident = file_identity(st)
+    if check_crc and ident != written_as:
         crc = file_crc32(path)
         if crc != checksum:
             raise HandOffError(f"{path} has checksum {crc}, {checksum} announced")
-    return identity(st)
+    return ident
 
 
 def _same_file(path: Path, ident: str) -> bool:
     try:
-        return identity(path.stat()) == ident
+        return file_identity(path.stat()) == ident
     except FileNotFoundError:
         return False
 
@@ -77,7 +76,7 @@ def link_step(row: HandOffRow, dir_mode: int) -> None:
     if not _same_file(src, row.inode):
         if not redelivered_copy(row):
             raise HandOffError(f"{src} is gone or replaced since it was verified (expected file {row.inode})")
-        row.inode = identity(src.stat())  # the identical copy takes the original's place
+        row.inode = file_identity(src.stat())  # the identical copy takes the original's place
     for target in targets:
         target.parent.mkdir(mode=dir_mode, parents=True, exist_ok=True)
         try:

@@ -87,6 +87,8 @@ class Daemon:
         self.cfg = cfg
         self.bus = bus
         self.instance = instance or DEFAULT_INSTANCE
+        #: this machine's name, as its messages state it (a file's writer, a state's host)
+        self.host = socket.gethostname()
         self.roles: list[Role] = []
         self.state = "INIT"
         #: The state the daemon is asked to be in (docs/states.md): ON while it runs, OFF once stopping.
@@ -148,7 +150,7 @@ class Daemon:
 
     async def publish_state(self) -> None:
         """Announce this instance's state (DAEMON_STATE) for the recorder and ``fitsflow status``."""
-        await self.bus.send(messages.make("DAEMON_STATE", daemon=self.ident, host=socket.gethostname(),
+        await self.bus.send(messages.make("DAEMON_STATE", daemon=self.ident, host=self.host,
                                           state=self.effective_state(), target=self.target,
                                           status=self.status_line(),
                                           sender=self.ident))

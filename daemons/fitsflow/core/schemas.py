@@ -37,6 +37,8 @@ AssignmentId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_+-]{0,127}$"
 HostName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")]
 ObsDay = Annotated[str, Meta(pattern=r"^[0-9]{8}$")]
 Checksum = Annotated[str, Meta(pattern=r"^crc32:[0-9a-f]{8}$")]
+#: core.handoff.file_identity: dev:ino:mtime_ns
+FileIdentity = Annotated[str, Meta(pattern=r"^[0-9]{1,20}:[0-9]{1,20}:[0-9]{1,20}$")]
 TopicName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
 KeyName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
 #: ISO-8601 with a time zone; :func:`check_timestamps` also parses it.
@@ -136,12 +138,19 @@ class FileDelivered(Body):
     checksum: Checksum
     data_id: DataId
     assignment: AssignmentId
+    #: the forwarder's host and the written file's identity: on that host, a file that still
+    #: has it is the one the checksum was computed for while writing (no re-read)
+    written_on: HostName | None = None
+    identity: FileIdentity | None = None
 
 
 class IngestRequest(Body):
     path: PathText
     data_id: DataId
     checksum: Checksum
+    #: the identity of the file the controller verified (or trusted) against the checksum:
+    #: a staged name that still has it needs no second read
+    verified: FileIdentity | None = None
 
 
 class IngestResult(Body):

@@ -24,7 +24,7 @@ from fitsflow.core.headerstore import BadHeader, ImageHeader, header_path, read_
 from fitsflow.core.layout import check_name, obs_day, sensor_file_name
 from fitsflow.core.messages import Message, destination_of, make
 from fitsflow.core.rawstore import SensorMeta, read_meta, read_pixels, read_readout_summary
-from fitsflow.core.handoff import remove_stale_temps
+from fitsflow.core.handoff import file_identity, remove_stale_temps
 from fitsflow.core.runtime import Daemon
 from fitsflow.forwarder.assignments import Assignment, AssignmentBook
 from fitsflow.forwarder.config import ForwarderConfig
@@ -195,19 +195,24 @@ class ForwarderDaemon(Daemon):
         if WRITE_FAULT in self.faults.active:
             self.faults.clear(WRITE_FAULT)
         await self.bus.send(make("FILE_DELIVERED", a.image, path=str(written[0]), size=written[1],
-                                 checksum=written[2], data_id=data_id, assignment=a.assignment, sender=self.ident))
+                                 checksum=written[2], data_id=data_id, assignment=a.assignment, sender=self.ident,
+                                 written_on=self.host, identity=written[3]))
         a.delivered[name] = {"path": str(written[0]), "size": written[1], "checksum": written[2]}
         await self.book.save(a)
         self.files_written += 1
 
-    def _write(self, filename: str, header: ImageHeader, meta: SensorMeta, data_id: dict) -> tuple[Path, int, str]:
+    def _write(self, filename: str, header: ImageHeader, meta: SensorMeta,
+               data_id: dict) -> tuple[Path, int, str, str]:
+        """(path, size, checksum, identity) of the sensor's file in incoming/."""
         target = self.incoming / filename
         if target.exists():  # written before a crash, not yet delivered: deliver what is there
-            return target, target.stat().st_size, file_crc32(target)
+            crc = file_crc32(target)
+            st = target.stat()
+            return target, st.st_size, crc, file_identity(st)
         pixels = read_pixels(self.raw_root, meta)
         written = write_fits(self.incoming, filename, build_hdus(header, meta, pixels, filename, data_id),
                              owner=self.temp_owner)
-        return written.path, written.size, written.checksum
+        return written.path, written.size, written.checksum, file_identity(written.path.stat())
 
     async def _alert(self, problem: str) -> None:
         _log.error(problem)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from fitsflow.core import schemas
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
 from fitsflow.core.faults import is_environmental, retry_delay
@@ -66,7 +67,8 @@ class IngestDaemon(Daemon):
 
     def status(self) -> str:
         st = self.ingester.stats
-        return (f"{st.ingested} ingested, {st.duplicates} duplicates, {st.quarantined} quarantined, "
+        return (f"{st.ingested} ingested ({st.trusted} without a re-read), {st.duplicates} duplicates, "
+                f"{st.quarantined} quarantined, "
                 f"{st.errors} errors, {self.watcher.overflows} inotify overflows; {self.bus.describe()}")
 
     def _storage_failed(self, detail: str) -> None:
@@ -78,7 +80,8 @@ class IngestDaemon(Daemon):
 
     async def on_ingest_request(self, msg: Message) -> None:
         try:
-            status = await self.ingester.ingest(Path(str(msg.data["path"])), str(msg.data["checksum"]))
+            body: schemas.IngestRequest = msg.body  # checked at the door (core.schemas)
+            status = await self.ingester.ingest(Path(body.path), body.checksum, body.verified)
         except UnsafePath as exc:
             raise Reject(f"INGEST_REQUEST for {msg.image}: {exc}") from None
         except (OSError, SQLAlchemyError) as exc:

@@ -43,6 +43,8 @@ class IngestStats:
     duplicates: int = 0
     quarantined: int = 0
     errors: int = 0
+    #: files whose CRC-32 was not read again (the inode the controller checked)
+    trusted: int = 0
 
 
 #: How long a file found by inotify or a rescan waits for its announcement (see Ingester.found).
@@ -108,9 +110,11 @@ class Ingester:
                 else:
                     _log.exception("%s: ingesting %s failed; the next rescan retries it", self.name, path)
 
-    async def ingest(self, path: Path, expected_checksum: str | None = None) -> int:
+    async def ingest(self, path: Path, expected_checksum: str | None = None, verified: str | None = None) -> int:
         """Ingest one staged path; returns the announced status (or -1 if the path is gone).
-        Raises UnsafePath for a path outside the staging tree."""
+        ``expected_checksum``/``verified``: the announced CRC-32 and the identity of the file
+        the controller checked it for (verify.inspect). Raises UnsafePath for a path outside
+        the staging tree."""
         path = entry_within(self.staging, path)
         running = self._busy.get(path)
         if running is not None:
@@ -119,7 +123,7 @@ class Ingester:
         self._busy[path] = fut
         try:
             try:
-                status = await self._ingest(path, expected_checksum)
+                status = await self._ingest(path, expected_checksum, verified)
             except Exception as exc:
                 if is_environmental(exc):
                     self.storage_failed(f"{path}: {exc}")
@@ -134,7 +138,7 @@ class Ingester:
         finally:
             del self._busy[path]
 
-    async def _ingest(self, path: Path, expected_checksum: str | None) -> int:
+    async def _ingest(self, path: Path, expected_checksum: str | None, verified: str | None = None) -> int:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -143,7 +147,8 @@ class Ingester:
             await self._quarantine(path, STATUS_INGEST_FAILURE, f"not a regular file: {_kind(path, st)}", None)
             return STATUS_INGEST_FAILURE
         try:
-            info = await asyncio.to_thread(inspect, path, expected_checksum)
+            info = await asyncio.to_thread(inspect, path, expected_checksum, verified)
+            self.stats.trusted += info.trusted
         except BadFile as bad:
             await self._quarantine(path, bad.status, bad.reason, None)
             return bad.status

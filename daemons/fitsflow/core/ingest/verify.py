@@ -11,6 +11,7 @@ from astropy.io import fits
 
 from fitsflow.core.checksum import file_crc32
 from fitsflow.core.errors import UnsafePath
+from fitsflow.core.handoff import file_identity
 from fitsflow.core.layout import COMPONENT_NAME, OBS_DAY, check_name
 
 STATUS_OK, STATUS_INGEST_FAILURE, STATUS_METADATA_FAILURE = 0, 1, 2
@@ -31,20 +32,30 @@ class Inspected:
     data_id: dict[str, Any]
     size: int
     checksum: str
+    #: the checksum was not read again: the file is the one the controller checked
+    trusted: bool = False
 
 
-def inspect(path: Path, expected_checksum: str | None = None) -> Inspected:
+def inspect(path: Path, expected_checksum: str | None = None, verified: str | None = None) -> Inspected:
     """Verify ``path`` and read its data ID; raises BadFile with the status and reason.
 
-    Always: the CRC-32 of the whole file (against ``expected_checksum``, the one the forwarder
-    announced, when given), whole FITS blocks, two HDUs, the data-ID keywords. The FITS
-    CHECKSUM/DATASUM pass — two more reads of every pixel in astropy's slow sums — only for
-    files nobody announced (found by a rescan, dropped by hand): a matching announced CRC-32
-    already proves the bytes are the very ones the forwarder wrote and summed."""
-    checksum = file_crc32(path)
-    if expected_checksum and checksum != expected_checksum:
-        raise BadFile(STATUS_INGEST_FAILURE, f"checksum {checksum} differs from the announced {expected_checksum}")
-    size = path.stat().st_size
+    Always: whole FITS blocks, two HDUs, the data-ID keywords. The CRC-32 of the whole file
+    against ``expected_checksum`` (the forwarder's), unless the file still has the identity
+    ``verified`` the controller checked that CRC for: one check per inode, not one per name
+    (the OODS and archive links are one inode). The FITS CHECKSUM/DATASUM pass — two more
+    reads of every pixel in astropy's slow sums — only for files nobody announced (found by a
+    rescan, dropped by hand): a matching announced CRC-32 already proves the bytes are the
+    very ones the forwarder wrote and summed."""
+    st = path.stat()
+    trusted = bool(expected_checksum and verified and file_identity(st) == verified)
+    if trusted:
+        checksum = str(expected_checksum)
+    else:
+        checksum = file_crc32(path)
+        if expected_checksum and checksum != expected_checksum:
+            raise BadFile(STATUS_INGEST_FAILURE, f"checksum {checksum} differs from the announced {expected_checksum}")
+        st = path.stat()
+    size = st.st_size
     if size == 0 or size % BLOCK:
         raise BadFile(STATUS_INGEST_FAILURE, f"truncated or corrupt: {size} bytes is not a whole number of "
                                              f"{BLOCK}-byte FITS blocks")
@@ -74,7 +85,7 @@ def inspect(path: Path, expected_checksum: str | None = None) -> Inspected:
         check_name(data_id["instrument"], "instrument")
     except (KeyError, ValueError, TypeError, UnsafePath) as exc:
         raise BadFile(STATUS_METADATA_FAILURE, f"metadata: {exc}") from None
-    return Inspected(data_id, path.stat().st_size, checksum)
+    return Inspected(data_id, size, checksum, trusted)
 
 
 def _text(header: fits.Header, key: str) -> str:
