@@ -49,6 +49,7 @@ def test_exact_cards() -> None:
     assert cards["IMGNAME"] == cards["OBSID"] == "TESTCAM_O_20261120_000007"
     assert (cards["RA"], cards["DEC"], cards["ELSTART"]) == (150.0, -30.0, 60.0)  # first sample after start
     assert cards["RASTR"] == "10:00:00.00" and cards["DECSTR"] == "-30:00:00.0"
+    assert cards["RADESYS"] == "ICRS" and "EQUINOX" not in cards  # ICRS has no equinox (FITS 4.0 8.1)
     assert cards["FILTER"] == "r"
     assert cards["AIRTEMP"] == 8.5  # sampled after END_READOUT, as configured
     assert cards["AIRMASS"] == 1.1547  # sec(30 deg)

@@ -20,6 +20,7 @@ from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
 from fitsflow.core.errors import Reject, UnsafePath
 from fitsflow.core.faults import MachineFault, is_environmental
+from fitsflow.core.fits_text import LIST_LIMIT
 from fitsflow.core.headerstore import BadHeader, ImageHeader, header_path, read_header
 from fitsflow.core.layout import check_name, obs_day, sensor_file_name
 from fitsflow.core.messages import Message, destination_of, make
@@ -43,7 +44,7 @@ def minimal_header(image: str, reason: str) -> ImageHeader:
     """What a file gets when the header service never delivered: flagged, never silent."""
     return ImageHeader(image=image, cards=[("IMGNAME", image, "Image name"),
                                            ("HDRPART", True, "Header incomplete: telemetry missing"),
-                                           ("HDRMISS", reason[:68], "Why the header is incomplete")],
+                                           ("HDRMISS", reason[:LIST_LIMIT], "Why the header is incomplete")],
                        partial=True, missing_keywords=["*"])
 
 

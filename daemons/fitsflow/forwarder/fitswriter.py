@@ -20,6 +20,7 @@ from astropy.io import fits
 
 from fitsflow import __version__
 from fitsflow.core.checksum import file_crc32
+from fitsflow.core.fits_text import declare_long_strings, listed
 from fitsflow.core.handoff import atomic_writer
 from fitsflow.core.headerstore import ImageHeader
 from fitsflow.core.rawstore import SensorMeta
@@ -36,8 +37,9 @@ class WrittenFile:
 
 
 def _rows_text(ranges: list[list[int]]) -> str:
-    """Missing rows as FITS 1-based inclusive ranges, e.g. '101:150,301:400'."""
-    return ",".join(f"{a + 1}:{b}" for a, b in ranges)
+    """Missing rows as FITS 1-based inclusive ranges, e.g. '101:150,301:400' (a long list
+    continues over CONTINUE cards; see core.fits_text)."""
+    return listed(f"{a + 1}:{b}" for a, b in ranges)
 
 
 def build_hdus(header: ImageHeader, meta: SensorMeta, pixels: np.ndarray, filename: str,
@@ -71,7 +73,9 @@ def build_hdus(header: ImageHeader, meta: SensorMeta, pixels: np.ndarray, filena
     e["STRIPES"] = (meta.stripe_count, "Readout stripes (SPEAD heaps) expected")
     e["PARTIAL"] = (meta.partial, "Readout incomplete: rows missing (zeros)")
     if meta.partial:
-        e["MISSROWS"] = (_rows_text(meta.missing_rows)[:68], "Missing rows, 1-based inclusive")
+        e["MISSROWS"] = (_rows_text(meta.missing_rows), "Missing rows, 1-based inclusive")
+    declare_long_strings(h)
+    declare_long_strings(e)
     return fits.HDUList([primary, image])
 
 

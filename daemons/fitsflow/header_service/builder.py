@@ -18,6 +18,7 @@ import numpy as np
 from astropy.coordinates import Angle
 from astropy.time import Time
 
+from fitsflow.core.fits_text import listed
 from fitsflow.core.headerstore import Card, ImageHeader
 from fitsflow.header_service.config import HeaderServiceConfig
 
@@ -122,7 +123,8 @@ def build_header(rec: ImageRecord, cfg: HeaderServiceConfig, instrument: str, no
     if "RA" in rec.sampled and "DEC" in rec.sampled:
         ra = Angle(float(rec.sampled["RA"]), u.deg)
         dec = Angle(float(rec.sampled["DEC"]), u.deg)
-        cards += [("RADESYS", "ICRS", "Frame of RA and DEC"), ("EQUINOX", 2000.0, "Equinox of RA and DEC"),
+        # ICRS has no equinox: EQUINOX applies to FK4/FK5 only (FITS 4.0, section 8.1).
+        cards += [("RADESYS", "ICRS", "Frame of RA and DEC"),
                   ("RASTR", ra.to_string(unit=u.hourangle, sep=":", precision=2), "RA at start (hh:mm:ss)"),
                   ("DECSTR", dec.to_string(unit=u.deg, sep=":", precision=1, alwayssign=True),
                    "Dec at start (dd:mm:ss)")]
@@ -134,6 +136,6 @@ def build_header(rec: ImageRecord, cfg: HeaderServiceConfig, instrument: str, no
     missing = missing_keywords(rec, cfg)
     cards.append(("HDRPART", bool(missing), "Header incomplete: telemetry missing"))
     if missing:
-        cards.append(("HDRMISS", ",".join(missing)[:68], "Keywords without telemetry"))
+        cards.append(("HDRMISS", listed(missing), "Keywords without telemetry"))
     return ImageHeader(image=rec.image, cards=cards, partial=bool(missing), missing_keywords=missing,
                        written_at=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
