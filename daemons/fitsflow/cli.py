@@ -19,7 +19,10 @@ import sys
 
 from fitsflow import __version__
 from fitsflow.core.config import load_config
-from fitsflow.core.errors import EX_CONFIG, EX_OK, ConfigError
+from fitsflow.core.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, ConfigError, FitsflowError
+
+#: sysexits.h
+EX_UNAVAILABLE, EX_IOERR = 69, 74
 
 
 def _panic(args: argparse.Namespace) -> int:
@@ -103,8 +106,14 @@ def _oods_ls(args: argparse.Namespace) -> int:
 
 
 def _oods_tag(args: argparse.Namespace) -> int:
+    filters = _data_id_filters(args)
+    if not any(filters.values()) and not args.all:
+        # A forgotten option must not protect (or release) every file of the repository.
+        print(f"fitsflow oods {args.command_name}: give a data ID (--image, --obs-day, ...) or --all",
+              file=sys.stderr)
+        return 2
     cfg, reg = _registry(args, "oods_files")
-    rows = list(reg.query(**_data_id_filters(args)))
+    rows = list(reg.query(**filters))
     for e in rows:
         reg.set_protected(e.data_id, args.command_name == "tag")
     reg.close()
@@ -112,11 +121,15 @@ def _oods_tag(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+CONFIG_HELP = "configuration file (default: $FITSFLOW_CONFIG or /etc/fitsflow/fitsflow.toml)"
+
+
 def _add_data_id_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config")
-    for name in ("instrument", "image", "raft", "sensor"):
-        p.add_argument(f"--{name}")
-    p.add_argument("--obs-day", dest="obs_day")
+    p.add_argument("--config", help=CONFIG_HELP)
+    for name, text in (("instrument", "instrument name (INSTRUME)"), ("image", "image name (IMGNAME)"),
+                       ("raft", "raft (RAFTBAY), e.g. R22"), ("sensor", "sensor slot (CCDSLOT), e.g. S11")):
+        p.add_argument(f"--{name}", help=f"only this {text}")
+    p.add_argument("--obs-day", dest="obs_day", metavar="YYYYMMDD", help="only this observing day (OBSDAY)")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -127,9 +140,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _add_demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="run the whole pipeline on this machine and report")
-    p.add_argument("--images", type=int, default=20)
-    p.add_argument("--rows", type=int, default=4096)
-    p.add_argument("--cols", type=int, default=4096)
+    p.add_argument("--images", type=int, default=20, help="images to take (default 20)")
+    p.add_argument("--rows", type=int, default=4096, help="rows of each sensor (default 4096)")
+    p.add_argument("--cols", type=int, default=4096, help="columns of each sensor (default 4096)")
     p.add_argument("--rate", type=float, default=400e6, help="UDP send rate, bytes/s (default 400 MB/s)")
     p.add_argument("--workdir", default=os.environ.get("FITSFLOW_DEMO_DIR", "/var/tmp/fitsflow-demo"),
                    help="everything goes here; emptied at the start of each run")
@@ -156,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_parser(sub)
 
     p = sub.add_parser("panic", help="raise a panic (the on-call shifter is e-mailed)")
-    p.add_argument("text", nargs="*")
-    p.add_argument("--config")
+    p.add_argument("text", nargs="*", help="what happened, for the shifter's e-mail")
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--flush", action="store_true", help="send panics waiting in this host's outbox")
     p.set_defaults(func=_panic)
 
@@ -168,12 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         get = top_sub.add_parser("get", help="print the path of the one file of a data ID")
         for p, is_get in ((ls, False), (get, True)):
             _add_data_id_options(p)
-            p.add_argument("--json", action="store_true")
+            p.add_argument("--json", action="store_true", help="print JSON records")
             p.set_defaults(func=_oods_ls, table=table, get=is_get)
         if area == "oods":
             for action, text in (("tag", "protect from expiry"), ("untag", "allow expiry again")):
                 p = top_sub.add_parser(action, help=text)
                 _add_data_id_options(p)
+                p.add_argument("--all", action="store_true", help=f"{action} every file (no data ID given)")
                 p.set_defaults(func=_oods_tag, command_name=action)
     return parser
 
@@ -184,7 +198,24 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EX_OK
-    return int(args.func(args))
+    # What an operator can cause or fix — a wrong file, an unreachable database, a full disk —
+    # is one line naming it and an exit code; a traceback is kept for fitsflow's own bugs.
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"fitsflow: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except (FitsflowError, OSError) as exc:
+        print(f"fitsflow {args.command}: {exc}", file=sys.stderr)
+        return EX_SOFTWARE if isinstance(exc, FitsflowError) else EX_IOERR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        sqlalchemy = sys.modules.get("sqlalchemy.exc")
+        if sqlalchemy is not None and isinstance(exc, sqlalchemy.SQLAlchemyError):
+            print(f"fitsflow {args.command}: database: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return EX_UNAVAILABLE
+        raise
 
 
 if __name__ == "__main__":

@@ -249,13 +249,15 @@ DaemonFactory = Callable[[Config, MessageBus, argparse.Namespace], Daemon]
 
 
 def build_parser(name: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"fitsflow-{name}", description=description)
+    parser = argparse.ArgumentParser(prog=f"fitsflow-{name}", description=description.replace("``", ""))
     parser.add_argument("--config", help="configuration file (default: $FITSFLOW_CONFIG or "
                                          "/etc/fitsflow/fitsflow.toml)")
     parser.add_argument("--instance", default="", help="instance name (template units pass %%i); "
                                                        "'auto': this host's short name; default "
                                                        f"'{DEFAULT_INSTANCE}' (a site-wide singleton)")
-    parser.add_argument("--log-level", default=os.environ.get("FITSFLOW_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", default=os.environ.get("FITSFLOW_LOG_LEVEL", "INFO").upper(), type=str.upper,
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                        help="least severe messages logged (default: $FITSFLOW_LOG_LEVEL or INFO)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
