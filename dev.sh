@@ -63,7 +63,25 @@ python_venv() {
     fi
 }
 
-setup() { system_packages; python_venv; }
+promtool_tool() {
+    # promtool checks and unit-tests etc/prometheus's alert rules. Taken from Debian's
+    # prometheus package without installing it (that would start a Prometheus server here).
+    if [ -x "$venv/bin/promtool" ] || command -v promtool >/dev/null || ! command -v apt-get >/dev/null; then
+        return 0
+    fi
+    local tmp; tmp="$(mktemp -d)"
+    (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1) ||
+        { as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+          (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1); } || true
+    if (cd "$tmp" && dpkg-deb -x prometheus_*.deb x 2>/dev/null); then
+        cp "$tmp/x/usr/bin/promtool" "$venv/bin/promtool"
+    else
+        echo "dev.sh: could not fetch promtool (Debian's prometheus package); the alert-rule tests will say so" >&2
+    fi
+    rm -rf "$tmp"
+}
+
+setup() { system_packages; python_venv; promtool_tool; }
 
 cmd="${1:-}"; shift || true
 case "$cmd" in

@@ -199,3 +199,19 @@ def test_staging_dir_mode_with_setgid_is_refused(cfg_file: Path) -> None:
     cfg_file.write_text(cfg_file.read_text() + "\n[archive_controller]\nstaging_dir_mode = 1533\n")
     err = error_of(cfg_file)
     assert err.key == "archive_controller.staging_dir_mode" and "RestrictSUIDSGID" in err.problem
+
+
+@pytest.mark.parametrize("ports, words", [
+    ('{"forwarder@f2" = 9103, oods = 9104}', None),
+    ('{forwarder = 9103, oods = 9103}', "two daemons on one port"),
+    ('{fowarder = 9103}', "unknown daemon"),
+    ('{oods = 70000}', "out of range"),
+])
+def test_metrics_ports(cfg_file: Path, ports: str, words: str | None) -> None:
+    cfg_file.write_text(cfg_file.read_text() + f"\n[metrics]\nports = {ports}\n")
+    if words is None:
+        metrics = load_config(cfg_file).metrics
+        assert metrics.port_of("forwarder", "f2") == 9103 and metrics.port_of("forwarder", "f1") == 0
+        assert metrics.port_of("oods", "o1") == 9104
+    else:
+        assert words in str(error_of(cfg_file))

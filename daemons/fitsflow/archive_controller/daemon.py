@@ -77,6 +77,12 @@ class ArchiveControllerDaemon(Daemon):
                 f"verify, {self.checksums_trusted} written here and trusted), {self.reassignments} reassignments; "
                 + (f"{self.catchup.status()}; " if self.catchup else "") + self.bus.describe())
 
+    def counters(self) -> dict[str, tuple[float, str]]:
+        return {"handoffs": (self.handoffs_done, "Delivered files handed off to the OODS and the archive"),
+                "reassignments": (self.reassignments, "Sensors reassigned from a silent forwarder"),
+                "checksums_read": (self.checksums_read, "Delivered files read in full to check their checksum"),
+                "checksums_trusted": (self.checksums_trusted, "Delivered files written on this host, not read back")}
+
     # -- forwarders --------------------------------------------------------------------
 
     async def on_heartbeat(self, msg: Message) -> None:

@@ -106,6 +106,37 @@ class BusConfig:
             check.secret_file("bus.tls_key_file", self.tls_key_file)
 
 
+#: The daemons that can serve metrics (their ``Daemon.name``).
+DAEMON_NAMES = ("receiver", "header-service", "forwarder", "archive-controller", "oods", "archive-ingest",
+                "panic-mailer", "recorder")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: Prometheus endpoints (core.metrics), opt-in per daemon."""
+
+    #: Address the endpoints bind to (127.0.0.1: scraped by a local Prometheus or agent).
+    address: str = "127.0.0.1"
+    #: Daemon name, or ``name@instance`` for one of several instances on a host (two
+    #: forwarders), → TCP port of its /metrics; a daemon not listed serves none.
+    ports: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def port_of(self, name: str, instance: str) -> int:
+        """The port of daemon ``name@instance`` (0: none): its own entry, else its name's."""
+        return self.ports.get(f"{name}@{instance}", self.ports.get(name, 0))
+
+    def validate(self, check: _Checker) -> None:
+        for key, port in self.ports.items():
+            name = key.split("@", 1)[0]
+            if name not in DAEMON_NAMES:
+                check.fail(f"metrics.ports.{key}", f"unknown daemon; known: {', '.join(DAEMON_NAMES)}")
+            if not 0 < port < 65536:
+                check.fail(f"metrics.ports.{key}", f"port {port} out of range")
+        taken = [p for p in self.ports.values()]
+        if len(set(taken)) != len(taken):
+            check.fail("metrics.ports", "two daemons on one port")
+
+
 @dataclass(frozen=True)
 class PathsConfig:
     """``[paths]``: the data tree. Relative entries are taken relative to ``root``.
@@ -171,6 +202,10 @@ class Config:
     @property
     def paths(self) -> PathsConfig:
         return self.sections["paths"]
+
+    @property
+    def metrics(self) -> MetricsConfig:
+        return self.sections["metrics"]
 
     def section(self, name: str) -> Any:
         """A daemon's section (its defaults when the file has none)."""
@@ -243,7 +278,8 @@ def mask_url(url: str) -> str:
 
 #: The core's sections. Daemons add theirs through the ``fitsflow.config_sections``
 #: entry-point group (name = section, value = dataclass), so the core imports no daemon.
-CORE_SECTIONS: dict[str, type] = {"site": SiteConfig, "bus": BusConfig, "paths": PathsConfig}
+CORE_SECTIONS: dict[str, type] = {"site": SiteConfig, "bus": BusConfig, "paths": PathsConfig,
+                                  "metrics": MetricsConfig}
 ENTRY_POINT_GROUP = "fitsflow.config_sections"
 
 

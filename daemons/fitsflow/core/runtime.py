@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Callable, Coroutine, Protocol
+from typing import Any, Callable, Coroutine, Protocol
 
 import sdnotify
 
@@ -33,7 +33,7 @@ from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config, load_config
 from fitsflow.core.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, ConfigError, FitsflowError
 from fitsflow.core.logs import setup_logging
-from fitsflow.core import messages
+from fitsflow.core import messages, metrics
 from fitsflow.core.aio import wait_for
 from fitsflow.core.faults import FaultEpisodes
 from fitsflow.core.tasks import TaskSupervisor
@@ -147,6 +147,19 @@ class Daemon:
     def status(self) -> str:
         """One line for systemd's STATUS= (and ``systemctl status``)."""
         return self.bus.describe()
+
+    def counters(self) -> dict[str, tuple[float, str]]:
+        """The daemon's own work counters for Prometheus (core.metrics): name → (value, help)."""
+        return {}
+
+    def collectors(self) -> list[Any]:
+        """Extra Prometheus collectors of this daemon (core.metrics)."""
+        return []
+
+    def metrics_endpoint(self) -> tuple[str, int] | None:
+        """(address, port) of this daemon's /metrics, or None (``[metrics] ports``)."""
+        port = self.cfg.metrics.port_of(self.name, self.instance)
+        return (self.cfg.metrics.address, port) if port else None
 
     async def publish_state(self) -> None:
         """Announce this instance's state (DAEMON_STATE) for the recorder and ``fitsflow status``."""
@@ -297,6 +310,13 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
         bus.on_dead_letter = daemon.panic_on_dead_letter
     bus.on_refused = bus.on_refused or daemon.panic_on_refused
     daemon.watch_bus_faults()
+    endpoint = daemon.metrics_endpoint()
+    if endpoint is not None:
+        try:
+            metrics.serve(daemon, *endpoint)
+        except OSError as exc:  # the port taken, the address not ours: the operator's to fix
+            raise ConfigError(str(cfg.source), "metrics.ports",
+                              f"cannot serve metrics on {endpoint[0]}:{endpoint[1]}: {exc}") from None
     notifier.notify(f"STATUS=starting {daemon.ident}, connecting to {len(cfg.bus.brokers)} broker(s)")
     await bus.start(consume=False)  # handlers run once the daemon has started (and recovered)
     if not await _wait_broker(bus, stop, notifier):

@@ -84,6 +84,10 @@ class ForwarderDaemon(Daemon):
         return (f"{len(self.book.open_items())} assignments open, {self.files_written} files written, "
                 f"{self.write_errors} write errors; {self.bus.describe()}")
 
+    def counters(self) -> dict[str, tuple[float, str]]:
+        return {"files_written": (self.files_written, "FITS files written and delivered"),
+                "write_errors": (self.write_errors, "FITS writes that met a fault of the machine")}
+
     # -- event handlers ----------------------------------------------------------------
 
     async def on_forward_image(self, msg: Message) -> None:

@@ -56,6 +56,11 @@ class HeaderServiceDaemon(Daemon):
         return (f"{len(self.store.records)} images open, {self.written} headers written ({self.partial} partial), "
                 f"{self.storage_faults} storage faults; {self.bus.describe()}")
 
+    def counters(self) -> dict[str, tuple[float, str]]:
+        return {"headers_written": (self.written, "Image headers written"),
+                "headers_partial": (self.partial, "Image headers written with telemetry missing"),
+                "storage_faults": (self.storage_faults, "Header writes that met a fault of the machine")}
+
     # -- event handlers ----------------------------------------------------------------
 
     async def on_event(self, msg: Message) -> None:

@@ -32,6 +32,10 @@ class PanicMailerDaemon(Daemon):
                 f"{len(self.mailer.digest)} in the digest, {self.mailer.smtp_failures} SMTP failures; "
                 f"{self.bus.describe()}")
 
+    def counters(self) -> dict[str, tuple[float, str]]:
+        return {"mails_sent": (self.mailer.mails_sent, "Panic e-mails sent"),
+                "smtp_failures": (self.mailer.smtp_failures, "SMTP sends that failed (retried)")}
+
     async def on_panic(self, msg: Message) -> None:
         await self.mailer.handle(msg)
 

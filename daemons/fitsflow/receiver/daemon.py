@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from typing import Any
 
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
@@ -16,7 +17,7 @@ from fitsflow.core.sockbuf import cap_warning
 from fitsflow.receiver.assembler import ImageAssembler
 from fitsflow.receiver.config import ReceiverConfig
 from fitsflow.receiver.janitor import clean, mark_archived
-from fitsflow.receiver.metrics import LossMonitor, StreamCollector, serve_metrics
+from fitsflow.receiver.metrics import LossMonitor, StreamCollector
 from fitsflow.receiver.stream import RejectedPacketCounter, SpeadStreamReceiver
 
 _log = logging.getLogger(__name__)
@@ -59,9 +60,6 @@ class ReceiverDaemon(Daemon):
         self._loop = asyncio.get_running_loop()
         self.rejected.install()
         await super().start()
-        if self.rcfg.metrics_port:
-            serve_metrics(StreamCollector(self.streams, self.rejected), self.rcfg.metrics_address,
-                          self.rcfg.metrics_port)
         self.spawn(self._stats_loop(), "stats", forever=True)
         if self.rcfg.raw_clean_interval_s:
             self.spawn(self._clean_loop(), "raw buffer clean-up", forever=True)
@@ -72,6 +70,20 @@ class ReceiverDaemon(Daemon):
 
     def unreadable_state(self) -> list[str]:
         return self.assembler.rejected
+
+    def metrics_endpoint(self) -> tuple[str, int] | None:
+        # receiver.metrics_port/_address: the receiver's keys from before [metrics], still honoured
+        return super().metrics_endpoint() or \
+            ((self.rcfg.metrics_address, self.rcfg.metrics_port) if self.rcfg.metrics_port else None)
+
+    def collectors(self) -> list[Any]:
+        return [StreamCollector(self.streams, self.rejected)]
+
+    def counters(self) -> dict[str, tuple[float, str]]:
+        a = self.assembler
+        return {"sensors_stored": (a.sensors_stored, "Sensor readouts stored in the raw buffer"),
+                "sensors_partial": (a.sensors_partial, "Sensor readouts stored with rows missing"),
+                "images_announced": (a.images_announced, "Readouts announced (READOUT_COMPLETE)")}
 
     def status(self) -> str:
         heaps = sum(s.counters.heaps_complete for s in self.streams)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
-from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily
 
 from fitsflow.receiver.stream import RejectedPacketCounter, SpeadStreamReceiver
@@ -39,14 +38,6 @@ class StreamCollector:
         rejected = CounterMetricFamily("fitsflow_receiver_rejected_packets", "Packets spead2 rejected")
         rejected.add_metric([], self.rejected.total)
         yield from (ours, lost, stored, spead, rejected)
-
-
-def serve_metrics(collector: StreamCollector, address: str, port: int) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(collector)  # type: ignore[arg-type]
-    start_http_server(port, addr=address, registry=registry)
-    _log.info("Prometheus metrics on http://%s:%d/metrics", address, port)
-    return registry
 
 
 class LossMonitor:

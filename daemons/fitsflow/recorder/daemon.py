@@ -68,6 +68,10 @@ class RecorderDaemon(Daemon):
         return (f"{self.recorded} messages recorded ({self.repeats} repeats ignored), page {self.page.url}; "
                 f"{self.bus.describe()}")
 
+    def counters(self) -> dict[str, tuple[float, str]]:
+        return {"messages_recorded": (self.recorded, "Messages recorded"),
+                "repeats": (self.repeats, "Repeated messages ignored")}
+
     async def on_message(self, msg: Message) -> None:
         done = await asyncio.to_thread(self.store.record, msg, original_destination(msg.destination), time.time())
         if done.new:

@@ -71,6 +71,14 @@ class IngestDaemon(Daemon):
                 f"{st.quarantined} quarantined, "
                 f"{st.errors} errors, {self.watcher.overflows} inotify overflows; {self.bus.describe()}")
 
+    def counters(self) -> dict[str, tuple[float, str]]:
+        st = self.ingester.stats
+        return {"ingested": (st.ingested, "Files ingested into the repository and registry"),
+                "trusted": (st.trusted, "Files ingested without reading their checksum again (inode checked)"),
+                "duplicates": (st.duplicates, "Files already registered (dropped)"),
+                "quarantined": (st.quarantined, "Files quarantined"),
+                "errors": (st.errors, "Ingest attempts that failed and wait for a retry")}
+
     def _storage_failed(self, detail: str) -> None:
         self.faults.report(STORAGE_FAULT, detail)
 

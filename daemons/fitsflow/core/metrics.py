@@ -1,0 +1,100 @@
+"""Prometheus metrics of any fitsflow daemon, read from its live counters at scrape time.
+
+Every daemon exposes (opt-in: ``[metrics] ports``, one TCP port per daemon on a host):
+
+- ``fitsflow_daemon_state{daemon, state}``: 1 for the state shown (INIT, ON, STANDBY, ALARM,
+  FAULT, OFF), 0 for the others;
+- ``fitsflow_fault_active{daemon, condition}`` and ``fitsflow_fault_episodes_total{daemon}``:
+  the open fault episodes of the machine (core.faults) and how many there were;
+- ``fitsflow_bus_messages_total{daemon, outcome}``: the bus's counters (sent, handled,
+  retried, dead-lettered, refused, outboxed, flushed, duplicates...), and the gauges
+  ``fitsflow_bus_outbox_messages`` and ``fitsflow_bus_brokers_connected``;
+- ``fitsflow_<daemon>_<counter>_total{daemon}``: the daemon's own work counters
+  (``Daemon.counters``), e.g. ``fitsflow_archive_controller_handoffs_total``;
+- whatever extra collectors the daemon adds (the receiver's per-stream heap counters).
+
+Reading live values at scrape time means no second copy to keep in step with the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from fitsflow.core.runtime import Daemon
+
+_log = logging.getLogger(__name__)
+
+#: The states a daemon shows (docs/states.md).
+STATES = ("INIT", "ON", "STANDBY", "ALARM", "FAULT", "OFF")
+
+
+def metric_name(*parts: str) -> str:
+    """``fitsflow_<parts>`` in Prometheus' alphabet (``archive-controller`` → ``archive_controller``)."""
+    return "_".join(re.sub(r"[^a-zA-Z0-9_]", "_", p) for p in ("fitsflow", *parts))
+
+
+class DaemonCollector:
+    """The metrics of one daemon, as listed in the module docstring."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Metric]:
+        d = self.daemon
+        who = [d.ident]
+        state = GaugeMetricFamily("fitsflow_daemon_state", "1 for the state the daemon shows, 0 for the others",
+                                  labels=["daemon", "state"])
+        shown = d.effective_state()
+        for s in STATES:
+            state.add_metric(who + [s], 1.0 if s == shown else 0.0)
+        yield state
+        active = GaugeMetricFamily("fitsflow_fault_active", "An open fault episode of the machine (1)",
+                                   labels=["daemon", "condition"])
+        for condition in d.faults.active:
+            active.add_metric(who + [condition], 1.0)
+        yield active
+        episodes = CounterMetricFamily("fitsflow_fault_episodes", "Fault episodes of the machine since start",
+                                       labels=["daemon"])
+        episodes.add_metric(who, d.faults.episodes)
+        yield episodes
+        bus = CounterMetricFamily("fitsflow_bus_messages", "Messages by outcome, since start",
+                                  labels=["daemon", "outcome"])
+        links = CounterMetricFamily("fitsflow_bus_connections", "Broker connections made and lost, since start",
+                                    labels=["daemon", "event"])
+        for outcome, value in dataclasses.asdict(d.bus.stats).items():
+            if outcome in ("connects", "disconnects"):
+                links.add_metric(who + [outcome], value)
+            else:
+                bus.add_metric(who + [outcome], value)
+        yield bus
+        yield links
+        outbox = GaugeMetricFamily("fitsflow_bus_outbox_messages", "Messages waiting in the outbox for a broker",
+                                   labels=["daemon"])
+        outbox.add_metric(who, d.bus.outbox_size)
+        yield outbox
+        brokers = GaugeMetricFamily("fitsflow_bus_brokers_connected", "Brokers this daemon is connected to",
+                                    labels=["daemon"])
+        brokers.add_metric(who, len(d.bus.connected_brokers))
+        yield brokers
+        for name, (value, text) in d.counters().items():
+            own = CounterMetricFamily(metric_name(d.name, name), text, labels=["daemon"])
+            own.add_metric(who, value)
+            yield own
+
+
+def serve(daemon: Daemon, address: str, port: int) -> CollectorRegistry:
+    """Serve ``daemon``'s metrics (and its extra collectors) on http://address:port/metrics."""
+    registry = CollectorRegistry()
+    registry.register(DaemonCollector(daemon))  # type: ignore[arg-type]
+    for collector in daemon.collectors():
+        registry.register(collector)
+    start_http_server(port, addr=address, registry=registry)
+    _log.info("%s: Prometheus metrics on http://%s:%d/metrics", daemon.ident, address, port)
+    return registry
