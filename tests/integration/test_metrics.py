@@ -17,7 +17,8 @@ from fitsflow.testing.pipeline import DAEMONS, daemon_name
 IMAGES = 3
 
 
-RULES = Path(__file__).resolve().parents[2] / "etc" / "prometheus" / "fitsflow-alerts.yml"
+ETC = Path(__file__).resolve().parents[2] / "etc"
+RULES, DASHBOARD = ETC / "prometheus" / "fitsflow-alerts.yml", ETC / "grafana" / "fitsflow-dashboard.json"
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -64,9 +65,17 @@ def test_every_daemon_serves_its_metrics(tmp_path: Path, fresh_broker: PrivateBr
         written = sum(value(after[f"forwarder@{i}"], "fitsflow_forwarder_files_written_total") for i in ("f1", "f2"))
         assert written == 2 * IMAGES
         assert value(after["recorder@r1"], "fitsflow_recorder_messages_recorded_total") > 0
-        # Every fitsflow metric the shipped alert rules use is one the daemons export.
+        # Stage durations: one observation per file written, handed off, ingested; per header.
+        writes = sum(value(after[f"forwarder@{i}"], "fitsflow_forwarder_write_seconds_count") for i in ("f1", "f2"))
+        assert writes == 2 * IMAGES
+        assert value(after["archive-controller@c1"], "fitsflow_archive_controller_handoff_seconds_count") == 2 * IMAGES
+        assert value(after["oods@o1"], "fitsflow_oods_ingest_seconds_count") >= 2 * IMAGES
+        assert value(after["header-service@h1"], "fitsflow_header_service_header_seconds_count") >= IMAGES
+        assert value(after["archive-controller@c1"], "fitsflow_archive_controller_handoff_seconds_bucket",
+                     le="+Inf") == 2 * IMAGES
+        # Every fitsflow metric the shipped alert rules and dashboard use is one the daemons export.
         exported = {n for samples in after.values() for n, _labels in samples}
-        used = set(re.findall(r"\bfitsflow_[a-z_]+", RULES.read_text()))
+        used = set(re.findall(r"\bfitsflow_[a-z_]+", RULES.read_text() + DASHBOARD.read_text()))
         assert used and used <= exported, sorted(used - exported)
 
     run_flow(tmp_path, fresh_broker, scenario, extra={"metrics": {"ports": by_key}})

@@ -282,7 +282,8 @@ class ArchiveControllerDaemon(Daemon):
             if row is None or row.state == "requested":
                 return
             try:
-                await run_handoff(self.book, row, self._request, self.acfg.staging_dir_mode, asyncio.to_thread)
+                with self.stage("handoff", "One file's hand-off: links, unlink, INGEST_REQUESTs (from verified)").time():
+                    await run_handoff(self.book, row, self._request, self.acfg.staging_dir_mode, asyncio.to_thread)
             except (HandOffError, OSError, SQLAlchemyError) as exc:
                 if is_environmental(exc):
                     # The machine, not the file: the hand-off is recorded at its last step and

@@ -11,6 +11,8 @@ Every daemon exposes (opt-in: ``[metrics] ports``, one TCP port per daemon on a 
   ``fitsflow_bus_outbox_messages`` and ``fitsflow_bus_brokers_connected``;
 - ``fitsflow_<daemon>_<counter>_total{daemon}``: the daemon's own work counters
   (``Daemon.counters``), e.g. ``fitsflow_archive_controller_handoffs_total``;
+- ``fitsflow_<daemon>_<stage>_seconds{daemon}``: histograms of its stages' durations (a
+  FITS write, a hand-off, an ingest, a header), from ``stage_histogram``;
 - whatever extra collectors the daemon adds (the receiver's per-stream heap counters).
 
 Reading live values at scrape time means no second copy to keep in step with the code.
@@ -23,7 +25,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Iterator
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
@@ -87,6 +89,20 @@ class DaemonCollector:
             own = CounterMetricFamily(metric_name(d.name, name), text, labels=["daemon"])
             own.add_metric(who, value)
             yield own
+        for histogram in d.stage_histograms():
+            yield from histogram.collect()
+
+
+#: Buckets of the stage histograms (seconds): from a quick hand-off to a slow disk.
+STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def stage_histogram(daemon_name: str, stage: str, text: str) -> Histogram:
+    """A histogram of one stage's duration, ``fitsflow_<daemon>_<stage>_seconds``, registered
+    nowhere: the daemon's collector reads it at each scrape (not the process-global registry,
+    so in-process tests can build a daemon twice)."""
+    return Histogram(metric_name(daemon_name, stage, "seconds"), text, labelnames=["daemon"],
+                     buckets=STAGE_BUCKETS, registry=None)
 
 
 def serve(daemon: Daemon, address: str, port: int) -> CollectorRegistry:

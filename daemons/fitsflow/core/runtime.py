@@ -89,6 +89,7 @@ class Daemon:
         self.instance = instance or DEFAULT_INSTANCE
         #: this machine's name, as its messages state it (a file's writer, a state's host)
         self.host = socket.gethostname()
+        self._stages: dict[str, Any] = {}
         self.roles: list[Role] = []
         self.state = "INIT"
         #: The state the daemon is asked to be in (docs/states.md): ON while it runs, OFF once stopping.
@@ -155,6 +156,17 @@ class Daemon:
     def collectors(self) -> list[Any]:
         """Extra Prometheus collectors of this daemon (core.metrics)."""
         return []
+
+    def stage_histograms(self) -> list[Any]:
+        """The stage histograms made so far (read at each scrape: a stage appears once used)."""
+        return list(self._stages.values())
+
+    def stage(self, name: str, text: str) -> Any:
+        """The histogram of one of this daemon's stages (core.metrics.stage_histogram), labelled
+        with this instance: ``with self.stage("write", "...").time(): ...``."""
+        if name not in self._stages:
+            self._stages[name] = metrics.stage_histogram(self.name, name, text)
+        return self._stages[name].labels(self.ident)
 
     def metrics_endpoint(self) -> tuple[str, int] | None:
         """(address, port) of this daemon's /metrics, or None (``[metrics] ports``)."""

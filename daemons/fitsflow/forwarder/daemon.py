@@ -180,7 +180,8 @@ class ForwarderDaemon(Daemon):
                    "raft": raft, "sensor": sensor, "obs_day": obs_day(_utc(meta.t_start))}
         async with self.slots:
             try:
-                written = await asyncio.to_thread(self._write, filename, header, meta, data_id)
+                with self.stage("write", "One sensor's FITS file: read the raw pixels, write, fsync").time():
+                    written = await asyncio.to_thread(self._write, filename, header, meta, data_id)
             except OSError as exc:  # the environment (full disk, I/O error): retried until it works
                 self.write_errors += 1
                 try:

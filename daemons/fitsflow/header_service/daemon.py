@@ -104,7 +104,8 @@ class HeaderServiceDaemon(Daemon):
             return
         self._writing.add(rec.image)
         try:
-            await self._write_once(rec)
+            with self.stage("header", "One image header: build, write, announce HEADER_READY").time():
+                await self._write_once(rec)
         finally:
             self._writing.discard(rec.image)
 

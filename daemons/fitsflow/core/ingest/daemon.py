@@ -89,7 +89,8 @@ class IngestDaemon(Daemon):
     async def on_ingest_request(self, msg: Message) -> None:
         try:
             body: schemas.IngestRequest = msg.body  # checked at the door (core.schemas)
-            status = await self.ingester.ingest(Path(body.path), body.checksum, body.verified)
+            with self.stage("ingest", "One requested file: verify, place, register, announce").time():
+                status = await self.ingester.ingest(Path(body.path), body.checksum, body.verified)
         except UnsafePath as exc:
             raise Reject(f"INGEST_REQUEST for {msg.image}: {exc}") from None
         except (OSError, SQLAlchemyError) as exc:
