@@ -16,7 +16,7 @@ from fitsflow.core.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, ConfigError
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("status", help="daemons and recent images, as the recorder sees them")
-    p.add_argument("--config")
+    p.add_argument("--config", help="configuration file (default: $FITSFLOW_CONFIG or /etc/fitsflow/fitsflow.toml)")
     p.add_argument("-n", "--images", type=int, default=10, help="how many recent images (default 10)")
     p.add_argument("--json", action="store_true", help="the whole status document as JSON")
     p.set_defaults(func=run)

@@ -29,8 +29,9 @@ def _tee(src: IO[bytes], dst: IO[bytes], tail: collections.deque[str], lock: thr
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fitsflow-wrap", description=__doc__)
-    parser.add_argument("--config")
-    parser.add_argument("command", nargs=argparse.REMAINDER)
+    parser.add_argument("--config", help="configuration file (default: $FITSFLOW_CONFIG or "
+                                         "/etc/fitsflow/fitsflow.toml), for the panic")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
     args = parser.parse_args(argv)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:

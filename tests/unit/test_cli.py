@@ -3,6 +3,7 @@ exit code, never a traceback; a dangerous verb with nothing selected does nothin
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,22 @@ def test_daemon_options_are_checked_and_described(capsys: pytest.CaptureFixture[
     assert exited.value.code == 2 and "invalid choice: 'BOGUS'" in capsys.readouterr().err
     text = parser.format_help()
     assert "``" not in text and "least severe messages logged" in text
+
+
+def _undocumented(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _undocumented(sub, f"{path} {name}")
+        elif not action.help and not isinstance(action, argparse._HelpAction):
+            out.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    return out
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    from fitsflow.camera_sim.__main__ import build_parser as camera_parser
+    from fitsflow.cli import build_parser as cli_parser
+    parsers = {"fitsflow": cli_parser(), "fitsflow-<daemon>": build_parser("receiver", "x"),
+               "fitsflow-camera-sim": camera_parser()}
+    assert [u for name, p in parsers.items() for u in _undocumented(p, name)] == []
