@@ -331,10 +331,12 @@ class ArchiveControllerDaemon(Daemon):
         return asked
 
     async def _request(self, row: HandOffRow) -> None:
-        for target, path in (("oods", row.oods), ("archive", row.archive)):
-            await self.bus.send(make("INGEST_REQUEST", row.image, path=path, data_id=row.data_id,
-                                     checksum=row.checksum, verified=row.inode, sender=self.ident),
-                                destination_of("INGEST_REQUEST", target=target))
+        # Both at once: each waits for the broker's receipt of a persistent message, and
+        # neither depends on the other (a repeat after a failure is dropped by the ingests).
+        await asyncio.gather(*(self.bus.send(make("INGEST_REQUEST", row.image, path=path, data_id=row.data_id,
+                                                  checksum=row.checksum, verified=row.inode, sender=self.ident),
+                                             destination_of("INGEST_REQUEST", target=target))
+                               for target, path in (("oods", row.oods), ("archive", row.archive))))
         _log.info("%s handed off to the OODS and the archive", Path(row.oods).name, extra={"IMAGE": row.image})
 
     async def _error(self, problem: str) -> None:
