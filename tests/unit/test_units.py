@@ -55,6 +55,10 @@ def test_service_contract(unit: Path) -> None:
                  "StateDirectory=fitsflow", "ReadWritePaths=/var/lib/fitsflow\n", "PartOf=fitsflow.target",
                  "WantedBy=fitsflow.target"):
         assert line in text, f"{unit.name}: {line!r} missing"
+    # Documentation= names fitsflow's own pages, which the package installs (from docs/).
+    docs = re.search(r"^Documentation=(.*)$", text, re.M).group(1).split()
+    assert docs and all(d.startswith("file:///usr/share/doc/fitsflow/") for d in docs), docs
+    assert all((REPO / "docs" / d.rsplit("/", 1)[1]).is_file() for d in docs), docs
 
 
 def test_tmpfiles_make_the_tree_the_default_config_expects(tmp_path: Path) -> None:
