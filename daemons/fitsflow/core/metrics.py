@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import threading
 from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
@@ -105,12 +106,13 @@ def stage_histogram(daemon_name: str, stage: str, text: str) -> Histogram:
                      buckets=STAGE_BUCKETS, registry=None)
 
 
-def serve(daemon: Daemon, address: str, port: int) -> CollectorRegistry:
-    """Serve ``daemon``'s metrics (and its extra collectors) on http://address:port/metrics."""
+def serve(daemon: Daemon, address: str, port: int) -> threading.Thread:
+    """Serve ``daemon``'s metrics (and its extra collectors) on http://address:port/metrics;
+    returns the server's thread (for the daemon to supervise: core.tasks.watch_thread)."""
     registry = CollectorRegistry()
     registry.register(DaemonCollector(daemon))  # type: ignore[arg-type]
     for collector in daemon.collectors():
         registry.register(collector)
-    start_http_server(port, addr=address, registry=registry)
+    _server, thread = start_http_server(port, addr=address, registry=registry)
     _log.info("%s: Prometheus metrics on http://%s:%d/metrics", daemon.ident, address, port)
-    return registry
+    return thread

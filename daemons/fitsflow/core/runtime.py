@@ -36,7 +36,7 @@ from fitsflow.core.logs import setup_logging
 from fitsflow.core import messages, metrics
 from fitsflow.core.aio import wait_for
 from fitsflow.core.faults import FaultEpisodes
-from fitsflow.core.tasks import TaskSupervisor
+from fitsflow.core.tasks import TaskSupervisor, watch_thread
 
 _log = logging.getLogger(__name__)
 
@@ -325,7 +325,8 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
     endpoint = daemon.metrics_endpoint()
     if endpoint is not None:
         try:
-            metrics.serve(daemon, *endpoint)
+            thread = metrics.serve(daemon, *endpoint)
+            daemon.spawn(watch_thread(thread, "metrics endpoint"), "metrics endpoint", forever=True)
         except OSError as exc:  # the port taken, the address not ours: the operator's to fix
             raise ConfigError(str(cfg.source), "metrics.ports",
                               f"cannot serve metrics on {endpoint[0]}:{endpoint[1]}: {exc}") from None

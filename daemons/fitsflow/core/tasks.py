@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Coroutine, Protocol
+import threading
+from typing import Callable, Coroutine, Protocol
 
 _log = logging.getLogger(__name__)
 
@@ -75,3 +76,14 @@ class TaskSupervisor:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._closing = False
+
+
+async def watch_thread(thread: threading.Thread, what: str, stopped: Callable[[], bool] = lambda: False,
+                       interval_s: float = 2.0) -> None:
+    """A supervised task (``forever=True``) that fails when ``thread`` dies unasked: a thread
+    the daemon serves from (an HTTP endpoint) counts like one of its tasks, so a dead one ends
+    the daemon for systemd to restart instead of leaving it alive with its page gone.
+    ``stopped()``: the thread was stopped on purpose (shutdown) — then this waits quietly."""
+    while thread.is_alive() or stopped():
+        await asyncio.sleep(interval_s)
+    raise TaskDied(f"the {what} thread ({thread.name}) died")

@@ -46,7 +46,7 @@ class RecorderDaemon(Daemon):
         super().__init__(cfg, bus, args.instance)
         self.rcfg: RecorderConfig = cfg.section("recorder")
         self.store = RecorderStore(self.rcfg.database_url or cfg.site.database_url)
-        self.page = StatusPage(self.store, self.rcfg)
+        self.page = StatusPage(self.store, self.rcfg, spawn=self.spawn)
         self.roles = [self.page]
         self.recorded = 0
         self.repeats = 0

@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from fitsflow.core.errors import FitsflowError
+from fitsflow.core.tasks import Spawn, watch_thread
 from fitsflow.recorder.config import RecorderConfig
 from fitsflow.recorder.store import RecorderStore
 
@@ -34,9 +35,10 @@ _HEADERS = {
 class StatusPage:
     """A :class:`ThreadingHTTPServer` in a thread, as a daemon role."""
 
-    def __init__(self, store: RecorderStore, cfg: RecorderConfig) -> None:
+    def __init__(self, store: RecorderStore, cfg: RecorderConfig, *, spawn: Spawn) -> None:
         self.store = store
         self.cfg = cfg
+        self._spawn = spawn
         self.server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.static = {path: (resources.files("fitsflow.recorder").joinpath("static", name).read_bytes(), ctype)
@@ -59,13 +61,15 @@ class StatusPage:
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, name="status-page", daemon=True)
         self._thread.start()
+        self._spawn(watch_thread(self._thread, "status page", stopped=lambda: self.server is None), "status page",
+                    forever=True)
         _log.info("status page at %s", self.url)
 
     async def stop(self) -> None:
-        if self.server is not None:
-            await asyncio.to_thread(self.server.shutdown)
-            self.server.server_close()
-            self.server = None
+        server, self.server = self.server, None  # first: the thread's end is asked for
+        if server is not None:
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
 
 
 def _handler(page: StatusPage) -> type[BaseHTTPRequestHandler]:
