@@ -5,6 +5,7 @@ hardening (User=fitsflow, ProtectSystem=strict, PrivateUsers...)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -13,6 +14,8 @@ from typing import Iterator
 
 import pytest
 
+from fitsflow.core.bus.stomp_link import StompLink
+from fitsflow.core.messages import destination_of, make
 from fitsflow.testing.broker import PrivateBroker, free_port
 from fitsflow.testing.config import to_toml
 from fitsflow.testing.nspawn import Container, system_venv
@@ -88,3 +91,37 @@ def test_the_unit_runs_under_systemd_and_is_restarted(container: Container, brok
     assert "Watchdog timeout" in journal, journal[-3000:]
     c.run("systemctl", "stop", UNIT)
     assert c.show(UNIT)["ActiveState"] == "inactive"
+
+
+def test_fitsflows_fields_reach_the_journal(container: Container, broker: PrivateBroker) -> None:
+    """The daemon's records carry fitsflow's fields into the real journal: read back with
+    ``journalctl -o json`` (a dead-lettered INGEST_REQUEST names its image and type)."""
+    c = container
+    configure(c, broker.url)
+    c.run("systemctl", "start", UNIT)
+    try:
+        c.wait(UNIT, "active", lambda s: s["ActiveState"] == "active" and "brokers 1/1" in s["StatusText"])
+        image = f"TESTCAM_O_20261127_{int(time.time()) % 1000000:06d}"
+        msg = make("INGEST_REQUEST", image, path="/etc/passwd", checksum="crc32:00000000", sender="test@systemd",
+                   data_id={"instrument": "TESTCAM", "image": image, "raft": "R22", "sensor": "S00",
+                            "obs_day": "20261127"})
+        link = StompLink(broker.url, heartbeat_ms=0)
+        link.connect(f"systemd-test-{image}")
+        try:
+            link.send(destination_of("INGEST_REQUEST", target="archive"), msg.encode(), msg.headers()).result(10)
+        finally:
+            link.close()
+        deadline, entries = time.monotonic() + 60, []
+        while time.monotonic() < deadline:
+            out = c.run("journalctl", "-u", UNIT, "-o", "json", "--no-pager", f"IMAGE={image}", check=False).stdout
+            entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+            if entries:
+                break
+            time.sleep(0.5)
+        assert entries, "no journal record with the image's IMAGE= field"
+        e = entries[0]
+        assert e["MSGTYPE"] == "INGEST_REQUEST" and e["FITSFLOW_DAEMON"].startswith("archive-ingest"), e
+        assert e["SYSLOG_IDENTIFIER"] == "fitsflow-archive-ingest" and e["PRIORITY"] == "3", e
+        assert e["CODE_FILE"].endswith(".py") and e["LOGGER"].startswith("fitsflow."), e
+    finally:
+        c.run("systemctl", "stop", UNIT)
