@@ -63,10 +63,8 @@ class DaemonCollector:
         for condition in d.faults.active:
             active.add_metric(who + [condition], 1.0)
         yield active
-        episodes = CounterMetricFamily("fitsflow_fault_episodes", "Fault episodes of the machine since start",
-                                       labels=["daemon"])
-        episodes.add_metric(who, d.faults.episodes)
-        yield episodes
+        yield _one(CounterMetricFamily, "fitsflow_fault_episodes", "Fault episodes of the machine since start",
+                   who, d.faults.episodes)
         bus = CounterMetricFamily("fitsflow_bus_messages", "Messages by outcome, since start",
                                   labels=["daemon", "outcome"])
         links = CounterMetricFamily("fitsflow_bus_connections", "Broker connections made and lost, since start",
@@ -78,20 +76,21 @@ class DaemonCollector:
                 bus.add_metric(who + [outcome], value)
         yield bus
         yield links
-        outbox = GaugeMetricFamily("fitsflow_bus_outbox_messages", "Messages waiting in the outbox for a broker",
-                                   labels=["daemon"])
-        outbox.add_metric(who, d.bus.outbox_size)
-        yield outbox
-        brokers = GaugeMetricFamily("fitsflow_bus_brokers_connected", "Brokers this daemon is connected to",
-                                    labels=["daemon"])
-        brokers.add_metric(who, len(d.bus.connected_brokers))
-        yield brokers
+        yield _one(GaugeMetricFamily, "fitsflow_bus_outbox_messages", "Messages waiting in the outbox for a broker",
+                   who, d.bus.outbox_size)
+        yield _one(GaugeMetricFamily, "fitsflow_bus_brokers_connected", "Brokers this daemon is connected to",
+                   who, len(d.bus.connected_brokers))
         for name, (value, text) in d.counters().items():
-            own = CounterMetricFamily(metric_name(d.name, name), text, labels=["daemon"])
-            own.add_metric(who, value)
-            yield own
+            yield _one(CounterMetricFamily, metric_name(d.name, name), text, who, value)
         for histogram in d.stage_histograms():
             yield from histogram.collect()
+
+
+def _one(family: type, name: str, text: str, who: list[str], value: float) -> Metric:
+    """A metric family with the one sample of this daemon."""
+    metric = family(name, text, labels=["daemon"])
+    metric.add_metric(who, value)
+    return metric
 
 
 #: Buckets of the stage histograms (seconds): from a quick hand-off to a slow disk.
