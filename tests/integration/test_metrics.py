@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fitsflow.testing.broker import PrivateBroker, free_port
 from fitsflow.testing.flow import Flow, run_flow
 from fitsflow.testing.pipeline import DAEMONS, daemon_name
+from fitsflow.testing.wait import async_wait_for
 
 IMAGES = 3
 
@@ -48,7 +49,20 @@ def test_every_daemon_serves_its_metrics(tmp_path: Path, fresh_broker: PrivateBr
         for _ in range(IMAGES):
             await f.take_image()
         await f.wait_all_archived(timeout=120)
-        after = {name: await asyncio.to_thread(scrape, port) for name, port in ports.items()}
+
+        async def counted() -> dict | None:
+            # A daemon counts a file once its step is done, which may be a moment after the
+            # next daemon's effect is visible (the controller counts a hand-off after its
+            # INGEST_REQUESTs are sent and booked; the registries may have the rows before).
+            now = {name: await asyncio.to_thread(scrape, port) for name, port in ports.items()}
+            lagging = [value(now["archive-controller@c1"], "fitsflow_archive_controller_handoffs_total"),
+                       value(now["archive-controller@c1"], "fitsflow_archive_controller_handoff_seconds_count"),
+                       value(now["oods@o1"], "fitsflow_oods_ingested_total"),
+                       value(now["archive-ingest@a1"], "fitsflow_archive_ingest_ingested_total"),
+                       sum(value(now[f"forwarder@{i}"], "fitsflow_forwarder_files_written_total") for i in ("f1", "f2"))]
+            return now if min(lagging) >= 2 * IMAGES else None
+
+        after = await async_wait_for(counted, timeout=60, interval=0.2, what="every file counted")
         for name, samples in after.items():
             assert value(samples, "fitsflow_daemon_state", state="ON") == 1.0, (name, samples)
             assert value(samples, "fitsflow_daemon_state") == 1.0, name  # one state at a time
