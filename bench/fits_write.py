@@ -1,28 +1,38 @@
-"""FITS write benchmark: the forwarder's write path vs numpy.tofile of the same bytes.
+"""FITS write benchmark: a sensor's pixels from the receiver's hands to a FITS file in
+incoming/, against numpy.tofile + fsync of the same bytes (the disk's rate, this run).
 
     ./dev.sh bench fits_write [--repeat N]
 
-Both sides fsync. The forwarder's path is the real one (``build_hdus`` + ``write_fits``):
-astropy header and image HDU, big-endian conversion, CHECKSUM/DATASUM, temp file + fsync +
-rename + directory fsync, then the sha256 that FILE_DELIVERED carries.
+"write once" is the real path: the receiver stores the stripes in the FITS layout
+(``SensorWriter``: big-endian encoding, DATASUM part and CRC-32 per stripe, pwrite, fsync),
+the forwarder finishes the file in place (``write_linked``: headers, CHECKSUM, link).
+"copy" is the same start with the forwarder's fallback (``write_copy``: the data unit read
+twice, written again); "astropy" the former path (raw store in the readout's own layout,
+then ``write_fits``: the pixels read back, byte-swapped and written a second time).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from fitsflow.camera_sim.pixels import sensor_pixels
 from fitsflow.core.headerstore import ImageHeader
-from fitsflow.core.rawstore import SensorMeta
-from fitsflow.forwarder.fitswriter import build_hdus, write_fits
+from fitsflow.core.rawstore import DATA_OFFSET, SensorMeta, SensorWriter, raw_path, read_pixels
+from fitsflow.core.spead_format import stripe_bounds
+from fitsflow.forwarder.fitswriter import build_hdus, placeholder, write_copy, write_fits, write_linked
+
+STRIPES = 16
+DATA_ID = {"obs_day": "20261121"}
 
 
 def tofile(directory: Path, data: np.ndarray) -> float:
@@ -37,14 +47,31 @@ def tofile(directory: Path, data: np.ndarray) -> float:
     return elapsed
 
 
-def forwarder(directory: Path, data: np.ndarray, header: ImageHeader, meta: SensorMeta) -> float:
-    data_id = {"obs_day": "20261121"}
+def store(root: Path, data: np.ndarray, data_offset: int) -> SensorMeta:
+    side = data.shape[0]
+    meta = SensorMeta("BENCH", 1, "G", 0, "R22", "S00", side, side, "<i4", 0.0, 0.0, STRIPES, received_at=0.0,
+                      data_offset=data_offset)
+    writer = SensorWriter(root, meta)
+    for i in range(STRIPES):
+        start, end = stripe_bounds(side, STRIPES, i)
+        writer.write_stripe(i, start, data[start:end].reshape(-1))
+    return writer.finish()
+
+
+def pipeline(d: Path, data: np.ndarray, header: ImageHeader, finish: str) -> float:
+    raw, incoming = d / "raw", d / "incoming"
+    for p in (raw, incoming):
+        shutil.rmtree(p, ignore_errors=True)
+        p.mkdir()
     t0 = time.perf_counter()
-    hdus = build_hdus(header, meta, data, "bench.fits", data_id)
-    written = write_fits(directory, "bench.fits", hdus)
-    elapsed = time.perf_counter() - t0
-    written.path.unlink()
-    return elapsed
+    meta = store(raw, data, 0 if finish == "astropy" else DATA_OFFSET)
+    if finish == "astropy":
+        write_fits(incoming, "b.fits", build_hdus(header, meta, read_pixels(raw, meta), "b.fits", DATA_ID))
+    else:
+        write: Callable = write_linked if finish == "write once" else write_copy
+        write(raw_path(raw, meta), incoming, "b.fits", build_hdus(header, meta, placeholder(meta), "b.fits", DATA_ID),
+              meta)
+    return time.perf_counter() - t0
 
 
 def main() -> int:
@@ -52,19 +79,22 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     header = ImageHeader("BENCH", [(f"KEY{i:04d}", float(i), "a telemetry value") for i in range(100)])
-    print(f"{'sensor':>8} {'numpy.tofile':>14} {'forwarder':>12} {'ratio':>6}   (median of {args.repeat}, fsync both)")
+    paths = ("write once", "copy", "astropy")
+    print(f"{'sensor':>8} {'numpy.tofile':>14} " + " ".join(f"{p:>18}" for p in paths) +
+          f"   (MB/s and ratio to tofile, median of {args.repeat}, fsync all)")
     with tempfile.TemporaryDirectory(dir=os.environ.get("FITSFLOW_BENCH_DIR")) as tmp:
         d = Path(tmp)
         for side in (2048, 4096):
             data = sensor_pixels(1, 1, 0, side, side)
-            meta = SensorMeta("BENCH", 1, "G", 0, "R22", "S00", side, side, "<i4", 0.0, 0.0, 16, received_at=0.0)
-            raw_t, fw_t = [], []
+            times: dict[str, list[float]] = {p: [] for p in ("tofile", *paths)}
             for _ in range(args.repeat):
-                raw_t.append(tofile(d, data))
-                fw_t.append(forwarder(d, data, header, meta))
+                times["tofile"].append(tofile(d, data))
+                for p in paths:
+                    times[p].append(pipeline(d, data, header, p))
             mb = data.nbytes / 1e6
-            raw, fw = mb / statistics.median(raw_t), mb / statistics.median(fw_t)
-            print(f"{data.nbytes >> 20:>5} MiB {raw:>10.0f} MB/s {fw:>8.0f} MB/s {fw / raw:>6.2f}")
+            rate = {p: mb / statistics.median(t) for p, t in times.items()}
+            print(f"{data.nbytes >> 20:>5} MiB {rate['tofile']:>9.0f} MB/s " +
+                  " ".join(f"{rate[p]:>9.0f} MB/s {rate[p] / rate['tofile']:>4.2f}×" for p in paths))
     return 0
 
 

@@ -25,7 +25,7 @@ from fitsflow.core.config import Config, load_config
 from fitsflow.core.headerstore import ImageHeader, write_header
 from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.messages import make
-from fitsflow.core.rawstore import SensorMeta, SensorWriter, write_readout_summary
+from fitsflow.core.rawstore import DATA_OFFSET, SensorMeta, SensorWriter, write_readout_summary
 from fitsflow.forwarder.daemon import ForwarderDaemon
 from fitsflow.oods.daemon import OodsDaemon
 from fitsflow.testing.broker import PrivateBroker
@@ -64,7 +64,8 @@ def store_image(cfg: Config, image: str, seq: int) -> None:
     paths = cfg.paths.resolved()
     for index, name in enumerate(SENSORS):
         raft, sensor = name.split("_")
-        meta = SensorMeta(image, seq, "G", 0, raft, sensor, ROWS, COLS, "<i4", T_READOUT, T_READOUT + 1, 1)
+        meta = SensorMeta(image, seq, "G", 0, raft, sensor, ROWS, COLS, "<i4", T_READOUT, T_READOUT + 1, 1,
+                          data_offset=DATA_OFFSET)
         w = SensorWriter(paths.raw_buffer, meta)
         w.write_stripe(0, 0, sensor_pixels(1, seq, index, ROWS, COLS))
         w.finish()
@@ -110,6 +111,9 @@ def test_images_reach_oods_and_archive_exactly_once(tmp_path: Path, broker: Priv
             assert all(m.data["status"] == 0 for m in listen.of("IMAGE_IN_OODS") + listen.of("IMAGE_IN_ARCHIVE"))
             # Written on this host: no file was read back to check its checksum (one write, no re-read).
             assert (ctl.checksums_trusted, ctl.checksums_read) == (6, 0), ctl.status()
+            # Pixels written once: each file is the receiver's stored readout, finished in place.
+            assert (f1.files_linked + f2.files_linked, f1.files_copied + f2.files_copied) == (6, 0), \
+                (f1.status(), f2.status())
             assert oods.ingester.stats.trusted == arch.ingester.stats.trusted == 6, (oods.status(), arch.status())
     run(main())
     paths = cfg.paths.resolved()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -65,6 +66,21 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` atomically (temp + fsync + rename + fsync dir)."""
     with atomic_writer(path, mode) as fh:
         fh.write(data)
+
+
+def publish_link(src: Path, path: Path, owner: str = "") -> None:
+    """Make ``path`` another name of ``src``, atomically (link to a temp name, rename over
+    it, fsync the directory); a crash leaves at most a temp name for remove_stale_temps."""
+    path = Path(path)
+    tmp = path.parent / f"{_temp_prefix(owner)}{path.name}.{secrets.token_hex(4)}"
+    os.link(src, tmp)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
 
 
 def link_into(src: Path, dst: Path) -> bool:

@@ -2,17 +2,28 @@
 
 Layout under ``paths.raw_buffer``::
 
-    <image>/<raft>_<sensor>.raw          pixels, row-major, the readout's dtype; rows that
-                                         never arrived are zeros
+    <image>/<raft>_<sensor>.raw          the sensor's pixels (below); rows that never
+                                         arrived are zeros
     <image>/<raft>_<sensor>.json         metadata (below); written last, so its presence
                                          means the .raw is whole
     <image>/.<raft>_<sensor>.assembling  the .raw being filled, stripe by stripe (pwrite)
-    <image>/.<raft>_<sensor>.stripes     journal of stripes written so far (one per line)
+    <image>/.<raft>_<sensor>.stripes     journal of stripes written so far, one per line:
+                                         index, then the stripe's DATASUM part and CRC-32
     <image>/READOUT.json                 the readout summary, written before READOUT_COMPLETE
 
-Metadata fields: image, image_seq, group, snap, raft, sensor, rows, cols, dtype,
-t_start, t_end, stripe_count, stripes_received, missing_rows ([[start, end), ...]),
-partial (bool), received_at.
+The .raw is laid out as the sensor's final FITS file (``data_offset`` > 0): room for the
+primary and the extension headers (:data:`HEADER_ROOM_BLOCKS` 2880-byte blocks, a sparse
+hole until the forwarder writes them), then the data unit as FITS stores it (big-endian,
+unsigned types offset by BZERO), padded to a block. The receiver sums each stripe as it
+writes it, so the forwarder finishes the file (headers, CHECKSUM, DATASUM, the CRC-32 the
+hand-off carries) without reading the pixels, and links it into ``incoming/``: the pixels
+are written once. A .raw with ``data_offset`` 0 (written by an earlier fitsflow) holds the
+pixels row-major in the readout's own dtype; the forwarder copies those.
+
+Metadata fields: image, image_seq, group, snap, raft, sensor, rows, cols, dtype (the
+readout's, as the camera sent it), t_start, t_end, stripe_count, stripes_received,
+missing_rows ([[start, end), ...]), partial (bool), received_at, data_offset, datasum and
+data_crc (of the padded data unit; null if unknown), inode (of the .raw they describe).
 """
 
 from __future__ import annotations
@@ -27,8 +38,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import zlib
+
 import numpy as np
 
+from fitsflow.core.checksum import crc32_combine, crc32_of_zeros, fold32, ones_sum
 from fitsflow.core.handoff import atomic_write_bytes, fsync_dir
 from fitsflow.core.layout import COMPONENT_NAME, check_name, inside
 from fitsflow.core.poison import load_file
@@ -53,10 +67,55 @@ class SensorMeta:
     missing_rows: list[list[int]] = field(default_factory=list)
     partial: bool = False
     received_at: float = 0.0
+    data_offset: int = 0
+    datasum: int | None = None
+    data_crc: int | None = None
+    inode: int = 0
 
     @property
     def name(self) -> str:
         return f"{self.raft}_{self.sensor}"
+
+    @property
+    def data_bytes(self) -> int:
+        """The pixels' size, without the block padding."""
+        return self.rows * self.cols * np.dtype(self.dtype).itemsize
+
+    @property
+    def fits_layout(self) -> bool:
+        return self.data_offset > 0
+
+
+BLOCK = 2880
+#: 2880-byte blocks kept for the primary header (360 cards: the header service's image
+#: header) and the extension's (108 cards: sensor keywords and a long MISSROWS). A header
+#: that does not fit makes the forwarder write a copy of the file instead of linking it.
+HEADER_ROOM_BLOCKS = (10, 3)
+DATA_OFFSET = sum(HEADER_ROOM_BLOCKS) * BLOCK
+
+
+def padded(nbytes: int) -> int:
+    """A data unit's size on disk: whole 2880-byte blocks."""
+    return -(-nbytes // BLOCK) * BLOCK
+
+
+def fits_encoded(pixels: np.ndarray) -> np.ndarray:
+    """The pixels as a FITS data unit stores them: big-endian, unsigned integers as signed
+    ones offset by BZERO (the top bit flipped)."""
+    dtype = pixels.dtype
+    if dtype.kind == "u" and dtype.itemsize > 1:
+        flipped = np.bitwise_xor(pixels, dtype.type(1 << (8 * dtype.itemsize - 1)))
+        return flipped.view(dtype.str.replace("u", "i")).astype(">" + dtype.str[1:].replace("u", "i"))
+    return pixels.astype(dtype.newbyteorder(">"), copy=dtype.byteorder not in (">", "|"))
+
+
+def fits_decoded(stored: np.ndarray, dtype: str) -> np.ndarray:
+    """Inverse of :func:`fits_encoded`: the values in the readout's dtype."""
+    want = np.dtype(dtype)
+    if want.kind == "u" and want.itemsize > 1:
+        values = stored.astype(want.str.replace("u", "i")).view(want)
+        return np.bitwise_xor(values, want.type(1 << (8 * want.itemsize - 1)))
+    return stored.astype(want)
 
 
 def sensor_key(raft: str, sensor: str) -> str:
@@ -83,7 +142,7 @@ class SensorWriter:
         self.temp = self.dir / f".{key}.assembling"
         self.journal = self.dir / f".{key}.stripes"
         self.itemsize = np.dtype(meta.dtype).itemsize
-        nbytes = meta.rows * meta.cols * self.itemsize
+        nbytes = meta.data_offset + padded(meta.data_bytes) if meta.fits_layout else meta.data_bytes
         if self.journal.exists() and not self.temp.exists() and self.final.exists():
             # The last run died inside finish(), between renaming the pixels into place and
             # writing the .json that publishes them: take them back (opening a fresh temp
@@ -93,8 +152,10 @@ class SensorWriter:
         if os.fstat(self._fd).st_size != nbytes:
             os.ftruncate(self._fd, nbytes)  # sparse: never-written rows read as zeros
         self.received: set[int] = set()
+        #: Each stored stripe's (DATASUM part, CRC-32), when known (not after a refill).
+        self.sums: dict[int, tuple[int, int]] = {}
         if self.journal.exists():  # a restart: carry on where the last run stopped
-            self.received = {int(x) for x in self.journal.read_text().split() if x.isdigit()}
+            self._read_journal()
         self._journal = open(self.journal, "a")
         self._claimed: set[int] = set(self.received)
         self._lock = threading.Lock()
@@ -104,6 +165,15 @@ class SensorWriter:
         # caught exactly that when an image timed out during writes).
         self._inflight = 0
         self._idle = threading.Condition(self._lock)
+
+    def _read_journal(self) -> None:
+        for line in self.journal.read_text().splitlines():
+            fields = line.split()
+            if not fields or not all(f.isdigit() for f in fields):
+                continue  # a line cut by a crash: that stripe is written again if it comes
+            self.received.add(int(fields[0]))
+            if len(fields) == 3:
+                self.sums[int(fields[0])] = (int(fields[1]), int(fields[2]))
 
     @classmethod
     def refill(cls, root: Path, meta: SensorMeta) -> SensorWriter:
@@ -134,14 +204,24 @@ class SensorWriter:
             fd = self._fd
             self._inflight += 1
         try:
-            data = memoryview(np.ascontiguousarray(pixels)).cast("B")
-            offset = row_start * self.meta.cols * self.itemsize
+            at = row_start * self.meta.cols * self.itemsize  # into the pixels
+            line = f"{index}\n"
+            if self.meta.fits_layout:
+                # Encoded and summed while the bytes are in cache: nobody reads them again.
+                data = memoryview(fits_encoded(np.ascontiguousarray(pixels))).cast("B")
+                line = f"{index} {ones_sum(data, at)} {zlib.crc32(data)}\n"
+                at += self.meta.data_offset
+            else:
+                data = memoryview(np.ascontiguousarray(pixels)).cast("B")
             written = 0
             while written < len(data):
-                written += os.pwrite(fd, data[written:], offset + written)
+                written += os.pwrite(fd, data[written:], at + written)
             with self._lock:  # writes of different stripes may run in parallel threads
                 self.received.add(index)
-                self._journal.write(f"{index}\n")
+                fields = line.split()
+                if len(fields) == 3:
+                    self.sums[index] = (int(fields[1]), int(fields[2]))
+                self._journal.write(line)
                 self._journal.flush()
         finally:
             with self._lock:
@@ -174,6 +254,9 @@ class SensorWriter:
         meta.partial = bool(meta.missing_rows)
         meta.received_at = time.time()
         self._journal.close()
+        if meta.fits_layout:
+            meta.datasum, meta.data_crc = self._data_sums()
+            meta.inode = os.stat(self.temp).st_ino
         os.rename(self.temp, self.final)
         atomic_write_bytes(self.meta_path, json.dumps(asdict(meta), indent=1).encode())
         with contextlib.suppress(FileNotFoundError):
@@ -181,10 +264,42 @@ class SensorWriter:
         fsync_dir(self.dir)
         return meta
 
+    def _data_sums(self) -> tuple[int, int]:
+        """(DATASUM, CRC-32) of the padded data unit: from the stripes' sums, with zeros where
+        rows are missing; read back from the file if a stripe's sums are unknown (a refill)."""
+        meta, row_bytes = self.meta, self.meta.cols * self.itemsize
+        if not self.received <= set(self.sums):
+            return _sums_of_file(self.temp, meta.data_offset, padded(meta.data_bytes))
+        total, crc = 0, 0
+        for i in range(meta.stripe_count):
+            start, end = stripe_bounds(meta.rows, meta.stripe_count, i)
+            length = (end - start) * row_bytes
+            if i in self.sums:
+                total += self.sums[i][0]
+                crc = crc32_combine(crc, self.sums[i][1], length)
+            else:
+                crc = crc32_of_zeros(length, crc)
+        return fold32(total), crc32_of_zeros(padded(meta.data_bytes) - meta.data_bytes, crc)
+
     def close(self) -> None:
         """Stop without publishing (shutdown); the journal lets the next run resume."""
         if self._close_fd():
             self._journal.close()
+
+
+def _sums_of_file(path: Path, offset: int, length: int) -> tuple[int, int]:
+    total, crc, chunk = 0, 0, 8 * 1024 * 1024
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(offset)
+        done = 0
+        while done < length:
+            data = fh.read(min(chunk, length - done))
+            if not data:
+                raise OSError(f"{path}: shorter than its data unit")
+            total += ones_sum(data, done)
+            crc = zlib.crc32(data, crc)
+            done += len(data)
+    return fold32(total), crc
 
 
 def _missing_rows(rows: int, count: int, received: set[int]) -> list[list[int]]:
@@ -205,6 +320,8 @@ def parse_meta(data: bytes) -> SensorMeta:
     meta = SensorMeta(**json.loads(data))
     if not (meta.rows > 0 and meta.cols > 0 and 0 < meta.stripe_count <= meta.rows):
         raise ValueError(f"{meta.name}: impossible shape {meta.rows}x{meta.cols} in {meta.stripe_count} stripes")
+    if meta.data_offset < 0 or meta.data_offset % BLOCK:
+        raise ValueError(f"{meta.name}: data_offset {meta.data_offset} is not a whole number of FITS blocks")
     return meta
 
 
@@ -216,10 +333,19 @@ def read_meta(root: Path, image: str, raft: str, sensor: str,
     return load_file(path, parse_meta, [] if problems is None else problems)
 
 
+def raw_path(root: Path, meta: SensorMeta) -> Path:
+    return image_dir(root, meta.image) / f"{meta.name}.raw"
+
+
 def read_pixels(root: Path, meta: SensorMeta) -> np.ndarray:
-    """The stored pixels as a read-only (rows, cols) memory map."""
-    path = image_dir(root, meta.image) / f"{meta.name}.raw"
-    return np.memmap(path, dtype=np.dtype(meta.dtype), mode="r", shape=(meta.rows, meta.cols))
+    """The stored pixel values, (rows, cols): a read-only memory map of a .raw in the
+    readout's own layout, a decoded copy of one in the FITS layout."""
+    path = raw_path(root, meta)
+    if not meta.fits_layout:
+        return np.memmap(path, dtype=np.dtype(meta.dtype), mode="r", shape=(meta.rows, meta.cols))
+    stored = np.memmap(path, dtype=fits_encoded(np.zeros(0, meta.dtype)).dtype, mode="r",
+                       offset=meta.data_offset, shape=(meta.rows, meta.cols))
+    return fits_decoded(stored, meta.dtype)
 
 
 def write_readout_summary(root: Path, image: str, summary: dict[str, Any]) -> None:

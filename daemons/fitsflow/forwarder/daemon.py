@@ -24,13 +24,14 @@ from fitsflow.core.fits_text import LIST_LIMIT
 from fitsflow.core.headerstore import BadHeader, ImageHeader, header_path, read_header
 from fitsflow.core.layout import check_name, obs_day, sensor_file_name
 from fitsflow.core.messages import Message, destination_of, make
-from fitsflow.core.rawstore import SensorMeta, read_meta, read_pixels, read_readout_summary
+from fitsflow.core.rawstore import SensorMeta, raw_path, read_meta, read_pixels, read_readout_summary
 from fitsflow.core.handoff import file_identity, remove_stale_temps
 from fitsflow.core.runtime import Daemon
 from fitsflow.forwarder.assignments import Assignment, AssignmentBook
 from fitsflow.forwarder.config import ForwarderConfig
 from fitsflow.core.checksum import file_crc32
-from fitsflow.forwarder.fitswriter import build_hdus, write_fits
+from fitsflow.forwarder.fitswriter import (NotLinkable, WrittenFile, build_hdus, placeholder, write_copy, write_fits,
+                                           write_linked)
 
 _log = logging.getLogger(__name__)
 WRITE_FAULT = "FITS files"
@@ -63,6 +64,8 @@ class ForwarderDaemon(Daemon):
         self.wake = asyncio.Event()
         self.in_progress: set[str] = set()
         self.files_written = 0
+        self.files_linked = 0  # of files_written: the receiver's stored readout, finished in place
+        self.files_copied = 0  # of files_written: the same bytes as a new file (see fitswriter)
         self.write_errors = 0
         bus.subscribe(destination_of("FORWARD_IMAGE", forwarder=self.instance), self.on_forward_image,
                       name=f"forwarder-{self.instance}")
@@ -81,11 +84,16 @@ class ForwarderDaemon(Daemon):
         return self.book.rejected
 
     def status(self) -> str:
-        return (f"{len(self.book.open_items())} assignments open, {self.files_written} files written, "
+        return (f"{len(self.book.open_items())} assignments open, {self.files_written} files written "
+                f"({self.files_linked} finished in place, {self.files_copied} copied), "
                 f"{self.write_errors} write errors; {self.bus.describe()}")
 
     def counters(self) -> dict[str, tuple[float, str]]:
         return {"files_written": (self.files_written, "FITS files written and delivered"),
+                "files_linked": (self.files_linked, "Files finished in place from the stored readout: pixels "
+                                                    "written once"),
+                "files_copied": (self.files_copied, "Files written as a copy of the stored readout (reassigned, "
+                                                    "header beyond the room, another filesystem)"),
                 "write_errors": (self.write_errors, "FITS writes that met a fault of the machine")}
 
     # -- event handlers ----------------------------------------------------------------
@@ -215,10 +223,28 @@ class ForwarderDaemon(Daemon):
             crc = file_crc32(target)
             st = target.stat()
             return target, st.st_size, crc, file_identity(st)
-        pixels = read_pixels(self.raw_root, meta)
-        written = write_fits(self.incoming, filename, build_hdus(header, meta, pixels, filename, data_id),
-                             owner=self.temp_owner)
+        if meta.fits_layout:
+            written = self._finish_stored(filename, header, meta, data_id)
+        else:  # stored by an earlier fitsflow: the readout's own layout
+            written = write_fits(self.incoming, filename, build_hdus(header, meta, read_pixels(self.raw_root, meta),
+                                                                     filename, data_id), owner=self.temp_owner)
         return written.path, written.size, written.checksum, file_identity(written.path.stat())
+
+    def _finish_stored(self, filename: str, header: ImageHeader, meta: SensorMeta, data_id: dict) -> WrittenFile:
+        """The stored readout becomes the file (linked), or, where it cannot, a copy."""
+        raw = raw_path(self.raw_root, meta)
+        try:
+            written = write_linked(raw, self.incoming, filename,
+                                   build_hdus(header, meta, placeholder(meta), filename, data_id), meta,
+                                   owner=self.temp_owner)
+            self.files_linked += 1
+            return written
+        except NotLinkable as why:
+            _log.info("%s: written as a copy: %s", filename, why, extra={"IMAGE": meta.image})
+        written = write_copy(raw, self.incoming, filename, build_hdus(header, meta, placeholder(meta), filename,
+                                                                      data_id), meta, owner=self.temp_owner)
+        self.files_copied += 1
+        return written
 
     async def _alert(self, problem: str) -> None:
         _log.error(problem)

@@ -1,5 +1,13 @@
 """One sensor readout + the image header → one FITS file, written atomically.
 
+A readout the receiver stored in the FITS layout (core.rawstore) is finished in place: the
+header blocks go into the room the receiver left before the data unit, CHECKSUM, DATASUM and
+the file's CRC-32 come from the sums the receiver took per stripe, and the file is linked
+into ``incoming/`` (:func:`write_linked`). Where that cannot be done (the .raw is already
+linked elsewhere — a reassignment —, lies on another filesystem, or the header does not fit
+the room) the same bytes are written as a copy (:func:`write_copy`). An older .raw (the
+readout's own layout) is written through astropy (:func:`write_fits`).
+
 Primary HDU: the image header from the header service (+ DATE, ORIGIN, FILENAME, the data
 ID). Extension 1: the pixels with the sensor's keywords (RAFTBAY, CCDSLOT, DETNAME, DETSIZE,
 DATASEC, and PARTIAL/MISSROWS when rows never arrived). CHECKSUM and DATASUM on both HDUs.
@@ -10,6 +18,8 @@ writing the same assignment twice gives the same file.
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import fcntl
 import os
 import zlib
 from dataclasses import dataclass
@@ -19,12 +29,11 @@ import numpy as np
 from astropy.io import fits
 
 from fitsflow import __version__
-from fitsflow.core.checksum import file_crc32
+from fitsflow.core.checksum import crc32_combine, file_crc32, fold32, ones_sum
 from fitsflow.core.fits_text import declare_long_strings, listed
-from fitsflow.core.handoff import atomic_writer
+from fitsflow.core.handoff import atomic_writer, publish_link
 from fitsflow.core.headerstore import ImageHeader
-from fitsflow.core.rawstore import SensorMeta
-
+from fitsflow.core.rawstore import BLOCK, HEADER_ROOM_BLOCKS, SensorMeta, padded
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ class _KnownDatasumHDU(fits.ImageHDU):
 #: Pixel types written by the single-pass writer: 4-byte types need no FITS scaling.
 FAST_DTYPES = {"<i4", "<f4", ">i4", ">f4"}
 CHUNK_BYTES = 4 * 1024 * 1024
-BLOCK = 2880
+CARDS_PER_BLOCK = BLOCK // 80
 
 
 def _datasum(pixels: np.ndarray) -> int:
@@ -172,3 +181,143 @@ def write_fits(directory: Path, filename: str, hdus: fits.HDUList, owner: str = 
         raise
     checksum = f"crc32:{crc:08x}" if crc is not None else file_crc32(path)
     return WrittenFile(path, os.path.getsize(path), checksum)
+
+
+# -- readouts stored in the FITS layout --------------------------------------------------
+
+class NotLinkable(Exception):
+    """The stored readout cannot become the file itself; the message says why."""
+
+
+def placeholder(meta: SensorMeta) -> np.ndarray:
+    """An array of the readout's shape and dtype that holds no memory: what astropy needs to
+    build the extension header (BITPIX, NAXISn, BZERO) without the pixels."""
+    return np.broadcast_to(np.zeros((), dtype=meta.dtype), (meta.rows, meta.cols))
+
+
+def header_blocks(hdus: fits.HDUList, datasum: int, room: tuple[int, int] | None) -> tuple[bytes, bool]:
+    """The primary and extension headers as written, with DATASUM (``datasum`` of the data
+    unit) and CHECKSUM. With ``room``, each header is filled with blank cards before END to
+    exactly its room's blocks if both fit (True), else written at its own size (False).
+
+    astropy builds the cards; the blank cards and CHECKSUM are done on the bytes: astropy's
+    add_checksum re-renders the header each time (15 ms of a forwarder's ~25 ms per file)."""
+    primary, image = hdus[0], hdus[1]
+    when = f"fitsflow {primary.header.get('DATE', '')}"  # fixed comment: same input, same bytes
+    texts = []
+    for hdu, sum_ in ((primary, 0), (image, datasum)):
+        hdu.header["CHECKSUM"] = (CHECKSUM_PLACEHOLDER, when)
+        hdu.header["DATASUM"] = (str(sum_), when)
+        texts.append(hdu.header.tostring(padding=False).encode("ascii"))
+    fits_room = room is not None and all(len(t) <= blocks * BLOCK for t, blocks in zip(texts, room))
+    out = []
+    for text, sum_, blocks in zip(texts, (0, datasum), room or (0, 0)):
+        size = blocks * BLOCK if fits_room else -(-len(text) // BLOCK) * BLOCK
+        text = text[:-80] + b" " * (size - len(text)) + text[-80:] if fits_room else text.ljust(size)
+        out.append(_with_checksum(text, sum_))
+    return b"".join(out), fits_room
+
+
+CHECKSUM_PLACEHOLDER = "0" * 16
+_EXCLUDED = frozenset(b":;<=>?@[\\]^_`")  # punctuation the encoding avoids
+
+
+def _with_checksum(header: bytes, datasum: int) -> bytes:
+    """``header`` (whole blocks, CHECKSUM holding the placeholder) with its CHECKSUM value
+    set so that the HDU (header and a data unit summing to ``datasum``) sums to -0: the FITS
+    checksum convention (Seaman, Pence & Rots), its ASCII encoding as in cfitsio's ffesum."""
+    at = next(i for i in range(0, len(header), 80) if header[i:i + 10] == b"CHECKSUM= ") + 11
+    value = ~fold32(ones_sum(header) + datasum) & 0xFFFFFFFF
+    asc = bytearray(16)
+    for i in range(4):
+        byte = (value >> (24 - 8 * i)) & 0xFF
+        ch = [byte // 4 + 0x30] * 4
+        ch[0] += byte % 4
+        changed = True
+        while changed:  # move pairs away from punctuation, keeping their sum
+            changed = False
+            for j in (0, 2):
+                if ch[j] in _EXCLUDED or ch[j + 1] in _EXCLUDED:
+                    ch[j] += 1
+                    ch[j + 1] -= 1
+                    changed = True
+        for j in range(4):
+            asc[4 * j + i] = ch[j]
+    encoded = bytes(asc[(k + 15) % 16] for k in range(16))  # rotated one place right
+    return header[:at] + encoded + header[at + 16:]
+
+
+def write_linked(raw: Path, directory: Path, filename: str, hdus: fits.HDUList, meta: SensorMeta,
+                 owner: str = "") -> WrittenFile:
+    """Finish the receiver's .raw as the FITS file: write its headers into the room before
+    the data unit, fsync, and link it into ``directory`` atomically. The pixels are not read.
+
+    Raises NotLinkable if it cannot be done, before touching anything another reader sees:
+    the .raw is not the one ``meta`` describes, is linked elsewhere already (a file handed on
+    must never change), lies on another filesystem, or the header does not fit the room."""
+    path = Path(directory) / filename
+    if meta.datasum is None or meta.data_crc is None:
+        raise NotLinkable("the readout's sums are unknown")
+    try:
+        fd = os.open(raw, os.O_RDWR)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise NotLinkable(f"cannot write {raw}: {exc.strerror}") from None
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # two forwarders given the same sensor: one at a time
+        st = os.fstat(fd)
+        if st.st_ino != meta.inode:
+            raise NotLinkable(f"{raw} is not the file its metadata describes (a refill under way?)")
+        if st.st_nlink != 1:
+            raise NotLinkable(f"{raw} has {st.st_nlink} links: handed on already, never written again")
+        if st.st_dev != os.stat(directory).st_dev:
+            raise NotLinkable(f"{raw} is on another filesystem than {directory}")
+        head, fits_room = header_blocks(hdus, meta.datasum, HEADER_ROOM_BLOCKS)
+        if not fits_room:
+            raise NotLinkable(f"the header of {filename} is larger than the room of {len(head)} bytes")
+        done = 0
+        while done < len(head):
+            done += os.pwrite(fd, memoryview(head)[done:], done)
+        os.fsync(fd)
+        try:
+            publish_link(raw, path, owner)
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise NotLinkable(f"cannot link {raw} into {directory}: {exc}") from None
+            raise
+    finally:
+        os.close(fd)
+    data = padded(meta.data_bytes)
+    crc = crc32_combine(zlib.crc32(head), meta.data_crc, data)
+    return WrittenFile(path, len(head) + data, f"crc32:{crc:08x}")
+
+
+def write_copy(raw: Path, directory: Path, filename: str, hdus: fits.HDUList, meta: SensorMeta,
+               owner: str = "") -> WrittenFile:
+    """The file :func:`write_linked` would make, as a new file (atomically): the same bytes
+    when the header fits the room. Reads the stored data unit twice (its sums, then the
+    copy): the path of exceptions, never of every image."""
+    path = Path(directory) / filename
+    size = padded(meta.data_bytes)
+    with open(raw, "rb", buffering=0) as src:
+        total, offset = 0, meta.data_offset
+        while offset < meta.data_offset + size:
+            chunk = os.pread(src.fileno(), min(CHUNK_BYTES, meta.data_offset + size - offset), offset)
+            if not chunk:
+                raise OSError(errno.EIO, f"{raw}: shorter than its data unit")
+            total += ones_sum(chunk, offset - meta.data_offset)
+            offset += len(chunk)
+        head, _ = header_blocks(hdus, fold32(total), HEADER_ROOM_BLOCKS)
+        with atomic_writer(path, owner=owner) as fh:
+            fh.write(head)
+            crc = zlib.crc32(head)
+            offset = meta.data_offset
+            while offset < meta.data_offset + size:
+                chunk = os.pread(src.fileno(), min(CHUNK_BYTES, meta.data_offset + size - offset), offset)
+                if not chunk:
+                    raise OSError(errno.EIO, f"{raw}: shorter than its data unit")
+                fh.write(chunk)
+                crc = zlib.crc32(chunk, crc)
+                offset += len(chunk)
+    return WrittenFile(path, len(head) + size, f"crc32:{crc:08x}")

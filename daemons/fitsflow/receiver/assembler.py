@@ -22,8 +22,8 @@ from fitsflow.core.errors import UnsafePath
 from fitsflow.core.handoff import atomic_write_bytes, remove_stale_temps
 from fitsflow.core.layout import IMAGE_NAME
 from fitsflow.core.poison import load_file
-from fitsflow.core.rawstore import (SensorMeta, SensorWriter, image_dir, parse_meta, read_readout_summary, sensor_key,
-                                    write_readout_summary)
+from fitsflow.core.rawstore import (DATA_OFFSET, SensorMeta, SensorWriter, image_dir, parse_meta,
+                                    read_readout_summary, sensor_key, write_readout_summary)
 from fitsflow.core.spead_format import Stripe
 from fitsflow.core.tasks import Spawn
 
@@ -162,7 +162,7 @@ class ImageAssembler:
             meta = SensorMeta(image=stripe.image, image_seq=stripe.image_seq, group=stripe.group, snap=stripe.snap,
                               raft=stripe.raft, sensor=stripe.sensor, rows=stripe.rows, cols=stripe.cols,
                               dtype=stripe.pixels.dtype.str, t_start=stripe.t_start, t_end=stripe.t_end,
-                              stripe_count=stripe.count)
+                              stripe_count=stripe.count, data_offset=DATA_OFFSET)
             # Synchronous (no await): two stripes of a new sensor written concurrently must
             # find the same writer.
             writer = self._open_writer(meta)

@@ -1,0 +1,129 @@
+"""Pixels written once: the receiver stores a readout in the FITS layout with per-stripe
+sums; the forwarder finishes that very file (headers in the room, checksums from the sums)
+and links it, or writes the same bytes as a copy where it must."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from fitsflow.core.checksum import file_crc32
+from fitsflow.core.headerstore import ImageHeader
+from fitsflow.core.rawstore import DATA_OFFSET, SensorMeta, SensorWriter, raw_path, read_pixels
+from fitsflow.core.spead_format import PIXEL_DTYPES, stripe_bounds
+from fitsflow.forwarder.fitswriter import NotLinkable, build_hdus, placeholder, write_copy, write_linked
+
+ROWS, COLS, STRIPES = 301, 203, 5
+HEADER = ImageHeader("IMG_1", [("RA", 10.5, "ra"), ("FILTER", "r", "f")])
+DATA_ID = {"obs_day": "20261121"}
+
+
+def pixels(dtype: str) -> np.ndarray:
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    rng = np.random.default_rng(11)
+    if info is None:
+        return rng.normal(0, 1e4, size=(ROWS, COLS)).astype(dtype)
+    return rng.integers(info.min, info.max, size=(ROWS, COLS), endpoint=True).astype(dtype)
+
+
+def store(root: Path, data: np.ndarray, skip: tuple[int, ...] = (), restart_after: int = 2) -> SensorMeta:
+    """Store ``data`` stripe by stripe, out of order, with a restart (journal resume) midway."""
+    meta = SensorMeta("IMG_1", 1, "G", 0, "R22", "S00", ROWS, COLS, data.dtype.str, 0.0, 0.0, STRIPES,
+                      received_at=1.7e9, data_offset=DATA_OFFSET)
+    writer = SensorWriter(root, meta)
+    for n, i in enumerate(i for i in (3, 0, 4, 1, 2) if i not in skip):
+        if n == restart_after:
+            writer.close()
+            writer = SensorWriter(root, SensorMeta(**{**meta.__dict__}))
+        start, end = stripe_bounds(ROWS, STRIPES, i)
+        assert writer.write_stripe(i, start, data[start:end].reshape(-1))
+    return writer.finish()
+
+
+def check(path: Path, written, data: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    assert written.size == path.stat().st_size and written.size % 2880 == 0
+    assert written.checksum == file_crc32(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # astropy warns on a CHECKSUM/DATASUM mismatch: fail instead
+        with fits.open(path, checksum=True) as hdul:
+            assert np.array_equal(hdul[1].data, data)
+            assert hdul[1].header["DETNAME"] == "R22_S00"
+    verify = subprocess.run(["fitsverify", "-q", str(path)], capture_output=True, text=True)
+    assert "OK" in verify.stdout, verify.stdout + verify.stderr
+
+
+@pytest.mark.parametrize("dtype", sorted(PIXEL_DTYPES))
+def test_the_stored_readout_becomes_the_file(tmp_path: Path, dtype: str) -> None:
+    raw, incoming, copies = tmp_path / "raw", tmp_path / "incoming", tmp_path / "copies"
+    for d in (raw, incoming, copies):
+        d.mkdir()
+    data = pixels(dtype)
+    meta = store(raw, data)
+    assert np.array_equal(read_pixels(raw, meta), data)
+    # The copy first (the path of a reassignment), then the file itself: the same bytes.
+    copy = write_copy(raw_path(raw, meta), copies, "f.fits", build_hdus(HEADER, meta, placeholder(meta), "f.fits",
+                                                                        DATA_ID), meta)
+    linked = write_linked(raw_path(raw, meta), incoming, "f.fits",
+                          build_hdus(HEADER, meta, placeholder(meta), "f.fits", DATA_ID), meta)
+    assert os.path.samefile(linked.path, raw_path(raw, meta))  # no second copy of the pixels
+    for written in (linked, copy):
+        check(written.path, written, data)
+    assert copy.path.read_bytes() == linked.path.read_bytes()
+    # Handed on: never written again. A second forwarder given the sensor copies it.
+    with pytest.raises(NotLinkable, match="2 links"):
+        write_linked(raw_path(raw, meta), copies, "g.fits", build_hdus(HEADER, meta, placeholder(meta), "g.fits",
+                                                                       DATA_ID), meta)
+
+
+def test_a_partial_readout_has_zeros_and_valid_sums(tmp_path: Path) -> None:
+    data = pixels("<i4")
+    meta = store(tmp_path, data, skip=(1,))
+    start, end = stripe_bounds(ROWS, STRIPES, 1)
+    assert meta.partial and meta.missing_rows == [[start, end]]
+    expected = data.copy()
+    expected[start:end] = 0
+    (tmp_path / "in").mkdir()
+    written = write_linked(raw_path(tmp_path, meta), tmp_path / "in", "f.fits",
+                           build_hdus(HEADER, meta, placeholder(meta), "f.fits", DATA_ID), meta)
+    check(written.path, written, expected)
+
+
+def test_a_refilled_readout_is_summed_from_its_file(tmp_path: Path) -> None:
+    """A refill (the camera re-sends a stripe a published partial sensor lacks) copies the
+    .raw: the stripes already there have no sums, the finish reads them back."""
+    data = pixels("<u2")
+    partial = store(tmp_path, data, skip=(2,))
+    writer = SensorWriter.refill(tmp_path, partial)
+    start, end = stripe_bounds(ROWS, STRIPES, 2)
+    assert writer.write_stripe(2, start, data[start:end].reshape(-1))
+    meta = writer.finish()
+    assert not meta.partial and meta.inode != partial.inode
+    (tmp_path / "in").mkdir()
+    written = write_linked(raw_path(tmp_path, meta), tmp_path / "in", "f.fits",
+                           build_hdus(HEADER, meta, placeholder(meta), "f.fits", DATA_ID), meta)
+    check(written.path, written, data)
+
+
+def test_what_cannot_be_linked_is_copied_with_a_reason(tmp_path: Path) -> None:
+    data = pixels("<f4")
+    meta = store(tmp_path, data)
+    (tmp_path / "in").mkdir()
+    big = ImageHeader("IMG_1", [(f"KEY{i}", i, "a card") for i in range(400)])  # > the primary's room
+    with pytest.raises(NotLinkable, match="larger than the room"):
+        write_linked(raw_path(tmp_path, meta), tmp_path / "in", "f.fits",
+                     build_hdus(big, meta, placeholder(meta), "f.fits", DATA_ID), meta)
+    assert os.stat(raw_path(tmp_path, meta)).st_nlink == 1 and not (tmp_path / "in" / "f.fits").exists()
+    copy = write_copy(raw_path(tmp_path, meta), tmp_path / "in", "f.fits",
+                      build_hdus(big, meta, placeholder(meta), "f.fits", DATA_ID), meta)
+    check(copy.path, copy, data)
+    # A .raw that is not the one its metadata describes (replaced by a refill) is not linked.
+    stale = SensorMeta(**{**meta.__dict__, "inode": meta.inode + 1})
+    with pytest.raises(NotLinkable, match="not the file"):
+        write_linked(raw_path(tmp_path, meta), tmp_path / "in", "g.fits",
+                     build_hdus(HEADER, stale, placeholder(stale), "g.fits", DATA_ID), stale)
