@@ -56,3 +56,22 @@ def test_a_crash_inside_finish_keeps_the_pixels(tmp_path: Path) -> None:
     done = again.finish()
     got = np.fromfile(tmp_path / "IMG_1" / "R22_S00.raw", dtype="<i4")
     assert not done.partial and np.array_equal(got, np.repeat([1, 2], 8))
+
+
+def test_a_stripe_the_disk_refused_can_be_written_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk fails a stripe's write: its re-send (catch-up) must be taken, not refused
+    as a duplicate of a stripe that was never stored."""
+    writer = SensorWriter(tmp_path, meta())
+    real_pwrite = os.pwrite
+
+    def full(fd: int, data: memoryview, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rawstore.os, "pwrite", full)
+    assert writer.claim(0)
+    with pytest.raises(OSError):
+        writer.write_stripe(0, 0, np.ones(8, dtype="<i4"))
+    monkeypatch.setattr(rawstore.os, "pwrite", real_pwrite)
+    assert writer.claim(0), "the re-sent stripe was refused as a duplicate"
+    assert writer.write_stripe(0, 0, np.ones(8, dtype="<i4"))
+    assert 0 in writer.received

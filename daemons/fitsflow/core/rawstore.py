@@ -158,6 +158,8 @@ class SensorWriter:
             self._read_journal()
         self._journal = open(self.journal, "a")
         self._claimed: set[int] = set(self.received)
+        #: Stripes that arrived but the store refused (a full disk): not lost on the wire.
+        self.refused: set[int] = set()
         self._lock = threading.Lock()
         # Stripes being written right now (in worker threads). finish()/close() wait for them:
         # closing the fd under a pending pwrite lets the kernel give its number to the next
@@ -214,8 +216,16 @@ class SensorWriter:
             else:
                 data = memoryview(np.ascontiguousarray(pixels)).cast("B")
             written = 0
-            while written < len(data):
-                written += os.pwrite(fd, data[written:], at + written)
+            try:
+                while written < len(data):
+                    written += os.pwrite(fd, data[written:], at + written)
+            except BaseException:
+                # Not stored (a full disk): the stripe's claim goes, or its re-send (catch-up)
+                # would be refused as a duplicate and the rows stay zeros for good.
+                with self._lock:
+                    self._claimed.discard(index)
+                    self.refused.add(index)
+                raise
             with self._lock:  # writes of different stripes may run in parallel threads
                 self.received.add(index)
                 fields = line.split()
@@ -244,6 +254,12 @@ class SensorWriter:
     @property
     def complete(self) -> bool:
         return len(self.received) == self.meta.stripe_count
+
+    @property
+    def awaiting_store(self) -> bool:
+        """Rows are missing because the store refused them, not because they never came:
+        publishing the sensor as partial would make that final (see the assembler)."""
+        return bool(self.refused - self.received)
 
     def finish(self) -> SensorMeta:
         """fsync and publish the sensor (.raw then .json); partial if stripes are missing."""

@@ -241,9 +241,21 @@ class ImageAssembler:
                     continue
                 if state.announced:
                     del self.images[state.image]  # long done; late stripes now start a new state
+                    for writer in state.writers.values():
+                        writer.close()  # its journal stays: a re-send reopens it (_load)
                     continue
                 state.timed_out = True
                 for key in list(state.writers):
+                    if state.writers[key].awaiting_store:
+                        # Stripes arrived that the raw buffer refused (a full disk): a sensor
+                        # published partial now would be archived with zeros for good. It stays
+                        # open and is announced missing: catch-up asks the camera to re-send,
+                        # the re-sent stripes complete it, the image is announced again.
+                        _log.warning("image %s sensor %s: stripes %s were refused by the raw buffer; kept open for a "
+                                     "re-send", state.image, key, sorted(state.writers[key].refused -
+                                                                         state.writers[key].received),
+                                     extra={"IMAGE": state.image})
+                        continue
                     try:
                         await self._finish_sensor(state, key)  # partial: rows that never came are zeros
                     except OSError as exc:
