@@ -13,6 +13,10 @@ Shared storage stands in for the SAN/NAS: one host directory bind-mounted into e
 Killing a node is a power cut: SIGKILL to the container's init (the kernel kills everything
 in it), then its network namespace is deleted, taking its veth and any VIP with it.
 
+Fencing is on, as in production: the CIB has a stonith device with the lab's fence agent
+(tests/ha/fence-agent/fence_halab, overlaid on the nodes' /usr/sbin), which asks the host
+(:class:`Fencer`) to power a node off, or off and on again, through a shared directory.
+
     python tests/ha/halab.py up [--base DIR]     build and start the lab, leave it running
     python tests/ha/halab.py status|down         crm_mon of the first live node | tear down
 """
@@ -26,9 +30,12 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import inotify_simple
 
 from fitsflow.testing.broker import ACTIVEMQ_HOME, broker_command
 from fitsflow.testing.config import to_toml
@@ -50,6 +57,9 @@ INSTRUMENT = "LABCAM"
 BROKER_UNIT = "activemq-fitsflow"
 #: In the nodes: every default mask but the cluster stack, which must start at boot.
 NODE_MASK = [m for m in DEFAULT_MASK if m not in ("corosync", "pacemaker")]
+FENCE_AGENT_DIR = REPO / "tests" / "ha" / "fence-agent"
+#: Where fence_halab and the host's Fencer exchange requests, in the nodes.
+FENCE_DIR_IN_NODE = "/var/lib/halab-fence"
 
 
 def sh(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -93,6 +103,9 @@ class Lab:
         self.token_ms = token_ms
         self.nodes = {n: Node(n, ip) for n, ip in NODES.items()}
         self.shared = self.base / "shared"
+        #: Held by every power action: the fencer's and the test's never interleave.
+        self.power = threading.RLock()
+        self.fencer = Fencer(self, self.base / "fence")
 
     # -- paths of the shared storage, as the host sees them ----------------------------
     @property
@@ -119,9 +132,12 @@ class Lab:
         self._corosync_conf()
         self._cib()
         self._node_etc()
+        self.fencer.start()
+        self.fencer.power_on_again = True  # a node fenced while the cluster forms (a slow boot)
         for n in self.nodes:
             self.boot(n)
-        self.wait_settled()
+        self.wait_settled(online=list(self.nodes))
+        self.fencer.power_on_again = False
 
     def _switch(self) -> None:
         sh("ip", "netns", "add", SWITCH)
@@ -154,12 +170,15 @@ class Lab:
             f'NODES="{" ".join(NODES)}"\nVIP_NIC="eth0"\nVIP_CIDR="24"\n'
             f'BROKER_VIP="{BROKER_VIP}"\nBROKER_FS_DEVICE=""\nBROKER_AGENT="systemd:{BROKER_UNIT}"\n'
             f'DATA_FS_DEVICE=""\nCONTROLLER_VIP="{CONTROLLER_VIP}"\n'
-            f'RECEIVERS="r1 n1 n2 {RECEIVER_VIP}"\nFENCING="none"\n')
+            f'RECEIVERS="r1 n1 n2 {RECEIVER_VIP}"\nFENCING="required"\n'
+            f'STONITH_DEVICES="lab-fence fence_halab pcmk_host_list={",".join(NODES)}"\n')
         cib = self.base / "cib.xml"
         cib.write_text(sh("cibadmin", "--empty").stdout)
         sh(str(REPO / "pacemaker" / "fitsflow-cib"), "--config", str(conf), "-f", str(cib))
-        # The lab's own: elect a DC 2 s after start (default 20 s), as in ../shared/notes/ha-lab.md.
-        sh("pcs", "-f", str(cib), "property", "set", "dc-deadtime=2s")
+        # The lab's own: elect a DC 2 s after start (default 20 s), as in ../shared/notes/ha-lab.md;
+        # fencing powers a node off and leaves it off (the default, reboot, would bring it back
+        # by itself within seconds, and a scenario could not tell failover from its return).
+        sh("pcs", "-f", str(cib), "property", "set", "dc-deadtime=2s", "stonith-action=off")
         sh("crm_verify", "-x", str(cib))
 
     def _node_etc(self) -> None:
@@ -230,6 +249,10 @@ class Lab:
     def boot(self, name: str) -> None:
         """Power a node on: fresh network namespace and veth, systemd boots, corosync and
         pacemaker start (the node joins the cluster by itself)."""
+        with self.power:
+            self._boot(name)
+
+    def _boot(self, name: str) -> None:
         node = self.nodes[name]
         if node.up:
             return
@@ -246,6 +269,9 @@ class Lab:
             (upper / "machine-id").write_text(secrets.token_hex(16) + "\n")
             sh("chown", "-R", "hacluster:haclient", str(lib), str(log))
         sh("ip", "netns", "del", node.netns, check=False)
+        # The old switch port: deleting the namespace ends its veth only once nothing holds
+        # the namespace any more (an nsenter still running in the powered-off node may).
+        sh("ip", "-n", SWITCH, "link", "del", name, check=False)
         sh("ip", "netns", "add", node.netns)
         sh("ip", "-n", SWITCH, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", node.netns)
         sh("ip", "-n", SWITCH, "link", "set", name, "master", "br0", "up")
@@ -256,26 +282,30 @@ class Lab:
         node.container = Container(
             machine=name, etc_upper=upper, netns=node.netns, mask=NODE_MASK, cgroup=f"halab/{name}",
             capabilities=["CAP_NET_ADMIN", "CAP_NET_RAW"],  # IPaddr2: ip addr add, arping
-            log=nd / "nspawn.log",
+            log=nd / "nspawn.log", overlays_ro=[(FENCE_AGENT_DIR, "/usr/sbin")],
             # The journal on the host: it outlives a power cut, for the post-mortem of a failed scenario.
             binds=[(lib, "/var/lib/pacemaker"), (log, "/var/log/pacemaker"), (journal, "/var/log/journal"),
-                   (self.fitsflow_dir, "/var/lib/fitsflow"), (self.shared / "activemq", "/var/lib/activemq-fitsflow")],
+                   (self.fitsflow_dir, "/var/lib/fitsflow"), (self.shared / "activemq", "/var/lib/activemq-fitsflow"),
+                   (self.fencer.directory, FENCE_DIR_IN_NODE)],
             binds_ro=[self.venv, ACTIVEMQ_HOME])
 
     def kill(self, name: str) -> None:
         """Power cut of a node: every process at once, its NIC (and any VIP) gone."""
-        node = self.nodes[name]
-        if node.container is not None:
-            node.container.kill()
-            node.container = None
-        sh("ip", "netns", "del", node.netns, check=False)
+        with self.power:
+            node = self.nodes[name]
+            if node.container is not None:
+                node.container.kill()
+                node.container = None
+            sh("ip", "netns", "del", node.netns, check=False)
 
     def unplug(self, name: str) -> None:
         """Cut a node off the switch (its side stays up: a cable pulled at the switch)."""
-        sh("ip", "-n", SWITCH, "link", "set", name, "down")
+        with self.power:
+            sh("ip", "-n", SWITCH, "link", "set", name, "down")
 
     def plug(self, name: str) -> None:
-        sh("ip", "-n", SWITCH, "link", "set", name, "up")
+        with self.power:  # not while the fencer is booting it (its switch port is being made)
+            sh("ip", "-n", SWITCH, "link", "set", name, "up")
 
     def live(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.up]
@@ -321,6 +351,7 @@ class Lab:
     # -- teardown ----------------------------------------------------------------------
     def down(self) -> None:
         """Kill every node, delete every namespace, link and cgroup of the lab."""
+        self.fencer.stop()  # nobody powers nodes on again now
         for node in self.nodes.values():
             if node.container is not None:
                 node.container.kill()
@@ -359,6 +390,75 @@ class Lab:
         mounts = Path("/proc/self/mountinfo").read_text()
         out += [f"mount {line.split()[4]}" for line in mounts.splitlines() if str(self.base) in line]
         return out
+
+
+@dataclass
+class Fencer:
+    """The host's side of fence_halab: the lab's power switch. Answers each request the
+    nodes' fence agent drops into ``directory`` (inotify), recording what it did."""
+
+    lab: Lab
+    directory: Path
+    #: (node, action, time.monotonic()) of every fencing done, in order.
+    done: list[tuple[str, str, float]] = field(default_factory=list)
+    #: Power a node fenced "off" on again at once (while the lab starts: nobody else would).
+    power_on_again: bool = False
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="halab-fencer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+    def fenced_since(self, node: str, since: float) -> float | None:
+        """Seconds after ``since`` at which ``node`` was fenced (powered off), or None."""
+        return next((t - since for n, action, t in self.done if n == node and t >= since and action != "status"
+                     and action != "on"), None)
+
+    def _run(self) -> None:
+        with inotify_simple.INotify() as ino:
+            ino.add_watch(self.directory, inotify_simple.flags.MOVED_TO | inotify_simple.flags.CLOSE_WRITE)
+            while not self._stop.is_set():
+                for req in sorted(self.directory.glob("*.req")):  # also those from before a wake-up
+                    self._answer(req)
+                ino.read(timeout=500)
+
+    def _answer(self, req: Path) -> None:
+        try:
+            action, target = req.read_text().split()
+        except (OSError, ValueError):
+            return
+        answer, reboot = "ok", False
+        if target not in self.lab.nodes:
+            answer = f"error no node {target}"
+        elif action == "status":
+            answer = "ok" if self.lab.nodes[target].up else "off"
+        elif action in ("off", "reboot"):
+            self.lab.kill(target)
+            self.done.append((target, action, time.monotonic()))
+            print(f"halab: fenced {target} ({action})", flush=True)
+            reboot = action == "reboot" or self.power_on_again
+        elif action == "on":
+            reboot = True
+        else:
+            answer = f"error unknown action {action}"
+        done = req.with_suffix(".done")
+        done.with_suffix(".tmp").write_text(answer + "\n")
+        os.rename(done.with_suffix(".tmp"), done)
+        req.unlink(missing_ok=True)
+        if reboot and not self._stop.is_set():  # powered off (confirmed above), now on again
+            try:
+                self.lab.boot(target)
+            except (RuntimeError, TimeoutError) as exc:
+                print(f"halab: {target} did not boot after fencing: {exc}", flush=True)
 
 
 def main() -> int:

@@ -103,3 +103,24 @@ def test_fencing_is_required_unless_a_lab_says_otherwise(tmp_path: Path) -> None
     assert _run(SCRIPT, "--config", REPO / "pacemaker" / "fitsflow-cluster.conf", "-f", path).returncode == 0
     verify = _run("crm_verify", "-x", path, "-V")
     assert verify.returncode != 0 and "STONITH" in (verify.stdout + verify.stderr), verify.stderr
+
+
+def test_the_stonith_devices_configured_are_created(tmp_path: Path) -> None:
+    """STONITH_DEVICES lines become stonith resources; with one, the CIB verifies clean."""
+    conf = tmp_path / "cluster.conf"
+    conf.write_text((REPO / "pacemaker" / "fitsflow-cluster.conf").read_text().replace(
+        'STONITH_DEVICES=""', 'STONITH_DEVICES="fence-node1 fence_ipmilan ip=10.0.1.11 username=admin '
+                              'password=x lanplus=1 pcmk_host_list=node1\n'
+                              'fence-vms fence_virsh ip=10.0.1.1 username=root password=x '
+                              'pcmk_host_map=node2:vm2;node3:vm3"'))
+    path = tmp_path / "cib.xml"
+    path.write_text(_run("cibadmin", "--empty").stdout)
+    built = _run(SCRIPT, "--config", conf, "-f", path)
+    assert built.returncode == 0, built.stderr
+    primitives = {p.get("id"): p for p in ET.parse(path).iter("primitive") if p.get("class") == "stonith"}
+    assert sorted(primitives) == ["fence-node1", "fence-vms"]
+    assert primitives["fence-node1"].get("type") == "fence_ipmilan"
+    attrs = {n.get("name"): n.get("value") for n in primitives["fence-vms"].iter("nvpair")}
+    assert attrs["pcmk_host_map"] == "node2:vm2;node3:vm3" and attrs["ip"] == "10.0.1.1"
+    verify = _run("crm_verify", "-x", path, "-V")
+    assert verify.returncode == 0, verify.stdout + verify.stderr

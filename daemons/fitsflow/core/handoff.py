@@ -54,6 +54,17 @@ def atomic_writer(path: Path, mode: int = 0o644, owner: str = "") -> Iterator[Bi
             fh.flush()
             os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _rename_into_place(Path(tmp), path)
+
+
+def _rename_into_place(tmp: Path, path: Path) -> None:
+    """Rename the finished temp name over ``path`` (removing it if that fails), then fsync
+    the directory: the new name is durable."""
+    try:
         os.rename(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -74,13 +85,7 @@ def publish_link(src: Path, path: Path, owner: str = "") -> None:
     path = Path(path)
     tmp = path.parent / f"{_temp_prefix(owner)}{path.name}.{secrets.token_hex(4)}"
     os.link(src, tmp)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    _rename_into_place(tmp, path)
 
 
 def link_into(src: Path, dst: Path) -> bool:

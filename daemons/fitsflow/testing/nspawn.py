@@ -69,13 +69,16 @@ class Container:
 
     def __init__(self, *, machine: str | None = None, etc_upper: Path | None = None, netns: str | None = None,
                  binds: Sequence[tuple[Path | str, str]] = (), binds_ro: Sequence[Path | str] = (),
+                 overlays_ro: Sequence[tuple[Path | str, str]] = (),
                  mask: Sequence[str] = DEFAULT_MASK, capabilities: Sequence[str] = (), cgroup: str | None = None,
                  log: Path | None = None,
                  boot_timeout: float = 120.0) -> None:
         """``etc_upper``: a directory overlaid on /etc (pre-populate it to configure the
         node before boot); ``netns``: a named network namespace (``ip netns``) to join, else
         the host's network; ``capabilities``: beyond nspawn's default set (e.g. CAP_NET_ADMIN for
-        virtual IPs); ``binds``: (host path, container path) read-write bind mounts."""
+        virtual IPs); ``binds``: (host path, container path) read-write bind mounts;
+        ``overlays_ro``: (host directory, container directory): the files of the first added
+        to the second, read-only (e.g. a fence agent into /usr/sbin, where Pacemaker looks)."""
         self.machine = machine
         args = ["systemd-nspawn", "--quiet", "--keep-unit", "--register=no", "--directory=/", "--volatile=yes",
                 "--boot", "--console=pipe"]
@@ -87,6 +90,7 @@ class Container:
             args.append(f"--network-namespace-path=/run/netns/{netns}")
         args += [f"--bind={src}:{dst}" for src, dst in binds]
         args += [f"--bind-ro={p}" for p in binds_ro]
+        args += [f"--overlay-ro={dst}:{src}:{dst}" for src, dst in overlays_ro]
         if capabilities:
             args.append(f"--capability={','.join(capabilities)}")
         args += [f"systemd.mask={m}.service" for m in mask]
