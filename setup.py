@@ -41,6 +41,8 @@ setup(
         "inotify_simple>=1.3",
         # astropy: FITS writing with CHECKSUM/DATASUM, times (MJD) and angles for headers
         "astropy>=5.3",
+        # isal: ISA-L's CRC-32, ~10x zlib's: the receiver checksums every stripe it stores
+        "isal>=1.5",
     ],
     extras_require={
         "test": [

@@ -127,3 +127,18 @@ def test_what_cannot_be_linked_is_copied_with_a_reason(tmp_path: Path) -> None:
     with pytest.raises(NotLinkable, match="not the file"):
         write_linked(raw_path(tmp_path, meta), tmp_path / "in", "g.fits",
                      build_hdus(HEADER, stale, placeholder(stale), "g.fits", DATA_ID), stale)
+
+
+@pytest.mark.parametrize("dtype", ["<u2", "<i4"])
+def test_stripes_written_in_chunks_sum_as_a_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  dtype: str) -> None:
+    """A stripe is encoded and summed a chunk at a time: chunks that split 32-bit words (2-byte
+    pixels, odd row lengths) still add up to the data unit's DATASUM and CRC."""
+    from fitsflow.core import rawstore
+    monkeypatch.setattr(rawstore, "ENCODE_CHUNK_BYTES", 1002)
+    data = pixels(dtype)
+    meta = store(tmp_path, data)
+    (tmp_path / "in").mkdir()
+    written = write_linked(raw_path(tmp_path, meta), tmp_path / "in", "f.fits",
+                           build_hdus(HEADER, meta, placeholder(meta), "f.fits", DATA_ID), meta)
+    check(written.path, written, data)

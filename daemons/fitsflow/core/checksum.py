@@ -1,6 +1,7 @@
 """File checksums as fitsflow messages carry them: ``crc32:<8 hex digits>``.
 
-CRC-32 (zlib) catches accidental corruption between writer and reader at ~1.6 GB/s;
+CRC-32 (zlib's polynomial; computed with ISA-L where available) catches accidental
+corruption between writer and reader at several GB/s;
 sha256 runs at ~250 MB/s on CPUs without SHA extensions and would cost more than writing
 the file. The FITS CHECKSUM/DATASUM cards inside each file are a second, independent check.
 """
@@ -9,11 +10,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+try:
+    # ISA-L's CRC-32 (python-isal): the same values as zlib's, ~10x faster on x86-64 and
+    # aarch64 (0.7 vs 7 ms per 16 MiB here). The receiver sums every stripe it stores.
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - a platform without isal wheels
+    from zlib import crc32
 
 CHUNK = 8 * 1024 * 1024
 
@@ -22,7 +29,7 @@ def file_crc32(path: Path) -> str:
     crc = 0
     with open(path, "rb", buffering=0) as fh:
         while chunk := fh.read(CHUNK):
-            crc = zlib.crc32(chunk, crc)
+            crc = crc32(chunk, crc)
     return f"crc32:{crc:08x}"
 
 
@@ -91,7 +98,7 @@ def crc32_of_zeros(n: int, crc: int = 0) -> int:
     zeros = bytes(min(n, CHUNK))
     while n > 0:
         step = min(n, len(zeros))
-        crc = zlib.crc32(memoryview(zeros)[:step], crc)
+        crc = crc32(memoryview(zeros)[:step], crc)
         n -= step
     return crc
 

@@ -38,11 +38,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import zlib
 
 import numpy as np
 
-from fitsflow.core.checksum import crc32_combine, crc32_of_zeros, fold32, ones_sum
+from fitsflow.core.checksum import crc32, crc32_combine, crc32_of_zeros, fold32, ones_sum
 from fitsflow.core.handoff import atomic_write_bytes, fsync_dir
 from fitsflow.core.layout import COMPONENT_NAME, check_name, inside
 from fitsflow.core.poison import load_file
@@ -92,6 +91,8 @@ BLOCK = 2880
 #: that does not fit makes the forwarder write a copy of the file instead of linking it.
 HEADER_ROOM_BLOCKS = (10, 3)
 DATA_OFFSET = sum(HEADER_ROOM_BLOCKS) * BLOCK
+#: A stripe is encoded in chunks of this size (fits in a core's cache; no stripe-sized copy).
+ENCODE_CHUNK_BYTES = 1 << 20
 
 
 def padded(nbytes: int) -> int:
@@ -207,18 +208,12 @@ class SensorWriter:
             self._inflight += 1
         try:
             at = row_start * self.meta.cols * self.itemsize  # into the pixels
-            line = f"{index}\n"
-            if self.meta.fits_layout:
-                # Encoded and summed while the bytes are in cache: nobody reads them again.
-                data = memoryview(fits_encoded(np.ascontiguousarray(pixels))).cast("B")
-                line = f"{index} {ones_sum(data, at)} {zlib.crc32(data)}\n"
-                at += self.meta.data_offset
-            else:
-                data = memoryview(np.ascontiguousarray(pixels)).cast("B")
-            written = 0
             try:
-                while written < len(data):
-                    written += os.pwrite(fd, data[written:], at + written)
+                if self.meta.fits_layout:
+                    line = self._write_encoded(fd, index, at, np.ascontiguousarray(pixels).reshape(-1))
+                else:
+                    _pwrite_all(fd, memoryview(np.ascontiguousarray(pixels)).cast("B"), at)
+                    line = f"{index}\n"
             except BaseException:
                 # Not stored (a full disk): the stripe's claim goes, or its re-send (catch-up)
                 # would be refused as a duplicate and the rows stay zeros for good.
@@ -238,6 +233,20 @@ class SensorWriter:
                 self._inflight -= 1
                 self._idle.notify_all()
         return True
+
+    def _write_encoded(self, fd: int, index: int, at: int, flat: np.ndarray) -> str:
+        """Write a stripe in the FITS layout, ``at`` bytes into the data unit; its journal
+        line. Encoded, summed and written a chunk at a time, while the chunk is in cache:
+        nobody reads these bytes again."""
+        total, crc, done = 0, 0, 0
+        step = ENCODE_CHUNK_BYTES // flat.itemsize
+        for start in range(0, flat.size, step):
+            chunk = memoryview(fits_encoded(flat[start:start + step])).cast("B")
+            total += ones_sum(chunk, at + done)
+            crc = crc32(chunk, crc)
+            _pwrite_all(fd, chunk, self.meta.data_offset + at + done)
+            done += len(chunk)
+        return f"{index} {total} {crc}\n"
 
     def _close_fd(self) -> bool:
         """Close the pixel file once no write is in flight; False if already closed."""
@@ -303,6 +312,12 @@ class SensorWriter:
             self._journal.close()
 
 
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, data[written:], offset + written)
+
+
 def _sums_of_file(path: Path, offset: int, length: int) -> tuple[int, int]:
     total, crc, chunk = 0, 0, 8 * 1024 * 1024
     with open(path, "rb", buffering=0) as fh:
@@ -313,7 +328,7 @@ def _sums_of_file(path: Path, offset: int, length: int) -> tuple[int, int]:
             if not data:
                 raise OSError(f"{path}: shorter than its data unit")
             total += ones_sum(data, done)
-            crc = zlib.crc32(data, crc)
+            crc = crc32(data, crc)
             done += len(data)
     return fold32(total), crc
 

@@ -21,7 +21,6 @@ import datetime as dt
 import errno
 import fcntl
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 from astropy.io import fits
 
 from fitsflow import __version__
-from fitsflow.core.checksum import crc32_combine, file_crc32, fold32, ones_sum
+from fitsflow.core.checksum import crc32, crc32_combine, file_crc32, fold32, ones_sum
 from fitsflow.core.fits_text import declare_long_strings, listed
 from fitsflow.core.handoff import atomic_writer, publish_link
 from fitsflow.core.headerstore import ImageHeader
@@ -130,12 +129,12 @@ def _write_data(fh, pixels: np.ndarray, crc: int) -> int:  # type: ignore[no-unt
         out[...] = part  # the byteswap, into the reused buffer
         view = memoryview(out).cast("B")
         fh.write(view)
-        crc = zlib.crc32(view, crc)
+        crc = crc32(view, crc)
     pad = (-flat.nbytes) % BLOCK
     if pad:
         zeros = bytes(pad)
         fh.write(zeros)
-        crc = zlib.crc32(zeros, crc)
+        crc = crc32(zeros, crc)
     return crc
 
 
@@ -159,7 +158,7 @@ def write_fits(directory: Path, filename: str, hdus: fits.HDUList, owner: str = 
                 for header in (primary.header, fast.header):
                     block = header.tostring(padding=True).encode("ascii")
                     fh.write(block)
-                    crc = zlib.crc32(block, crc)
+                    crc = crc32(block, crc)
                 crc = _write_data(fh, image.data, crc)
             else:
                 # Our own fixed comment again: writeto(checksum=True) would stamp "now" into
@@ -289,7 +288,7 @@ def write_linked(raw: Path, directory: Path, filename: str, hdus: fits.HDUList, 
     finally:
         os.close(fd)
     data = padded(meta.data_bytes)
-    crc = crc32_combine(zlib.crc32(head), meta.data_crc, data)
+    crc = crc32_combine(crc32(head), meta.data_crc, data)
     return WrittenFile(path, len(head) + data, f"crc32:{crc:08x}")
 
 
@@ -311,13 +310,13 @@ def write_copy(raw: Path, directory: Path, filename: str, hdus: fits.HDUList, me
         head, _ = header_blocks(hdus, fold32(total), HEADER_ROOM_BLOCKS)
         with atomic_writer(path, owner=owner) as fh:
             fh.write(head)
-            crc = zlib.crc32(head)
+            crc = crc32(head)
             offset = meta.data_offset
             while offset < meta.data_offset + size:
                 chunk = os.pread(src.fileno(), min(CHUNK_BYTES, meta.data_offset + size - offset), offset)
                 if not chunk:
                     raise OSError(errno.EIO, f"{raw}: shorter than its data unit")
                 fh.write(chunk)
-                crc = zlib.crc32(chunk, crc)
+                crc = crc32(chunk, crc)
                 offset += len(chunk)
     return WrittenFile(path, len(head) + size, f"crc32:{crc:08x}")
