@@ -13,6 +13,9 @@ same run on the same machine:
 - sustained throughput (bytes of pixels / s, first START → last IMAGE_IN_OODS) as a ratio of
   the raw write rate (the disk) and of spead2's own loopback rate (spead2_bench);
 - the bare hand-off (2 link + unlink + directory fsyncs) as a floor;
+- the camera's own average send rate (it generates each image's pixels and pauses for its
+  events between readouts: the pipeline cannot be faster than it), and the CPU seconds per
+  image of every daemon, the broker and the camera (on a small machine, CPU is the limit);
 - each daemon's peak resident memory in the first and the second half of the run (growth
   with the number of images would show);
 - with --profile: the top functions of the receiver, a forwarder, the archive controller and
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import datetime as dt
 import pstats
 import statistics
@@ -63,6 +67,15 @@ def status_kib(pid: int, field: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -118,6 +131,9 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
             stop = asyncio.Event()
             sampler = asyncio.create_task(sample_memory(stop))
             t_first = time.time()
+            cpu_pids = {**{name: proc.pid for name, proc in pipeline.procs.items()},
+                        "activemq (broker)": broker.proc.pid if broker.proc else 0, "camera (this bench)": os.getpid()}
+            cpu_first = {name: cpu_s(pid) for name, pid in cpu_pids.items()}
             with SpeadSender([("127.0.0.1", port)], rate_bytes_s=args.rate) as sender:
                 sim = CameraSimulator(settings, listen.bus, sender, ImageStore(base / "camera-store", 10))
                 for _ in range(args.images):
@@ -128,6 +144,7 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
                 await asyncio.sleep(0.2)
             stop.set()
             await sampler
+            cpu = {name: cpu_s(pid) - cpu_first[name] for name, pid in cpu_pids.items()}
     finally:
         pipeline.stop_all()
         broker.stop()
@@ -137,7 +154,9 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
     raw_write = image_bytes / write_rate
     t_last = max((max(oods[i].values()) for i in whole), default=time.time())
     result = {"mib": mib, "images": args.images, "whole": len(whole), "lat": lat, "raw_write": raw_write,
-              "throughput": len(whole) * image_bytes / (t_last - t_first), "rss": rss}
+              "throughput": len(whole) * image_bytes / (t_last - t_first), "rss": rss,
+              "camera": len(ends) * image_bytes / (max(ends.values()) - t_first) if ends else 0.0,
+              "cpu": cpu, "wall": t_last - t_first}
     if profile:
         result["profile"] = profile
     try:
@@ -248,6 +267,12 @@ def main() -> int:
                       f"p99 {pct(above, .99) * 1e3:.0f} ms (goal < 300)")
                 print(f"  sustained: {r['throughput'] / 1e6:.0f} MB/s = {r['throughput'] / write:.2f} x disk write, "
                       f"{r['throughput'] / spead2:.2f} x spead2 loopback, {r['throughput'] / args.rate:.2f} x send rate")
+            print(f"  the camera sent at {r['camera'] / 1e6:.0f} MB/s on average (pixels, first start to last "
+                  f"END_READOUT; {args.rate / 1e6:.0f} MB/s while a readout is on the wire)")
+            print(f"  CPU per image (s; this machine has {os.cpu_count()} cores, "
+                  f"{r['wall'] / max(1, r['images']):.2f} s of wall time per image):")
+            for name, seconds in sorted(r["cpu"].items(), key=lambda kv: -kv[1]):
+                print(f"    {name:24s} {seconds / max(1, r['images']):7.3f}")
             print("  where the time goes, per image (each message's sent stamp): median / max")
             for label, median, worst in r["stages"]:
                 print(f"    {label:68s} {median * 1e3:7.0f} / {worst * 1e3:7.0f} ms")

@@ -301,3 +301,18 @@ def test_client_id_still_taken_is_transient_not_a_refusal(broker: PrivateBroker,
         second.close()
     second.connect(unique)  # free again once the first one left
     second.close()
+
+
+def test_frames_are_sent_without_nagle_delay(broker: PrivateBroker, unique: str) -> None:
+    """TCP_NODELAY on the link's socket: with Nagle's algorithm the second of two frames sent
+    back to back (the two INGEST_REQUESTs of a hand-off) waited for the broker's delayed ACK,
+    40 ms per hand-off (measured with bench/handoff.py)."""
+    import socket
+
+    link = StompLink(broker.url, heartbeat_ms=0)
+    link.connect(f"nodelay-{unique}")
+    try:
+        sock = link._conn.transport.socket  # type: ignore[union-attr]
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        link.close()

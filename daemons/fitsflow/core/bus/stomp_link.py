@@ -6,6 +6,7 @@ import concurrent.futures
 import itertools
 import logging
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -131,6 +132,7 @@ class StompLink(BrokerLink):
             if isinstance(exc, Disconnected):  # Refused included
                 raise
             raise Disconnected(f"{self.address}: cannot connect: {str(exc) or type(exc).__name__}") from None
+        _no_delay(conn)
         with self._lock:
             self._conn = conn
             self.generation = generation
@@ -244,3 +246,16 @@ def _abandon(conn: stomp.Connection) -> None:
         conn.transport.disconnect_socket()
     except Exception as exc:  # noqa: BLE001 - best effort on a connection that never came up
         _log.debug("closing an abandoned connection: %s", exc)
+
+
+def _no_delay(conn: stomp.Connection) -> None:
+    """Send each frame at once (TCP_NODELAY). With Nagle's algorithm a small frame that
+    follows another before its TCP ACK — the second of two INGEST_REQUESTs, an ACK after a
+    SEND — waits for the peer's delayed ACK: 40 ms per hop on Linux, measured in the
+    hand-off (bench/handoff.py)."""
+    sock = getattr(conn.transport, "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:  # not fatal: frames are only later
+            _log.debug("TCP_NODELAY not set: %s", exc)
