@@ -1,7 +1,7 @@
 """The ``fitsflow`` command: operators' and admins' entry point.
 
     fitsflow --version
-    fitsflow config check [--config FILE] [--json] [--no-dirs]
+    fitsflow config check [--config FILE] [--json] [--no-dirs] [--role ROLE]
     fitsflow status [-n N] [--json]
     fitsflow panic "TEXT" | --flush
     fitsflow oods ls|get [--image I] [--raft R] [--sensor S] [--obs-day D] [--json]
@@ -18,7 +18,7 @@ import os
 import sys
 
 from fitsflow import __version__
-from fitsflow.core.config import load_config
+from fitsflow.core.config import DAEMON_NAMES, TOOL_ROLES, load_config
 from fitsflow.core.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, ConfigError, FitsflowError
 
 #: sysexits.h
@@ -30,7 +30,7 @@ def _panic(args: argparse.Namespace) -> int:
 
     if args.flush:
         try:
-            cfg = load_config(args.config, check_dirs=False)
+            cfg = load_config(args.config, check_dirs=False, role="panic")
         except ConfigError as exc:
             print(f"fitsflow: configuration error: {exc}", file=sys.stderr)
             return EX_CONFIG
@@ -46,7 +46,7 @@ def _panic(args: argparse.Namespace) -> int:
 
 def _config_check(args: argparse.Namespace) -> int:
     try:
-        cfg = load_config(args.config, check_dirs=not args.no_dirs)
+        cfg = load_config(args.config, check_dirs=not args.no_dirs, role=args.role)
     except ConfigError as exc:
         print(f"fitsflow: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help="file to check (default: $FITSFLOW_CONFIG or /etc/fitsflow/fitsflow.toml)")
     check.add_argument("--json", action="store_true", help="print JSON instead of TOML-like text")
     check.add_argument("--no-dirs", action="store_true", help="skip the checks of the data directories")
+    check.add_argument("--role", choices=sorted((*DAEMON_NAMES, *TOOL_ROLES)),
+                       help="check as this broker identity would read it (resolves {role} in "
+                            "bus.credentials_file and checks that file)")
     check.set_defaults(func=_config_check)
 
     from fitsflow import dlq, status

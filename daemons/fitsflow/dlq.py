@@ -264,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
     from fitsflow.core.errors import EX_CONFIG, ConfigError
 
     try:
-        cfg = load_config(args.config, check_dirs=False)
+        cfg = load_config(args.config, check_dirs=False, role="operator")
     except ConfigError as exc:
         print(f"fitsflow: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             code, what = rc, f"exit status {rc}"
     message = f"command failed ({what}): {' '.join(cmd)}"
     try:
-        cfg = load_config(args.config, check_dirs=False)
+        cfg = load_config(args.config, check_dirs=False, role="panic")
     except ConfigError as exc:
         print(f"fitsflow-wrap: no usable configuration ({exc})", file=sys.stderr)
         cfg = None

@@ -37,7 +37,10 @@ from pathlib import Path
 
 import inotify_simple
 
-from fitsflow.testing.broker import ACTIVEMQ_HOME, broker_command
+from fitsflow.core.bus.stomp_link import TlsSettings
+from fitsflow.core.config import DAEMON_NAMES
+from fitsflow.testing.broker import ACTIVEMQ_HOME, broker_command, identities
+from fitsflow.testing.pki import TestPKI
 from fitsflow.testing.config import to_toml
 from fitsflow.testing.nspawn import DEFAULT_MASK, Container, remove_cgroup, system_venv
 
@@ -58,6 +61,11 @@ BROKER_UNIT = "activemq-fitsflow"
 #: In the nodes: every default mask but the cluster stack, which must start at boot.
 NODE_MASK = [m for m in DEFAULT_MASK if m not in ("corosync", "pacemaker")]
 FENCE_AGENT_DIR = REPO / "tests" / "ha" / "fence-agent"
+#: The broker configuration an admin installs (TLS STOMP, JAAS, the authorization map).
+SHIPPED_BROKER = REPO / "etc" / "activemq" / "fitsflow"
+BROKER_CONF_IN_NODE = "/etc/fitsflow-lab/activemq"
+#: The identity of the host side (camera simulator, probes): group admins.
+HOST_ROLE = "operator"
 #: Where fence_halab and the host's Fencer exchange requests, in the nodes.
 FENCE_DIR_IN_NODE = "/var/lib/halab-fence"
 
@@ -118,7 +126,16 @@ class Lab:
 
     @property
     def broker_url(self) -> str:
-        return f"stomp://{BROKER_VIP}:{STOMP_PORT}"
+        return f"stomp+ssl://{BROKER_VIP}:{STOMP_PORT}"
+
+    def host_bus(self) -> dict[str, object]:
+        """``[bus]`` keys for a program on the host: the operator's identity, the lab CA."""
+        return {"credentials_file": str(self.base / "host" / f"{HOST_ROLE}.toml"),
+                "tls_ca_file": str(self.pki.ca_cert)}
+
+    def link_kwargs(self) -> dict[str, object]:
+        """StompLink keyword arguments for the host side (as :meth:`host_bus`)."""
+        return {"credentials": (HOST_ROLE, self.passwords[HOST_ROLE]), "tls": TlsSettings(ca_file=self.pki.ca_cert)}
 
     # -- build -------------------------------------------------------------------------
     def up(self) -> None:
@@ -128,6 +145,7 @@ class Lab:
             shutil.rmtree(self.base)
         self.base.mkdir(parents=True)
         self.venv = self.venv or system_venv(REPO)
+        self._identities()
         self._switch()
         self._corosync_conf()
         self._cib()
@@ -138,6 +156,17 @@ class Lab:
             self.boot(n)
         self.wait_settled(online=list(self.nodes))
         self.fencer.power_on_again = False
+
+    def _identities(self) -> None:
+        """A CA, the broker's certificate (for its VIP), a random password per identity of the
+        shipped groups.properties; the host's own credentials file."""
+        self.pki = TestPKI(self.base / "pki", name="halab-ca")
+        self.passwords = {ident: secrets.token_urlsafe(18) for ident in identities(SHIPPED_BROKER / "groups.properties")}
+        host = self.base / "host"
+        host.mkdir()
+        creds = host / f"{HOST_ROLE}.toml"
+        creds.write_text(f'username = "{HOST_ROLE}"\npassword = "{self.passwords[HOST_ROLE]}"\n')
+        creds.chmod(0o600)
 
     def _switch(self) -> None:
         sh("ip", "netns", "add", SWITCH)
@@ -193,12 +222,23 @@ class Lab:
         os.chmod(etc / "corosync" / "authkey", 0o400)
         (etc / "fitsflow").mkdir()
         (etc / "fitsflow" / "fitsflow.toml").write_text(to_toml(self.site_config()))
+        shutil.copy(self.pki.ca_cert, etc / "fitsflow" / "ca.pem")
+        # One file per role a node runs (every daemon, and "panic" for fitsflow-wrap): each
+        # daemon logs in as itself, as docs/install.md sets a site up.
+        (etc / "fitsflow" / "credentials").mkdir()  # root's (tmpfiles refuses a user's dir above root's files)
+        for role in (*DAEMON_NAMES, "panic"):
+            f = etc / "fitsflow" / "credentials" / f"{role}.toml"
+            f.write_text(f'username = "{role}"\npassword = "{self.passwords[role]}"\n')
+            f.chmod(0o600)
         for sub in ("sysusers.d", "tmpfiles.d"):
             (etc / sub).mkdir()
             shutil.copy(REPO / "etc" / sub / "fitsflow.conf", etc / sub / "fitsflow.conf")
         # /var is a fresh tmpfs at every boot: what the cluster stack's packages made there.
+        # The credentials belong to the service user, who exists only once the node booted.
         (etc / "tmpfiles.d" / "halab.conf").write_text("d /var/lib/corosync 0700 root root -\n"
-                                                       "d /var/log/corosync 0700 root root -\n")
+                                                       "d /var/log/corosync 0700 root root -\n"
+                                                       "z /etc/fitsflow/credentials/*.toml 0600 fitsflow fitsflow -\n"
+                                                       f"z {BROKER_CONF_IN_NODE}/* 0640 root activemq -\n")
         units = etc / "systemd" / "system"
         units.mkdir(parents=True)
         for unit in (REPO / "units").glob("fitsflow-*"):
@@ -208,15 +248,27 @@ class Lab:
         self._broker_unit(etc)
 
     def _broker_unit(self, etc: Path) -> None:
-        """ActiveMQ as a plain foreground unit on the shared store; STOMP on every address
-        (it only ever runs where Pacemaker put the broker's VIP)."""
+        """ActiveMQ as a plain foreground unit on the shared store, with the shipped instance
+        configuration (etc/activemq/fitsflow: TLS STOMP on every address, JAAS, the
+        authorization map), the lab's certificate and passwords. It only ever runs where
+        Pacemaker put the broker's VIP."""
         conf = etc / "fitsflow-lab" / "activemq"
-        conf.mkdir(parents=True)
-        xml = (REPO / "daemons" / "fitsflow" / "testing" / "activemq.xml").read_text()
-        (conf / "activemq.xml").write_text(xml.replace("uri=\"stomp://127.0.0.1:", "uri=\"stomp://0.0.0.0:"))
+        shutil.copytree(SHIPPED_BROKER, conf)
+        (conf / "users.properties").write_text("".join(f"{u}={p}\n" for u, p in self.passwords.items()))
+        stores = self.pki.server("broker.halab", BROKER_VIP, name="broker")
+        shutil.copy(stores.key_store, conf / "broker.p12")
+        shutil.copy(stores.trust_store, conf / "trust.p12")
+        for f in conf.iterdir():  # root:activemq by tmpfiles at boot (a copy of /etc loses owners)
+            f.chmod(0o640)
+        properties = {"stomp.bind": "0.0.0.0", "stomp.needClientAuth": "false",
+                      "ssl.keyStore": f"{BROKER_CONF_IN_NODE}/broker.p12", "ssl.keyStorePassword": stores.password,
+                      "ssl.trustStore": f"{BROKER_CONF_IN_NODE}/trust.p12", "ssl.trustStorePassword": stores.password,
+                      "store.limit": "2gb", "temp.limit": "1gb",  # no spaces: an ExecStart= word
+                      # the path is the node's: broker_command cannot see it from the host
+                      "java.security.auth.login.config": f"{BROKER_CONF_IN_NODE}/login.config"}
         store = "/var/lib/activemq-fitsflow"
-        cmd = broker_command(Path(store), Path("/etc/fitsflow-lab/activemq"), Path(store),
-                             name="halab", stomp_port=STOMP_PORT, openwire_port=61616, heap_mb=256)
+        cmd = broker_command(Path(store), Path(BROKER_CONF_IN_NODE), Path(store), name="halab",
+                             stomp_port=STOMP_PORT, openwire_port=61616, heap_mb=256, properties=properties)
         cmd[0] = shutil.which("java") or "/usr/bin/java"
         (etc / "systemd" / "system" / f"{BROKER_UNIT}.service").write_text(
             "[Unit]\nDescription=ActiveMQ for fitsflow (HA lab; store on shared storage)\n"
@@ -232,7 +284,8 @@ class Lab:
         return {
             "site": {"instrument": INSTRUMENT, "state_dir": "/var/lib/fitsflow/state",
                      "database_url": "sqlite:////var/lib/fitsflow/state/fitsflow.db"},
-            "bus": {"brokers": [self.broker_url], "allow_plaintext": True, "heartbeat_ms": 2000,
+            "bus": {"brokers": [self.broker_url], "credentials_file": "/etc/fitsflow/credentials/{role}.toml",
+                    "tls_ca_file": "/etc/fitsflow/ca.pem", "heartbeat_ms": 2000,
                     "receipt_timeout_s": 3.0, "reconnect_max_s": 1.0, "retry_delay_s": 0.2},
             "paths": {"root": "/var/lib/fitsflow/data"},
             "receiver": {"streams": [f"{RECEIVER_VIP}:{STREAM_PORT}"], "image_timeout_s": 3.0,

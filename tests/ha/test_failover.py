@@ -66,7 +66,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def camera(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Camera]:
     host = tmp_path_factory.mktemp("camera-host")
     cfg = load_config(make_site(host, [lab.broker_url], instrument=INSTRUMENT, extra={
-        "bus": {"allow_plaintext": True, "heartbeat_ms": 2000, "reconnect_max_s": 1.0, "receipt_timeout_s": 3.0}}))
+        "bus": {**lab.host_bus(), "heartbeat_ms": 2000, "reconnect_max_s": 1.0, "receipt_timeout_s": 3.0}}))
     cam = Camera(cfg, host / "camera-store", (RECEIVER_VIP, STREAM_PORT), SENSORS, INSTRUMENT)
     cam.start()
     yield cam
@@ -88,6 +88,30 @@ def whole_cluster(lab: Lab) -> Iterator[None]:
         else:
             lab.boot(name)
     lab.wait_settled(online=list(lab.nodes))
+
+
+def test_the_cluster_runs_the_shipped_broker_configuration(lab: Lab) -> None:
+    """The broker the scenarios fail over is the one admins deploy: STOMP over TLS only, no
+    anonymous or wrong-password login, each role limited to its destinations (a receiver may
+    not ask the OODS to ingest). The daemons log in as their own roles (halab.py): one that
+    used another role's destination would be refused, and the scenarios would fail."""
+    from fitsflow.core.bus.stomp_link import TlsSettings
+    from fitsflow.core.errors import Refused
+
+    tls = TlsSettings(ca_file=lab.pki.ca_cert)
+    with pytest.raises(Disconnected):  # plaintext STOMP to the TLS port: no session
+        StompLink(lab.broker_url.replace("stomp+ssl://", "stomp://"), heartbeat_ms=0,
+                  connect_timeout_s=3.0).connect("lab-plain")
+    for creds in (None, ("receiver", "not-its-password")):
+        with pytest.raises(Refused):
+            StompLink(lab.broker_url, heartbeat_ms=0, credentials=creds, tls=tls).connect("lab-anon")
+    receiver = StompLink(lab.broker_url, heartbeat_ms=0, credentials=("receiver", lab.passwords["receiver"]), tls=tls)
+    receiver.connect("lab-receiver")
+    try:
+        with pytest.raises(Refused):
+            receiver.send("/queue/fitsflow.oods.ingest", "{}", {"persistent": "true"}).result(10)
+    finally:
+        receiver.close()
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -235,14 +259,14 @@ def test_2_broker_node_killed(lab: Lab, camera: Camera, unique: str) -> None:
         victim = lab.where("activemq")[0]
     # Persistent messages waiting in a queue nobody reads yet: they must survive the move.
     queue, sent = f"/queue/halab.probe.{unique}", 50
-    link = StompLink(lab.broker_url, heartbeat_ms=0)
+    link = StompLink(lab.broker_url, heartbeat_ms=0, **lab.link_kwargs())  # type: ignore[arg-type]
     link.connect(f"probe-{unique}")
     for n in range(sent):
         link.send(queue, f"probe {n}", {"persistent": "true"}).result(10)
     link.close()
 
     def answers(t0: float) -> float | None:
-        probe = StompLink(lab.broker_url, heartbeat_ms=0, connect_timeout_s=1.0)
+        probe = StompLink(lab.broker_url, heartbeat_ms=0, connect_timeout_s=1.0, **lab.link_kwargs())  # type: ignore[arg-type]
         try:
             probe.connect(f"probe-{unique}-{time.monotonic()}")
         except Disconnected:
@@ -250,7 +274,7 @@ def test_2_broker_node_killed(lab: Lab, camera: Camera, unique: str) -> None:
         probe.close()
         return time.monotonic() - t0
     restored, fenced, lost, dup = kill_during_stream(lab, camera, victim, "broker", answers)
-    bodies = drain(lab.broker_url, queue, expect=sent, timeout=30)
+    bodies = drain(lab.broker_url, queue, expect=sent, timeout=30, **lab.link_kwargs())
     record("2 broker node killed", victim, lab.where("activemq"), restored, lost, dup, len(camera.recipes),
            fenced_s=round(fenced, 2), persistent=f"{len(bodies)}/{sent}")
     assert len(bodies) == sent, f"{sent - len(bodies)} persistent messages lost"

@@ -11,6 +11,7 @@ from typing import Any
 from fitsflow.core.bus.stomp_link import TlsSettings
 from fitsflow.core.config import Config, load_config
 from fitsflow.testing.broker import PrivateBroker
+from fitsflow.testing.broker import identities as shipped_identities
 from fitsflow.testing.config import make_site
 from fitsflow.testing.pki import TestPKI
 
@@ -19,11 +20,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "etc" / "activemq" / "fitsflow"
 
 def identities() -> list[str]:
     """Every identity named in the shipped groups.properties."""
-    names: set[str] = set()
-    for line in (SHIPPED / "groups.properties").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            names.update(n.strip() for n in line.split("=", 1)[1].split(","))
-    return sorted(names)
+    return shipped_identities(SHIPPED / "groups.properties")
 
 
 class SecureBroker:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fitsflow.cli import main as cli_main
-from fitsflow.core.config import _Checker, load_config, mask_url, parse_broker_url
+from fitsflow.core.config import _Checker, load_config, mask_url, parse_broker_url, read_credentials
 from fitsflow.core.errors import EX_CONFIG, ConfigError
 from fitsflow.testing.config import make_site
 
@@ -99,6 +99,28 @@ def test_secret_files_must_be_private(cfg_file: Path, tmp_path: Path, mode: int,
     else:
         err = error_of(cfg_file)
         assert err.key == "bus.credentials_file" and f"chmod 600 {secret}" in err.problem
+
+
+def test_one_file_gives_each_role_its_own_credentials(cfg_file: Path, tmp_path: Path) -> None:
+    """``{role}`` in credentials_file: each program reads its own identity's file; a role
+    whose file is missing or readable by others is refused, naming the resolved file."""
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    for role in ("receiver", "operator"):
+        (creds / f"{role}.toml").write_text(f'username = "{role}"\npassword = "pw-{role}"\n')
+        (creds / f"{role}.toml").chmod(0o600)
+    rewrite(cfg_file, "[bus]\n", f'[bus]\ncredentials_file = "{creds}/{{role}}.toml"\n')
+    assert load_config(cfg_file, role="receiver").bus.credentials_file == creds / "receiver.toml"
+    assert read_credentials(load_config(cfg_file, role="operator").bus.credentials_file) == ("operator", "pw-operator")
+    # a tool that reads the file for no role (config show) keeps the pattern
+    assert str(load_config(cfg_file).bus.credentials_file).endswith("{role}.toml")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg_file, role="recorder")
+    assert err.value.key == "bus.credentials_file" and str(creds / "recorder.toml") in err.value.problem
+    (creds / "receiver.toml").chmod(0o640)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg_file, role="receiver")
+    assert f"chmod 600 {creds / 'receiver.toml'}" in err.value.problem
 
 
 def test_secret_file_of_another_user() -> None:

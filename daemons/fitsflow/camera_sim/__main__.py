@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, role="camera")
     settings = SimSettings(instrument=cfg.site.instrument, sensors=default_sensors(args.rafts), rows=args.rows,
                            cols=args.cols, stripe_rows=args.stripe_rows, exptime=args.exptime, seed=args.seed,
                            first_seq=args.first_seq, interval=args.interval)

@@ -47,6 +47,12 @@ class SiteConfig:
         check.directory("site.state_dir", self.state_dir)
 
 
+#: Replaced in bus.credentials_file by the broker identity of the program reading it.
+ROLE_PLACEHOLDER = "{role}"
+#: The broker identities of programs that are not daemons (etc/activemq/fitsflow/groups.properties).
+TOOL_ROLES = ("panic", "operator", "camera")
+
+
 @dataclass(frozen=True)
 class BusConfig:
     """``[bus]``: the ActiveMQ brokers and how fitsflow uses them."""
@@ -55,6 +61,9 @@ class BusConfig:
     #: reachable one; consumers subscribe on all of them.
     brokers: tuple[str, ...] = ("stomp://127.0.0.1:61613",)
     #: TOML file with ``username`` and ``password`` (mode 0600, owned by the service user).
+    #: ``{role}`` in the path is replaced by the program's broker identity (its daemon name,
+    #: ``panic`` for programs raising panics, ``operator`` for the CLI, ``camera``), so one
+    #: fitsflow.toml serves every daemon of a host, each logging in as its own role.
     credentials_file: Path | None = None
     #: CA certificates (PEM) that sign the brokers' certificates, for stomp+ssl:// URLs; the
     #: system's CA store when unset. The broker's name must match its certificate.
@@ -95,7 +104,12 @@ class BusConfig:
         check.positive("bus.reconnect_max_s", self.reconnect_max_s)
         check.positive("bus.prefetch", self.prefetch)
         if self.credentials_file is not None:
-            check.secret_file("bus.credentials_file", self.credentials_file)
+            pattern = str(self.credentials_file)
+            if ROLE_PLACEHOLDER not in pattern:
+                check.secret_file("bus.credentials_file", self.credentials_file)
+            elif check.role is not None:
+                check.secret_file("bus.credentials_file", Path(pattern.replace(ROLE_PLACEHOLDER, check.role)))
+            # without a role (a tool reading the file for another program) nothing to resolve
         if self.tls_ca_file is not None and not self.tls_ca_file.is_file():
             check.fail("bus.tls_ca_file", f"{self.tls_ca_file} is not a readable file")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -104,6 +118,13 @@ class BusConfig:
             check.fail("bus.tls_cert_file", f"{self.tls_cert_file} is not a readable file")
         if self.tls_key_file is not None:
             check.secret_file("bus.tls_key_file", self.tls_key_file)
+
+    def for_role(self, role: str) -> BusConfig:
+        """This configuration as ``role`` uses it: ``{role}`` in credentials_file resolved."""
+        if self.credentials_file is None or ROLE_PLACEHOLDER not in str(self.credentials_file):
+            return self
+        return dataclasses.replace(self, credentials_file=Path(str(self.credentials_file)
+                                                                .replace(ROLE_PLACEHOLDER, role)))
 
 
 #: The daemons that can serve metrics (their ``Daemon.name``).
@@ -302,11 +323,14 @@ def config_path(cli_value: str | os.PathLike[str] | None = None) -> Path:
     return Path(env) if env else DEFAULT_PATH
 
 
-def load_config(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True) -> Config:
+def load_config(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True,
+                role: str | None = None) -> Config:
     """Read, type-check and validate the configuration file.
 
     ``check_dirs=False`` skips the checks that look at the filesystem (for tools that only
-    want to print the configuration of another machine).
+    want to print the configuration of another machine). ``role``: the broker identity of
+    the program (a daemon name, or one of TOOL_ROLES); ``{role}`` in bus.credentials_file
+    becomes it.
     """
     source = config_path(path).absolute()
     try:
@@ -319,7 +343,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, check_dirs: bool 
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(source), None, f"not valid TOML: {exc}") from None
 
-    check = _Checker(str(source), check_dirs)
+    check = _Checker(str(source), check_dirs, role)
     known = known_sections()
     sections: dict[str, Any] = {}
     for name, table in raw.items():
@@ -338,15 +362,18 @@ def load_config(path: str | os.PathLike[str] | None = None, *, check_dirs: bool 
         validate = getattr(sec, "validate", None)
         if validate is not None and name in checked:
             validate(check)
+    if role is not None:
+        sections["bus"] = sections["bus"].for_role(role)
     return Config(source=source, sections=MappingProxyType(sections))
 
 
 class _Checker:
     """Collects the context a validator needs to raise one clear ConfigError."""
 
-    def __init__(self, source: str, check_dirs: bool) -> None:
+    def __init__(self, source: str, check_dirs: bool, role: str | None = None) -> None:
         self.source = source
         self.check_dirs = check_dirs
+        self.role = role
 
     def fail(self, key: str, problem: str) -> typing.NoReturn:
         raise ConfigError(self.source, key, problem)

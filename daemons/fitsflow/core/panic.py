@@ -151,7 +151,7 @@ def panic(message: str, *, config: str | os.PathLike[str] | None = None) -> str:
         _to_journal(message)
         return "journal"
     try:
-        cfg: Config | None = load_config(config, check_dirs=False)
+        cfg: Config | None = load_config(config, check_dirs=False, role="panic")
     except ConfigError as exc:
         print(f"fitsflow: no usable configuration for the panic ({exc})", file=sys.stderr)
         cfg = None

@@ -295,7 +295,7 @@ def run_daemon(name: str, factory: DaemonFactory, argv: list[str] | None = None,
     if args.instance == "auto":  # a Pacemaker clone runs the same unit name on every node
         args.instance = socket.gethostname().split(".")[0]
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, role=name)
     except ConfigError as exc:
         print(f"fitsflow-{name}: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG

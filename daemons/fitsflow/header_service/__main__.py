@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.image:
         parser.error("--replay needs --image")
     try:
-        cfg = load_config(args.config, check_dirs=False)
+        cfg = load_config(args.config, check_dirs=False, role="header-service")
     except ConfigError as exc:
         print(f"fitsflow-header-service: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -46,6 +46,15 @@ def broker_command(base: Path, conf_dir: Path, data_dir: Path, *, name: str, sto
             f"xbean:file:{conf_dir / 'activemq.xml'}"]
 
 
+def identities(groups_properties: Path) -> list[str]:
+    """Every identity named in an ActiveMQ groups.properties (group=user,user,...)."""
+    names: set[str] = set()
+    for line in groups_properties.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            names.update(n.strip() for n in line.split("=", 1)[1].split(","))
+    return sorted(names)
+
+
 class BrokerUnavailable(RuntimeError):
     """ActiveMQ is not installed or did not come up."""
 
