@@ -22,7 +22,7 @@ rpm: tarball
 	rpmbuild -ba $(DEBIAN_FLAGS) $(CHECK_PYTHON) --define '_topdir $(TOP)' --define 'fitsflow_release $(RELEASE)' rpm/fitsflow.spec
 
 # The pure-Python dependencies EL lacks (rpm/deps/), from their PyPI sdists.
-DEPS := sdnotify==0.3.2 inotify_simple==1.3.5
+DEPS := inotify_simple==1.3.5
 deps-rpm:
 	mkdir -p $(TOP)/SOURCES
 	python3 -m pip download --quiet --no-deps --no-binary :all: --dest $(TOP)/SOURCES $(DEPS)

@@ -28,9 +28,11 @@ system_packages() {
         # busybox-static: the shell of the test-only base system in that root (scriptlets run)
         # systemd-container: the units are tested under systemd in systemd-nspawn containers
         # pacemaker, corosync, resource-agents, dbus, iproute2: tests/ha builds a 3-node cluster
+        # libsystemd-dev, pkg-config, gcc, python3-dev: pip builds systemd-python (sd_notify, journal)
         local want=(activemq fitsverify postgresql systemd python3-venv chromium openssl
                     pcs pacemaker-cli-utils rpm rpmlint createrepo-c dnf busybox-static
-                    systemd-container pacemaker corosync resource-agents dbus iproute2)
+                    systemd-container pacemaker corosync resource-agents dbus iproute2
+                    libsystemd-dev pkg-config gcc python3-dev)
         local missing=()
         for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
         if [ "${#missing[@]}" -gt 0 ]; then
@@ -39,7 +41,7 @@ system_packages() {
             as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
         fi
     elif command -v dnf >/dev/null; then
-        as_root dnf install -y -q java-17-openjdk-headless python3 python3-pip >/dev/null
+        as_root dnf install -y -q java-17-openjdk-headless python3 python3-pip systemd-devel gcc python3-devel >/dev/null
         if [ ! -f "${FITSFLOW_ACTIVEMQ_HOME:-/usr/share/activemq}/bin/activemq.jar" ]; then
             echo "dev.sh: ActiveMQ is not packaged for EL: unpack Apache ActiveMQ 5.17+ and set" \
                  "FITSFLOW_ACTIVEMQ_HOME to its directory (see docs/install.md)" >&2

@@ -25,8 +25,9 @@ setup(
     install_requires=[
         # stomp.py: the STOMP client (only fitsflow.core.bus.stomp_transport imports it)
         "stomp.py>=8.1",
-        # sdnotify: READY=1 / STATUS= / WATCHDOG=1 to systemd without libsystemd bindings
-        "sdnotify>=0.3",
+        # systemd-python (python3-systemd on EL and Debian): sd_notify (READY=1, STATUS=,
+        # WATCHDOG=1) and the journal's native protocol, memfd for large records included
+        "systemd-python>=234",
         # SQLAlchemy: registries and bookkeeping; SQLite by default, PostgreSQL supported
         "SQLAlchemy>=2.0",
         # spead2: the SPEAD receiver (and the simulator's sender): C++ speed from Python

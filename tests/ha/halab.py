@@ -241,7 +241,9 @@ class Lab:
                                                        f"z {BROKER_CONF_IN_NODE}/* 0640 root activemq -\n")
         units = etc / "systemd" / "system"
         units.mkdir(parents=True)
-        for unit in (REPO / "units").glob("fitsflow-*"):
+        for dropins in (REPO / "units").glob("*.d"):  # the shared settings, the receiver's own
+            shutil.copytree(dropins, units / dropins.name)
+        for unit in (REPO / "units").glob("fitsflow-*.service"):
             # As the RPM installs them, but for ExecStart= (the lab venv).
             text = unit.read_text().replace("ExecStart=/usr/bin/", f"ExecStart={self.venv}/bin/")
             (units / unit.name).write_text(text)

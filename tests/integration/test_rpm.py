@@ -40,7 +40,7 @@ def rpms(top: Path) -> list[Path]:
 
 def test_one_package_per_daemon_and_files_where_fedora_puts_them(built: Path) -> None:
     names = {p.name.rsplit("-", 2)[0] for p in rpms(built)}
-    assert names == {"python3-sdnotify", "python3-inotify_simple", "python3-fitsflow", "fitsflow-receiver", "fitsflow-header-service", "fitsflow-forwarder",
+    assert names == {"python3-inotify_simple", "python3-fitsflow", "fitsflow-receiver", "fitsflow-header-service", "fitsflow-forwarder",
                      "fitsflow-archive-controller", "fitsflow-oods", "fitsflow-archive-ingest",
                      "fitsflow-panic-mailer", "fitsflow-recorder", "fitsflow-pacemaker"}
     files = {p.name.rsplit("-", 2)[0]: run("rpm", "-qlp", p).stdout.split() for p in rpms(built)}
@@ -49,8 +49,11 @@ def test_one_package_per_daemon_and_files_where_fedora_puts_them(built: Path) ->
     assert "/usr/lib/sysusers.d/fitsflow.conf" in lib and "/usr/lib/tmpfiles.d/fitsflow.conf" in lib
     assert any(f.startswith("/usr/lib/python3.") and "/site-packages/fitsflow/core/" in f for f in lib)
     assert "/usr/share/doc/fitsflow/operations.md" in lib  # the units' Documentation=
+    assert "/usr/lib/systemd/system/fitsflow-.service.d/10-fitsflow.conf" in lib  # what every unit shares
     assert files["fitsflow-receiver"] == ["/usr/bin/fitsflow-receiver", "/usr/lib/sysctl.d/90-fitsflow-receiver.conf",
-                                          "/usr/lib/systemd/system/fitsflow-receiver@.service"]
+                                          "/usr/lib/systemd/system/fitsflow-receiver@.service",
+                                          "/usr/lib/systemd/system/fitsflow-receiver@.service.d",
+                                          "/usr/lib/systemd/system/fitsflow-receiver@.service.d/20-receiver.conf"]
     assert "/usr/sbin/fitsflow-cib" in files["fitsflow-pacemaker"]
     everything = sum(files.values(), [])
     assert not [f for f in everything if f.startswith(("/usr/local", "/usr/com", "/var/lib", "/opt"))]
@@ -89,7 +92,7 @@ def test_dnf_installs_upgrades_and_removes_in_a_scratch_root(built: Path, tmp_pa
     out = run(*dnf, "install", "fitsflow-receiver", "fitsflow-forwarder", env=env)
     assert "scriptlet" not in (out.stdout + out.stderr).lower(), out.stdout + out.stderr
     assert (root / "usr/bin/fitsflow-receiver").is_file() and (root / "etc/fitsflow/fitsflow.toml").is_file()
-    assert "python3-fitsflow-0.1.0-1" in rpmq("-qa") and "python3-sdnotify-0.3.2-1" in rpmq("-qa")
+    assert "python3-fitsflow-0.1.0-1" in rpmq("-qa") and "python3-inotify_simple-1.3.5-1" in rpmq("-qa")
     calls = root / "var/log/fitsflow-test-scriptlets.log"
     # %pre made the service user (getent says "absent": exit 2), %post installed the units.
     log = calls.read_text().splitlines()

@@ -42,6 +42,8 @@ def container() -> Iterator[Container]:
         # short watchdog so that the hang test takes seconds, not the shipped 30 s.
         unit = (REPO / "units" / UNIT).read_text().replace("ExecStart=/usr/bin/", f"ExecStart={venv}/bin/")
         c.write(f"/etc/systemd/system/{UNIT}", unit)
+        for conf in (REPO / "units" / "fitsflow-.service.d").glob("*.conf"):
+            c.write(f"/etc/systemd/system/fitsflow-.service.d/{conf.name}", conf.read_text())
         c.write(f"/etc/systemd/system/{UNIT}.d/test.conf", "[Service]\nWatchdogSec=6\n")
         c.run("systemctl", "daemon-reload")
         yield c

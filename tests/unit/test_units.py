@@ -15,6 +15,8 @@ from fitsflow.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = sorted((REPO / "units").glob("*.service"))
+#: The settings every daemon unit shares (a top-level drop-in: systemd.unit(5)).
+SHARED = REPO / "units" / "fitsflow-.service.d"
 MAX_EXPOSURE = 2.0  # the security goal (issue 7 asked for 2.5); the units reach 1.2 today
 
 # No skip when the tools are missing: ./dev.sh installs them (Debian package 'systemd'), and a
@@ -28,7 +30,15 @@ def installed_copy(tmp_path: Path, unit: Path) -> Path:
     text = unit.read_text().replace("/usr/bin/", f"{Path(sys.executable).parent}/")
     (tmp_path / name).write_text(text)
     shutil.copy(REPO / "units" / "fitsflow.target", tmp_path / "fitsflow.target")
+    for d in (SHARED, unit.with_name(unit.name + ".d")):
+        if d.is_dir():
+            shutil.copytree(d, tmp_path / d.name, dirs_exist_ok=True)  # a template drop-in stays one
     return tmp_path / name
+
+
+def effective(unit: Path) -> str:
+    """The unit with the shared drop-in, as `systemctl cat` shows it."""
+    return unit.read_text() + "".join(f.read_text() for f in sorted(SHARED.glob("*.conf")))
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
@@ -50,7 +60,7 @@ def test_hardening_score(tmp_path: Path, unit: Path) -> None:
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_service_contract(unit: Path) -> None:
-    text = unit.read_text()
+    text = effective(unit)
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "RestartPreventExitStatus=78", "User=fitsflow",
                  "StateDirectory=fitsflow", "ReadWritePaths=/var/lib/fitsflow\n", "PartOf=fitsflow.target",
                  "WantedBy=fitsflow.target"):
@@ -76,3 +86,29 @@ def test_tmpfiles_make_the_tree_the_default_config_expects(tmp_path: Path) -> No
     cfg_path.write_text(moved)
     cfg = load_config(cfg_path)  # every data directory exists, one filesystem
     assert (cfg.paths.resolved().incoming.stat().st_mode & 0o7777) == 0o2775
+
+
+def test_the_shared_drop_in_is_applied(tmp_path: Path) -> None:
+    """systemd reads fitsflow-.service.d for every fitsflow-* unit: the watchdog and the
+    hardening really are in force (seen by systemd itself, not by reading the files)."""
+    copy = installed_copy(tmp_path, REPO / "units" / "fitsflow-oods.service")
+    done = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(copy)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert re.search(r"✓ PrivateDevices=", done.stdout) and re.search(r"✓ User=/DynamicUser=", done.stdout), \
+        done.stdout[-3000:]
+    (tmp_path / SHARED.name / "10-fitsflow.conf").unlink()
+    done = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(copy)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert re.search(r"✗ PrivateDevices=", done.stdout), done.stdout[-3000:]
+
+
+def test_the_receiver_may_read_the_kernel_settings(tmp_path: Path) -> None:
+    """Its own drop-in comes after the shared one: ProcSubset=all wins over pid."""
+    copy = installed_copy(tmp_path, REPO / "units" / "fitsflow-receiver@.service")
+    done = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(copy)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert re.search(r"✗ ProcSubset=", done.stdout), done.stdout[-3000:]
+    oods = installed_copy(tmp_path, REPO / "units" / "fitsflow-oods.service")
+    done = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(oods)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert re.search(r"✓ ProcSubset=", done.stdout), done.stdout[-3000:]

@@ -2,16 +2,14 @@
 
 Handlers pass fields with ``extra={"IMAGE": ..., "MSGTYPE": ...}``; upper-case extras become
 journal fields (``journalctl FITSFLOW_DAEMON=forwarder IMAGE=...``) and are appended to the
-stderr line. The journal is written with its native datagram protocol (a few lines here),
-because the python-systemd bindings need libsystemd headers to build from PyPI.
+stderr line. The journal is written by python-systemd (sd_journal_sendv: the native protocol,
+with a memfd for records too large for one datagram).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
-import struct
 import sys
 import traceback
 
@@ -28,40 +26,28 @@ def record_fields(record: logging.LogRecord) -> dict[str, str]:
 
 
 class JournalHandler(logging.Handler):
-    """Sends records to journald over its native socket, with fitsflow's fields."""
+    """Sends records to journald with fitsflow's fields (python-systemd's ``journal.send``)."""
 
-    def __init__(self, identifier: str, daemon: str, socket_path: str = JOURNAL_SOCKET) -> None:
+    def __init__(self, identifier: str, daemon: str) -> None:
+        # Imported here: only a program under journald needs it (the CLI starts without).
+        from systemd import journal
+
         super().__init__()
         self.identifier = identifier
         self.daemon = daemon
-        self.socket_path = socket_path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._send = journal.send
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
             if record.exc_info:
                 message += "\n" + "".join(traceback.format_exception(*record.exc_info))
-            fields = {"MESSAGE": message, "PRIORITY": str(_PRIORITY.get(record.levelno, 6)),
-                      "SYSLOG_IDENTIFIER": self.identifier, "FITSFLOW_DAEMON": self.daemon,
-                      "LOGGER": record.name, "CODE_FILE": record.pathname, "CODE_LINE": str(record.lineno),
-                      "CODE_FUNC": record.funcName, **record_fields(record)}
-            self._sock.sendto(encode_journal(fields), self.socket_path)
+            self._send(message, PRIORITY=str(_PRIORITY.get(record.levelno, 6)),
+                       SYSLOG_IDENTIFIER=self.identifier, FITSFLOW_DAEMON=self.daemon, LOGGER=record.name,
+                       CODE_FILE=record.pathname, CODE_LINE=record.lineno, CODE_FUNC=record.funcName,
+                       **record_fields(record))
         except Exception:  # noqa: BLE001 - logging must never take the daemon down
             self.handleError(record)
-
-
-def encode_journal(fields: dict[str, str]) -> bytes:
-    """journald's native format: ``KEY=value\\n``, or ``KEY\\n<u64 le length>value\\n`` for
-    values containing newlines."""
-    out = bytearray()
-    for key, value in fields.items():
-        data = value.encode("utf-8", "replace")
-        if b"\n" in data:
-            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
-        else:
-            out += key.encode() + b"=" + data + b"\n"
-    return bytes(out)
 
 
 class _StderrFormatter(logging.Formatter):

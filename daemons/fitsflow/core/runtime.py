@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, Callable, Coroutine, Protocol
 
-import sdnotify
+from systemd import daemon as sd_daemon
 
 from fitsflow import __version__
 from fitsflow.core.bus import MessageBus
@@ -270,6 +270,18 @@ def log_task_stacks() -> None:
     _log.warning("asyncio tasks:\n%s", out.getvalue())
 
 
+class Notifier:
+    """sd_notify(3) through python-systemd: READY=1, STATUS=, WATCHDOG=1, STOPPING=1 to the
+    service manager (a no-op outside a Type=notify unit, where NOTIFY_SOCKET is unset)."""
+
+    def notify(self, state: str) -> bool:
+        try:
+            return bool(sd_daemon.notify(state))
+        except OSError as exc:  # the manager's socket gone (it is stopping us): not fatal
+            _log.debug("sd_notify failed: %s", exc)
+            return False
+
+
 DaemonFactory = Callable[[Config, MessageBus, argparse.Namespace], Daemon]
 
 
@@ -308,7 +320,7 @@ def run_daemon(name: str, factory: DaemonFactory, argv: list[str] | None = None,
 
 
 async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: DaemonFactory) -> int:
-    notifier = sdnotify.SystemdNotifier()
+    notifier = Notifier()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -392,7 +404,7 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
     return code
 
 
-async def _wait_broker(bus: MessageBus, stop: asyncio.Event, notifier: sdnotify.SystemdNotifier) -> bool:
+async def _wait_broker(bus: MessageBus, stop: asyncio.Event, notifier: Notifier) -> bool:
     deadline = time.monotonic() + BROKER_WAIT_S
     while time.monotonic() < deadline and not stop.is_set():
         if await bus.wait_connected(timeout=1.0):
