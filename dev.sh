@@ -29,10 +29,11 @@ system_packages() {
         # systemd-container: the units are tested under systemd in systemd-nspawn containers
         # pacemaker, corosync, resource-agents, dbus, iproute2: tests/ha builds a 3-node cluster
         # libsystemd-dev, pkg-config, gcc, python3-dev: pip builds systemd-python (sd_notify, journal)
+        # groff-base: the man pages built from the parsers are rendered in a test
         local want=(activemq fitsverify postgresql systemd python3-venv chromium openssl
                     pcs pacemaker-cli-utils rpm rpmlint createrepo-c dnf busybox-static
                     systemd-container pacemaker corosync resource-agents dbus iproute2
-                    libsystemd-dev pkg-config gcc python3-dev)
+                    libsystemd-dev pkg-config gcc python3-dev groff-base)
         local missing=()
         for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
         if [ "${#missing[@]}" -gt 0 ]; then
@@ -89,7 +90,7 @@ cmd="${1:-}"; shift || true
 case "$cmd" in
     setup) setup ;;
     test)  setup; exec "$venv/bin/python" -m pytest "$@" ;;
-    demo)  setup; exec "$venv/bin/fitsflow" demo "$@" ;;
+    demo)  setup; exec "$venv/bin/fitsflow-demo" "$@" ;;
     bench) setup; name="${1:?usage: ./dev.sh bench NAME}"; shift; exec "$venv/bin/python" "bench/$name.py" "$@" ;;
     *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

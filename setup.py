@@ -53,6 +53,8 @@ setup(
             "pytest-randomly>=3.15",
             # property-based fuzzing of message decoding
             "hypothesis>=6",
+            # man pages from the argparse parsers (rpm/build-manpages; python3-argparse-manpage on EL)
+            "argparse-manpage>=4",
             # PostgreSQL driver: the registry is tested against a real PostgreSQL too
             "psycopg[binary]>=3.1",
             # a real SMTP server for the panic mailer's tests
@@ -67,6 +69,7 @@ setup(
             "fitsflow-recorder = fitsflow.recorder.__main__:main",
             "fitsflow-receiver = fitsflow.receiver.__main__:main",
             "fitsflow-camera-sim = fitsflow.camera_sim.__main__:main",
+            "fitsflow-demo = fitsflow.testing.demo:main",
             "fitsflow-header-service = fitsflow.header_service.__main__:main",
             "fitsflow-forwarder = fitsflow.forwarder.__main__:main",
             "fitsflow-archive-controller = fitsflow.archive_controller.__main__:main",

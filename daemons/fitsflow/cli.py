@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from fitsflow import __version__
@@ -132,24 +131,6 @@ def _add_data_id_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--obs-day", dest="obs_day", metavar="YYYYMMDD", help="only this observing day (OBSDAY)")
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from fitsflow import demo  # numpy, spead2, the camera simulator: only for the demo
-
-    return demo.main(args)
-
-
-def _add_demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("demo", help="run the whole pipeline on this machine and report")
-    p.add_argument("--images", type=int, default=20, help="images to take (default 20)")
-    p.add_argument("--rows", type=int, default=4096, help="rows of each sensor (default 4096)")
-    p.add_argument("--cols", type=int, default=4096, help="columns of each sensor (default 4096)")
-    p.add_argument("--rate", type=float, default=400e6, help="UDP send rate, bytes/s (default 400 MB/s)")
-    p.add_argument("--workdir", default=os.environ.get("FITSFLOW_DEMO_DIR", "/var/tmp/fitsflow-demo"),
-                   help="everything goes here; emptied at the start of each run")
-    p.add_argument("--timeout", type=float, default=300.0, help="how long to wait for the last image (s)")
-    p.set_defaults(func=_demo)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fitsflow", description="fitsflow: observatory data backbone")
     parser.add_argument("--version", action="version", version=f"fitsflow {__version__}")
@@ -167,7 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_config_check)
 
     from fitsflow import dlq, status
-    _add_demo_parser(sub)
     status.add_parser(sub)
     dlq.add_parser(sub)
 

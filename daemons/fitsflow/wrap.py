@@ -27,11 +27,17 @@ def _tee(src: IO[bytes], dst: IO[bytes], tail: collections.deque[str], lock: thr
             tail.append(line.decode("utf-8", "replace").rstrip("\n"))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also the source of the man page, rpm/build-manpages)."""
     parser = argparse.ArgumentParser(prog="fitsflow-wrap", description=__doc__)
     parser.add_argument("--config", help="configuration file (default: $FITSFLOW_CONFIG or "
                                          "/etc/fitsflow/fitsflow.toml), for the panic")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:

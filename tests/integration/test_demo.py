@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 def test_demo_runs_clean_end_to_end(tmp_path: Path) -> None:
     work = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "fitsflow", "demo", "--images", "4", "--rows", "256", "--cols", "256",
+    cmd = [sys.executable, "-m", "fitsflow.testing.demo", "--images", "4", "--rows", "256", "--cols", "256",
            "--workdir", str(work), "--timeout", "120"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     out = first.stdout

@@ -42,18 +42,25 @@ def test_one_package_per_daemon_and_files_where_fedora_puts_them(built: Path) ->
     names = {p.name.rsplit("-", 2)[0] for p in rpms(built)}
     assert names == {"python3-inotify_simple", "python3-fitsflow", "fitsflow-receiver", "fitsflow-header-service", "fitsflow-forwarder",
                      "fitsflow-archive-controller", "fitsflow-oods", "fitsflow-archive-ingest",
-                     "fitsflow-panic-mailer", "fitsflow-recorder", "fitsflow-pacemaker"}
+                     "fitsflow-panic-mailer", "fitsflow-recorder", "fitsflow-pacemaker", "fitsflow-demo"}
     files = {p.name.rsplit("-", 2)[0]: run("rpm", "-qlp", p).stdout.split() for p in rpms(built)}
     lib = files["python3-fitsflow"]
     assert "/etc/fitsflow/fitsflow.toml" in lib and "/usr/bin/fitsflow" in lib
     assert "/usr/lib/sysusers.d/fitsflow.conf" in lib and "/usr/lib/tmpfiles.d/fitsflow.conf" in lib
     assert any(f.startswith("/usr/lib/python3.") and "/site-packages/fitsflow/core/" in f for f in lib)
     assert "/usr/share/doc/fitsflow/operations.md" in lib  # the units' Documentation=
+    # the harness, the demo and the camera simulator are not on a daemon host (fitsflow-demo)
+    assert not [f for f in lib if "/fitsflow/testing/" in f or "/fitsflow/camera_sim/" in f or "-demo" in f]
+    assert "/usr/bin/fitsflow-demo" in files["fitsflow-demo"] and "/usr/bin/fitsflow-camera-sim" in files["fitsflow-demo"]
+    assert any("/site-packages/fitsflow/testing/broker.py" in f for f in files["fitsflow-demo"])
     assert "/usr/lib/systemd/system/fitsflow-.service.d/10-fitsflow.conf" in lib  # what every unit shares
-    assert files["fitsflow-receiver"] == ["/usr/bin/fitsflow-receiver", "/usr/lib/sysctl.d/90-fitsflow-receiver.conf",
-                                          "/usr/lib/systemd/system/fitsflow-receiver@.service",
-                                          "/usr/lib/systemd/system/fitsflow-receiver@.service.d",
-                                          "/usr/lib/systemd/system/fitsflow-receiver@.service.d/20-receiver.conf"]
+    receiver = files["fitsflow-receiver"]
+    assert [f for f in receiver if "/man/" not in f] == [
+        "/usr/bin/fitsflow-receiver", "/usr/lib/sysctl.d/90-fitsflow-receiver.conf",
+        "/usr/lib/systemd/system/fitsflow-receiver@.service", "/usr/lib/systemd/system/fitsflow-receiver@.service.d",
+        "/usr/lib/systemd/system/fitsflow-receiver@.service.d/20-receiver.conf"]
+    assert [f for f in receiver if "/man/" in f][0].startswith("/usr/share/man/man1/fitsflow-receiver.1"), receiver
+    assert any(f.startswith("/usr/share/man/man1/fitsflow.1") for f in lib)  # tests/unit/test_manpages.py
     assert "/usr/sbin/fitsflow-cib" in files["fitsflow-pacemaker"]
     everything = sum(files.values(), [])
     assert not [f for f in everything if f.startswith(("/usr/local", "/usr/com", "/var/lib", "/opt"))]
@@ -89,9 +96,13 @@ def test_dnf_installs_upgrades_and_removes_in_a_scratch_root(built: Path, tmp_pa
     def rpmq(*args: str) -> str:
         return run("rpm", f"--root={root}", *args, env=env, check=False).stdout
 
-    out = run(*dnf, "install", "fitsflow-receiver", "fitsflow-forwarder", env=env)
+    # Every role package, and what pulls in all of them (the demo), with their dependencies.
+    roles = [p.name.rsplit("-", 2)[0] for p in rpms(built) if p.name.startswith("fitsflow-")]
+    out = run(*dnf, "install", *roles, env=env)
     assert "scriptlet" not in (out.stdout + out.stderr).lower(), out.stdout + out.stderr
     assert (root / "usr/bin/fitsflow-receiver").is_file() and (root / "etc/fitsflow/fitsflow.toml").is_file()
+    assert sorted(r for r in roles if r not in rpmq("-qa")) == [], rpmq("-qa")
+    assert (root / "usr/lib/systemd/system/fitsflow-.service.d/10-fitsflow.conf").is_file()
     assert "python3-fitsflow-0.1.0-1" in rpmq("-qa") and "python3-inotify_simple-1.3.5-1" in rpmq("-qa")
     calls = root / "var/log/fitsflow-test-scriptlets.log"
     # %pre made the service user (getent says "absent": exit 2), %post installed the units.
@@ -118,7 +129,7 @@ def test_dnf_installs_upgrades_and_removes_in_a_scratch_root(built: Path, tmp_pa
     assert not any("install-system-units fitsflow-receiver" in c for c in log)  # not a first install
     calls.write_text("")
 
-    out = run(*dnf, "remove", "fitsflow-receiver", "fitsflow-forwarder", "python3-fitsflow", env=env)
+    out = run(*dnf, "remove", *roles, "python3-fitsflow", env=env)
     assert "scriptlet" not in (out.stdout + out.stderr).lower(), out.stdout + out.stderr
     assert not (root / "usr/bin/fitsflow-receiver").exists()
     assert not list((root / "usr/lib").glob("python3*/site-packages/fitsflow"))

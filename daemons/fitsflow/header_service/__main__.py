@@ -9,6 +9,7 @@ line, as the recorder stores them), with the same code as the live service.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import sys
@@ -47,11 +48,17 @@ def replay(lines: list[str], image: str, cfg: HeaderServiceConfig, instrument: s
     return json.loads(header.to_json())
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_header_parser() -> argparse.ArgumentParser:
+    """The command line (also the source of the man page, rpm/build-manpages)."""
     parser = build_parser("header-service", __doc__ or "")
     parser.add_argument("--replay", metavar="MESSAGES.jsonl", help="rebuild a header from recorded messages")
     parser.add_argument("--image", help="with --replay: the image")
     parser.add_argument("--output", help="with --replay: write the header object here (default: stdout)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_header_parser()
     args, _ = parser.parse_known_args(argv)
     if not args.replay:
         return run_daemon("header-service", HeaderServiceDaemon, argv, parser=parser)

@@ -1,4 +1,4 @@
-"""``fitsflow demo``: the whole pipeline on one machine.
+"""``fitsflow-demo``: the whole pipeline on one machine.
 
 A private ActiveMQ, every daemon as its own process (with the configuration file a site
 would use), the camera simulator sending N images; live progress, then a report: counts at
@@ -91,7 +91,7 @@ class Demo:
         if self.work.exists():  # a second run starts clean
             shutil.rmtree(self.work)
         (self.work / "logs").mkdir(parents=True)
-        self.say(f"fitsflow demo in {self.work}")
+        self.say(f"fitsflow-demo in {self.work}")
         self.broker = PrivateBroker(self.work / "activemq", name="fitsflow-demo")
         t0 = time.monotonic()
         self.broker.start()
@@ -212,7 +212,7 @@ class Demo:
         partial = sum(len(m.data["partial"]) for m in p.readout.values())
         missing = sum(len(m.data["missing"]) for m in p.readout.values())
         paths = cfg.paths.resolved()
-        self.say("\nfitsflow demo report")
+        self.say("\nfitsflow-demo report")
         self.say(f"  images sent {len(images)}; readouts complete {len(p.readout)} ({missing} sensors missing, "
                  f"{partial} partial); headers {len(p.header)}; whole in OODS {len(in_oods)}; whole in archive "
                  f"{len(p.whole(p.archive))}; ingest failures {len(p.failures)}")
@@ -244,7 +244,25 @@ class Demo:
         return 0 if lost == 0 and not p.failures and not dead and not orphans else 1
 
 
-def main(args: argparse.Namespace) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fitsflow-demo", description="Run the whole pipeline on this machine and "
+                                "report (a private ActiveMQ, every daemon, the camera simulator).")
+    p.add_argument("--images", type=int, default=20, help="images to take (default 20)")
+    p.add_argument("--rows", type=int, default=4096, help="rows of each sensor (default 4096)")
+    p.add_argument("--cols", type=int, default=4096, help="columns of each sensor (default 4096)")
+    p.add_argument("--rate", type=float, default=400e6, help="UDP send rate, bytes/s (default 400 MB/s)")
+    p.add_argument("--workdir", default=os.environ.get("FITSFLOW_DEMO_DIR", "/var/tmp/fitsflow-demo"),
+                   help="everything goes here; emptied at the start of each run")
+    p.add_argument("--timeout", type=float, default=300.0, help="how long to wait for the last image (s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script ``fitsflow-demo``."""
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     demo = Demo(args)
     try:
         site = demo.prepare()
@@ -253,7 +271,11 @@ def main(args: argparse.Namespace) -> int:
         print("\ninterrupted: stopping everything", flush=True)
         return 130
     except BrokerUnavailable as exc:
-        print(f"fitsflow demo: {exc}", file=sys.stderr)
+        print(f"fitsflow-demo: {exc}", file=sys.stderr)
         return 1
     finally:
         demo.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
