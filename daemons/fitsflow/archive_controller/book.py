@@ -11,7 +11,9 @@ from typing import Any
 from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, Text, select, update, insert
 from sqlalchemy.exc import IntegrityError
 
-from fitsflow.core.db import make_engine
+from sqlalchemy.engine import Engine
+
+from fitsflow.core.db import engine_for
 
 metadata = MetaData()
 assignments = Table(
@@ -71,12 +73,14 @@ def _now() -> dt.datetime:
 class Book:
     """All methods are blocking; call them through asyncio.to_thread."""
 
-    def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
+    def __init__(self, database: str | Engine) -> None:
+        """``database``: the daemon's engine, or a URL (the book then owns its engine)."""
+        self.engine, self._owned = engine_for(database)
         metadata.create_all(self.engine)
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self._owned:
+            self.engine.dispose()
 
     # -- assignments -------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fitsflow.archive_controller.config import ArchiveControllerConfig
 from fitsflow.core.bus import MessageBus
-from fitsflow.core.db import make_engine
+from sqlalchemy.engine import Engine
 from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.schemas import EndReadout
 from fitsflow.core.messages import CAMERA_EVENTS, Message, make
@@ -53,7 +53,7 @@ expected_t = Table(
 class CatchUp:
     """A role of the archive controller (see the module docstring)."""
 
-    def __init__(self, cfg: ArchiveControllerConfig, database_url: str, bus: MessageBus, ident: str,
+    def __init__(self, cfg: ArchiveControllerConfig, database: Engine, bus: MessageBus, ident: str,
                  panic: Callable[[str], Awaitable[None]], *, spawn: Spawn,
                  sensor_states: Callable[[str], dict[str, str]] = lambda image: {},
                  redrive_ingest: Callable[[str, list[str]], Awaitable[int]] | None = None) -> None:
@@ -67,9 +67,9 @@ class CatchUp:
         self.bus = bus
         self.ident = ident
         self.panic = panic
-        self.engine = make_engine(database_url)
+        self.engine = database  # the controller's one engine (its owner disposes of it)
         metadata.create_all(self.engine)
-        self.archive = Registry(database_url, "archive_files")
+        self.archive = Registry(database, "archive_files")
         self.resends = 0
         self.closed = 0
         self._task: asyncio.Task[None] | None = None
@@ -82,7 +82,6 @@ class CatchUp:
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self.archive.close()
-        self.engine.dispose()
 
     def status(self) -> str:
         return (f"catch-up: {self.resends} re-sends asked, {self.redriven} ingests asked again, "

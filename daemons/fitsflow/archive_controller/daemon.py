@@ -21,6 +21,7 @@ from fitsflow.archive_controller.config import ArchiveControllerConfig
 from fitsflow.archive_controller.handoff import HandOffError, redelivered_copy, run_handoff, verify
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
+from fitsflow.core.db import make_engine
 from fitsflow.core.errors import Reject, Requeue, Retry, UnsafePath
 from fitsflow.core.failpoints import failpoint
 from fitsflow.core.faults import is_environmental, retry_delay
@@ -43,7 +44,9 @@ class ArchiveControllerDaemon(Daemon):
         paths = cfg.paths.resolved()
         self.incoming, self.oods_staging, self.archive_staging = paths.incoming, paths.oods_staging, paths.archive_staging
         self.quarantine = paths.quarantine
-        self.book = Book(cfg.site.database_url)
+        # One engine (one connection pool) for everything this daemon keeps in the database.
+        self.engine = make_engine(cfg.site.database_url)
+        self.book = Book(self.engine)
         #: forwarder → (last heartbeat, monotonic), load, capacity
         self.forwarders: dict[str, tuple[float, int, int]] = {}
         self.started = time.monotonic()
@@ -56,7 +59,7 @@ class ArchiveControllerDaemon(Daemon):
         bus.subscribe("/topic/fitsflow.forwarder.heartbeat", self.on_heartbeat, name="controller-heartbeats")
         bus.subscribe(destination_of("FILE_DELIVERED"), self.on_file_delivered, name="controller-delivered",
                       concurrency=4)
-        self.catchup = CatchUp(self.acfg, cfg.site.database_url, bus, self.ident, self.raise_panic, spawn=self.spawn,
+        self.catchup = CatchUp(self.acfg, self.engine, bus, self.ident, self.raise_panic, spawn=self.spawn,
                                sensor_states=self.book.sensor_states, redrive_ingest=self._redrive_ingest) \
             if self.acfg.catchup else None
         self.roles = [self.catchup] if self.catchup else []
@@ -70,6 +73,7 @@ class ArchiveControllerDaemon(Daemon):
     async def stop(self) -> None:
         await super().stop()
         self.book.close()
+        self.engine.dispose()
 
     def status(self) -> str:
         live = len(self.live_forwarders())

@@ -8,6 +8,14 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 
 
+def engine_for(database: str | Engine) -> tuple[Engine, bool]:
+    """(engine, owned): a daemon passes its one engine to each of its stores, which then must
+    not dispose of it; a tool passes a URL and the store owns the engine it makes."""
+    if isinstance(database, Engine):
+        return database, False
+    return make_engine(database), True
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL (readers never block the writer), a durable
     commit and a busy timeout, since several daemons may share one file on a small site."""

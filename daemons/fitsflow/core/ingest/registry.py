@@ -14,7 +14,9 @@ from sqlalchemy import (Boolean, Column, DateTime, Integer, MetaData, String, Ta
                         insert, select, update)
 from sqlalchemy.exc import IntegrityError
 
-from fitsflow.core.db import make_engine
+from sqlalchemy.engine import Engine
+
+from fitsflow.core.db import engine_for
 
 DATA_ID_KEYS = ("instrument", "image", "group", "snap", "raft", "sensor", "obs_day")
 
@@ -52,14 +54,16 @@ class Entry:
 class Registry:
     """Rows of one files table. All methods are blocking (call them through to_thread)."""
 
-    def __init__(self, url: str, table: str) -> None:
-        self.engine = make_engine(url)
+    def __init__(self, database: str | Engine, table: str) -> None:
+        """``database``: the daemon's engine, or a URL (this registry then owns its engine)."""
+        self.engine, self._owned = engine_for(database)
         self.metadata = MetaData()
         self.table = files_table(self.metadata, table)
         self.metadata.create_all(self.engine)
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self._owned:
+            self.engine.dispose()
 
     def find(self, data_id: dict[str, Any]) -> Entry | None:
         t = self.table
