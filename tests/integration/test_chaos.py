@@ -29,6 +29,7 @@ from fitsflow.core.messages import CATALOGUE, Message, destination_of, make
 from fitsflow.forwarder.assignments import AssignmentBook
 from fitsflow.testing.broker import PrivateBroker, free_port
 from fitsflow.testing.config import make_site
+from fitsflow.testing.flow import STARTUP_S
 from fitsflow.testing.pipeline import Pipeline
 from fitsflow.testing.stomp_tools import drain
 from fitsflow.testing.udp import free_udp_port
@@ -153,7 +154,7 @@ def test_no_image_lost_under_chaos(tmp_path: Path, broker_factory) -> None:  # t
             bus.subscribe(destination_of("DAEMON_STATE"), on_state)
             await bus.start()
             assert await bus.wait_connected(30)
-            await async_wait_for(lambda: set(pipeline.daemons) <= on, 120, what="every daemon ON")
+            await async_wait_for(lambda: set(pipeline.daemons) <= on, STARTUP_S, what="every daemon ON")
             chaos = Chaos(pipeline, broker, duration=IMAGES * 0.3)
             chaos.start()
             for n in range(IMAGES):

@@ -29,13 +29,15 @@ from typing import TYPE_CHECKING, Iterator
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from fitsflow.core.states import State
+
 if TYPE_CHECKING:
     from fitsflow.core.runtime import Daemon
 
 _log = logging.getLogger(__name__)
 
 #: The states a daemon shows (docs/states.md).
-STATES = ("INIT", "ON", "STANDBY", "ALARM", "FAULT", "OFF")
+STATES = tuple(State)
 
 
 def metric_name(*parts: str) -> str:

@@ -36,6 +36,7 @@ from fitsflow.core.logs import setup_logging
 from fitsflow.core import messages, metrics
 from fitsflow.core.aio import wait_for
 from fitsflow.core.faults import FaultEpisodes
+from fitsflow.core.states import State
 from fitsflow.core.tasks import TaskSupervisor, watch_thread
 
 _log = logging.getLogger(__name__)
@@ -91,9 +92,9 @@ class Daemon:
         self.host = socket.gethostname()
         self._stages: dict[str, Any] = {}
         self.roles: list[Role] = []
-        self.state = "INIT"
+        self.state: State = State.INIT
         #: The state the daemon is asked to be in (docs/states.md): ON while it runs, OFF once stopping.
-        self.target = "ON"
+        self.target: State = State.ON
         #: Every background task of the daemon and of its roles (roles get ``self.spawn``).
         self.tasks = TaskSupervisor(self.ident)
         #: Faults of the machine this daemon is waiting out (core.faults): ALARM while any is open.
@@ -116,7 +117,7 @@ class Daemon:
     async def start(self) -> None:
         for role in self.roles:
             await role.start()
-        self.state = "ON"
+        self.state = State.ON
         await self.report_unreadable_state()
 
     def unreadable_state(self) -> list[str]:
@@ -143,7 +144,7 @@ class Daemon:
             except Exception:  # noqa: BLE001 - keep stopping the others
                 _log.exception("%s: stopping %r failed", self.ident, role)
         await self.tasks.close()
-        self.state = "OFF"
+        self.state = State.OFF
 
     def status(self) -> str:
         """One line for systemd's STATUS= (and ``systemctl status``)."""
@@ -186,9 +187,9 @@ class Daemon:
         self.bus.on_fault = self.faults.report
         self.bus.on_fault_cleared = self.faults.clear
 
-    def effective_state(self) -> str:
+    def effective_state(self) -> State:
         """The state to show: ALARM while a fault of the machine is open, else ``state``."""
-        return "ALARM" if self.faults.active and self.state == "ON" else self.state
+        return State.ALARM if self.faults.active and self.state == State.ON else self.state
 
     def status_line(self) -> str:
         """STATUS= and DAEMON_STATE's status: open fault episodes first, then :meth:`status`."""
@@ -384,14 +385,14 @@ async def _main(name: str, cfg: Config, args: argparse.Namespace, factory: Daemo
     if periodic is not None:
         await cancel_and_wait(periodic)
 
-    daemon.target = "OFF"
+    daemon.target = State.OFF
     notifier.notify("STOPPING=1\nSTATUS=stopping")
     _log.info("%s stopping", daemon.ident)
     code = EX_SOFTWARE if daemon.failed is not None else EX_OK
     if daemon.failed is not None:
-        daemon.state = "FAULT"
+        daemon.state = State.FAULT
     else:
-        daemon.state = "OFF"
+        daemon.state = State.OFF
     try:
         # Informative only, and a broker cut off by a partition would hold the stop for the
         # receipt timeout: Pacemaker stops a minority's resources one after the other.

@@ -18,6 +18,7 @@ import datetime as dt
 from typing import Annotated, Literal, Union
 
 from msgspec import Meta, Struct
+from fitsflow.core.states import State
 
 # -- names and values (patterns shared with core/layout.py and docs/messages.md) ------------
 
@@ -184,9 +185,9 @@ class Alert(Body):
 class DaemonState(Body):
     daemon: Ident
     host: HostName
-    state: Literal["INIT", "ON", "STANDBY", "ALARM", "FAULT", "OFF"]
+    state: State
     status: Text
-    target: Literal["INIT", "ON", "STANDBY", "ALARM", "FAULT", "OFF"] | None = None
+    target: State | None = None
     details: dict[KeyName, Detail] | None = None
 
 

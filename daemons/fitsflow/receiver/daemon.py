@@ -9,6 +9,7 @@ from typing import Any
 
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
+from fitsflow.core.states import State
 from fitsflow.core.errors import FitsflowError, Reject, UnsafePath
 from fitsflow.core.faults import MachineFault
 from fitsflow.core.messages import CAMERA_EVENTS, Message, destination_of, make
@@ -156,7 +157,7 @@ class ReceiverDaemon(Daemon):
             for stream in self.streams:
                 problem = stream.check_alive()
                 if problem:
-                    self.state = "FAULT"
+                    self.state = State.FAULT
                     raise FitsflowError(problem)  # a supervised task: the daemon ends, systemd restarts it
             try:
                 await self.bus.send(make("RECEIVER_STATS", receiver=self.ident, streams=self.loss.snapshot(),

@@ -33,6 +33,12 @@ from fitsflow.testing.wait import async_wait_for
 SENSORS = ["R22_S00", "R22_S01"]
 
 
+#: How long eight daemons may take to start and say ON: a guard, not a pace. Measured: about
+#: 10 s on a quiet 2-core machine; a CI run that shared the machine with the HA lab (three
+#: nspawn nodes, each with a JVM) took over 120 s, which is why it is this large.
+STARTUP_S = 300.0
+
+
 class Flow:
     """The pipeline, a camera on its own bus, and what the checks need. ``base`` holds the
     data tree (``data_root`` may put it elsewhere, e.g. on a small tmpfs); ``extra``
@@ -95,7 +101,7 @@ class Flow:
         settings = SimSettings(instrument="TESTCAM", sensors=SENSORS, rows=64, cols=80, stripe_rows=16)
         self.sim = CameraSimulator(settings, self.bus, self.sender, ImageStore(self.tmp / "camera-store", 500))
 
-    async def all_on(self, timeout: float = 120) -> None:
+    async def all_on(self, timeout: float = STARTUP_S) -> None:
         self.states.clear()
         await async_wait_for(lambda: all(self.states.get(n) == "ON" for n in self.pipeline.daemons), timeout,
                              what="every daemon ON")
