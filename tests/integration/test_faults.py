@@ -20,7 +20,8 @@ from fitsflow.testing.broker import PrivateBroker
 from fitsflow.testing.flow import Flow, run_flow
 from fitsflow.testing.wait import async_wait_for
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+# run_flow bounds each scenario (600 s); the per-test guard of pytest.ini (300 s) would cut it first.
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(900)]
 IMAGES = 12
 OUTAGE_S = 20.0  # how long each fault lasts: the fault itself, not a wait for a result
 
