@@ -5,6 +5,7 @@ from __future__ import annotations
 # Exit codes are a contract with systemd (see units/): a configuration error must not be
 # restarted in a loop, so units carry RestartPreventExitStatus=78.
 EX_OK = 0
+EX_DATAERR = 65  # sysexits.h EX_DATAERR: the input data (a file given on the command line) is unusable
 EX_SOFTWARE = 70  # an internal error: restart may help
 EX_CONFIG = 78  # sysexits.h EX_CONFIG: the configuration is wrong, restarting will not help
 

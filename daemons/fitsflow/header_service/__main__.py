@@ -4,48 +4,21 @@
     fitsflow-header-service --replay MESSAGES.jsonl --image IMAGE [--output FILE]
 
 Replay rebuilds an image's header offline from recorded messages (one JSON message body per
-line, as the recorder stores them), with the same code as the live service.
+line, as the recorder stores them), by the live service's own handlers (header_service/replay.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from pathlib import Path
 
 from fitsflow.core.config import load_config
-from fitsflow.core.errors import EX_CONFIG, EX_OK, ConfigError, MessageError
-from fitsflow.core.messages import decode
+from fitsflow.core.errors import EX_CONFIG, EX_DATAERR, EX_OK, ConfigError
 from fitsflow.core.runtime import build_parser, run_daemon
-from fitsflow.header_service.builder import ImageRecord, Sample, add_sample, build_header, sample_keywords
-from fitsflow.header_service.config import HeaderServiceConfig
 from fitsflow.header_service.daemon import HeaderServiceDaemon
-
-
-def replay(lines: list[str], image: str, cfg: HeaderServiceConfig, instrument: str) -> dict:
-    """Rebuild ``image``'s header from recorded message bodies."""
-    rec = ImageRecord(image=image)
-    history: dict[str, list[Sample]] = {}
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            msg = decode(line)
-        except MessageError as exc:
-            raise SystemExit(f"line {n}: {exc}") from None
-        if msg.type == "TELEMETRY":
-            add_sample(history.setdefault(str(msg.data["topic"]), []),
-                       Sample(str(msg.data["timestamp"]), dict(msg.data["values"])), len(lines))
-        elif msg.image == image:
-            rec.events.setdefault(msg.type, str(msg.data["timestamp"]))
-            if msg.type == "START_INTEGRATION":
-                rec.group, rec.snap = str(msg.data["group"]), int(msg.data["snap"])
-                rec.exptime, rec.sensors = float(msg.data["exptime"]), list(msg.data["sensors"])
-    sample_keywords(rec, cfg, history)
-    header = build_header(rec, cfg, instrument, dt.datetime.now(dt.timezone.utc))
-    return json.loads(header.to_json())
+from fitsflow.header_service.replay import ReplayError, replay
 
 
 def build_header_parser() -> argparse.ArgumentParser:
@@ -69,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fitsflow-header-service: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
-    header = replay(Path(args.replay).read_text().splitlines(), args.image, cfg.section("header_service"),
-                    cfg.site.instrument)
+    try:
+        header = replay(Path(args.replay).read_text().splitlines(), args.image, cfg)
+    except (OSError, ReplayError) as exc:
+        print(f"fitsflow-header-service: cannot replay {args.replay}: {exc}", file=sys.stderr)
+        return EX_DATAERR
     text = json.dumps(header, indent=1)
     if args.output:
         Path(args.output).write_text(text)
