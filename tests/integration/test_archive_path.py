@@ -18,7 +18,8 @@ import pytest
 from astropy.io import fits
 
 from fitsflow.archive_controller.book import Book
-from fitsflow.archive_controller.daemon import POOL_FAULT, ArchiveControllerDaemon
+from fitsflow.archive_controller.daemon import ArchiveControllerDaemon
+from fitsflow.archive_controller.pool import POOL_FAULT
 from fitsflow.archive_ingest.daemon import ArchiveIngestDaemon
 from fitsflow.camera_sim.pixels import sensor_pixels
 from fitsflow.core.config import Config, load_config
@@ -96,7 +97,7 @@ def test_images_reach_oods_and_archive_exactly_once(tmp_path: Path, broker: Priv
         async with running(ArchiveControllerDaemon, cfg) as ctl, running(ForwarderDaemon, cfg, "f1") as f1, \
                 running(ForwarderDaemon, cfg, "f2") as f2, running(OodsDaemon, cfg) as oods, \
                 running(ArchiveIngestDaemon, cfg) as arch, Listener(cfg, "arch-l1", OUT) as listen:
-            await async_wait_for(lambda: {"f1", "f2"} <= set(ctl.live_forwarders()), 30, what="heartbeats")
+            await async_wait_for(lambda: {"f1", "f2"} <= set(ctl.pool.live()), 30, what="heartbeats")
             for image in images:
                 await listen.bus.send(readout(image))
             try:
@@ -105,12 +106,12 @@ def test_images_reach_oods_and_archive_exactly_once(tmp_path: Path, broker: Priv
             except TimeoutError:  # say where the flow stopped (a flake once seen in CI, not understood yet)
                 assignments = await asyncio.to_thread(ctl.book.open_assignments)
                 raise AssertionError(
-                    f"live forwarders {ctl.live_forwarders()}; open assignments {assignments}; "
+                    f"live forwarders {ctl.pool.live()}; open assignments {assignments}; "
                     f"controller {ctl.status()}; f1 {f1.status()}; f2 {f2.status()}; oods {oods.status()}; "
                     f"archive {arch.status()}; announcements {[(m.type, m.image) for m in listen.messages]}") from None
             assert all(m.data["status"] == 0 for m in listen.of("IMAGE_IN_OODS") + listen.of("IMAGE_IN_ARCHIVE"))
             # Written on this host: no file was read back to check its checksum (one write, no re-read).
-            assert (ctl.checksums_trusted, ctl.checksums_read) == (6, 0), ctl.status()
+            assert (ctl.deliveries.checksums_trusted, ctl.deliveries.checksums_read) == (6, 0), ctl.status()
             # Pixels written once: each file is the receiver's stored readout, finished in place.
             assert (f1.files_linked + f2.files_linked, f1.files_copied + f2.files_copied) == (6, 0), \
                 (f1.status(), f2.status())
@@ -152,9 +153,9 @@ def test_silent_forwarder_work_is_reassigned(tmp_path: Path, broker: PrivateBrok
             for _ in range(2):
                 await listen.bus.send(make("FORWARDER_HEARTBEAT", forwarder="ghost", load=0, capacity=100))
                 await asyncio.sleep(0.2)
-            await async_wait_for(lambda: {"f1", "ghost"} <= set(ctl.live_forwarders()), 10)
+            await async_wait_for(lambda: {"f1", "ghost"} <= set(ctl.pool.live()), 10)
             await listen.bus.send(readout(image))
-            await async_wait_for(lambda: ctl.reassignments >= 1, 30, what="a reassignment")
+            await async_wait_for(lambda: ctl.assigner.reassignments >= 1, 30, what="a reassignment")
             await async_wait_for(lambda: len(ctl.book.delivered_sensors(image)) == 3, 30,
                                  what="all sensors delivered by f1 and handed off")
             assert ctl.state != "FAULT"
@@ -174,7 +175,7 @@ def test_empty_pool_alerts_then_assigns(tmp_path: Path, broker: PrivateBroker) -
             assert "no live forwarder" in listen.of("ALERT")[0].data["message"]
             # Not before the controller had listened for the whole liveness timeout.
             assert ctl.bus.last_connected_at is not None
-            assert ctl.effective_state() == "ALARM" and ctl.listening()
+            assert ctl.effective_state() == "ALARM" and ctl.pool.listening()
             async with running(ForwarderDaemon, cfg, "late"):
                 await async_wait_for(lambda: len(ctl.book.delivered_sensors(image)) == 3, 30)
                 await async_wait_for(lambda: any("cleared" in m.data["message"] for m in listen.of("ALERT")), 10,
