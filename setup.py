@@ -30,6 +30,8 @@ setup(
         "systemd-python>=234",
         # SQLAlchemy: registries and bookkeeping; SQLite by default, PostgreSQL supported
         "SQLAlchemy>=2.0",
+        # alembic: schema migrations of the site database, run by the daemons at start-up
+        "alembic>=1.7",
         # spead2: the SPEAD receiver (and the simulator's sender): C++ speed from Python
         "spead2>=4.3",
         # msgspec: every message body decoded and checked against its typed schema in one pass

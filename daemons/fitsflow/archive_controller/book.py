@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 
 from fitsflow.core.db import engine_for
+from fitsflow.core.migrations import migrate
 
 metadata = MetaData()
 assignments = Table(
@@ -37,7 +38,7 @@ handoffs = Table(
     Column("checksum", String(80), nullable=False),
     Column("inode", String(80), nullable=False),      # "dev:ino:mtime_ns" of the verified incoming file
     Column("data_id", Text, nullable=False),
-    Column("state", String(16), nullable=False),      # verified | linked | unlinked | requested
+    Column("state", String(16), nullable=False, index=True),  # verified | linked | unlinked | requested
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -76,7 +77,7 @@ class Book:
     def __init__(self, database: str | Engine) -> None:
         """``database``: the daemon's engine, or a URL (the book then owns its engine)."""
         self.engine, self._owned = engine_for(database)
-        metadata.create_all(self.engine)
+        migrate(self.engine)
 
     def close(self) -> None:
         if self._owned:

@@ -31,6 +31,7 @@ from fitsflow.archive_controller.config import ArchiveControllerConfig
 from fitsflow.core.bus import MessageBus
 from sqlalchemy.engine import Engine
 from fitsflow.core.ingest.registry import Registry
+from fitsflow.core.migrations import migrate
 from fitsflow.core.schemas import EndReadout
 from fitsflow.core.messages import CAMERA_EVENTS, Message, make
 from fitsflow.core.runtime import cancel_and_wait
@@ -68,7 +69,7 @@ class CatchUp:
         self.ident = ident
         self.panic = panic
         self.engine = database  # the controller's one engine (its owner disposes of it)
-        metadata.create_all(self.engine)
+        migrate(self.engine)
         self.archive = Registry(database, "archive_files")
         self.resends = 0
         self.closed = 0

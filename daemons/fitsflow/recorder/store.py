@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fitsflow.core.db import make_engine
 from fitsflow.core.messages import Message
+from fitsflow.core.migrations import migrate
 
 metadata = MetaData()
 
@@ -100,10 +101,10 @@ class RecorderStore:
     """See the module docstring. Thread-safe (one engine); the daemon calls it from threads."""
 
     def __init__(self, url: str, *, create: bool = True) -> None:
-        """``create=False`` for readers (``fitsflow status``): they must not create tables."""
+        """``create=False`` for readers (``fitsflow status``): they must not change the schema."""
         self.engine: Engine = make_engine(url)
         if create:
-            metadata.create_all(self.engine)
+            migrate(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

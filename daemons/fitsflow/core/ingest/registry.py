@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 
 from fitsflow.core.db import engine_for
+from fitsflow.core.migrations import migrate
 
 DATA_ID_KEYS = ("instrument", "image", "group", "snap", "raft", "sensor", "obs_day")
 
@@ -59,7 +60,7 @@ class Registry:
         self.engine, self._owned = engine_for(database)
         self.metadata = MetaData()
         self.table = files_table(self.metadata, table)
-        self.metadata.create_all(self.engine)
+        migrate(self.engine)
 
     def close(self) -> None:
         if self._owned:
