@@ -7,7 +7,7 @@ TOP ?= $(CURDIR)/build/rpm
 RELEASE ?= 1
 TARBALL := $(TOP)/SOURCES/fitsflow-$(VERSION).tar.gz
 # Debian's rpm has no systemd/python macros and its dpkg-installed build deps are unknown to rpm.
-DEBIAN_FLAGS := $(if $(wildcard /etc/debian_version),--nodeps --load $(CURDIR)/rpm/macros.debian-fallback)
+DEBIAN_FLAGS := $(if $(wildcard /etc/debian_version),--nodeps --load $(CURDIR)/rpm/macros.debian-fallback --define 'fitsflow_rpmdir $(CURDIR)/rpm')
 # %check runs the unit tests with an interpreter that has the dependencies: the project's venv if any.
 CHECK_PYTHON := $(if $(wildcard .venv/bin/python),--define 'fitsflow_check_python $(CURDIR)/.venv/bin/python')
 
@@ -17,6 +17,7 @@ tarball:
 	mkdir -p $(TOP)/SOURCES
 	git ls-files -co --exclude-standard | grep -v '^build/' | \
 	    tar -czf $(TARBALL) --transform 's,^,fitsflow-$(VERSION)/,' -T -
+	cp etc/sysusers.d/fitsflow.conf $(TOP)/SOURCES/fitsflow.sysusers
 
 rpm: tarball
 	rpmbuild -ba $(DEBIAN_FLAGS) $(CHECK_PYTHON) --define '_topdir $(TOP)' --define 'fitsflow_release $(RELEASE)' rpm/fitsflow.spec
