@@ -161,6 +161,7 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
         result["profile"] = profile
     try:
         result["stages"] = stage_breakdown(cfg.site.database_url)
+        result["messages"] = message_counts(cfg.site.database_url)
     except Exception as exc:  # noqa: BLE001 - a report detail must not cost the run's figures
         print(f"  (no stage breakdown: {type(exc).__name__}: {exc})")
         result["stages"] = []
@@ -182,6 +183,16 @@ STAGES = [
     ("last INGEST_REQUEST -> last IMAGE_IN_OODS (OODS ingest)", ("last", "INGEST_REQUEST"),
      ("last", "IMAGE_IN_OODS")),
 ]
+
+
+def message_counts(database_url: str) -> dict[str, int]:
+    """Messages the recorder kept during the run, by type (every message crosses the broker
+    at least once; the recorder records each one: their count is the messaging cost)."""
+    engine = make_engine(database_url)
+    with engine.connect() as db:
+        rows = db.execute(text("SELECT type, count(*) FROM rec_messages GROUP BY type")).all()
+    engine.dispose()
+    return {str(t): int(n) for t, n in rows}
 
 
 def stage_breakdown(database_url: str) -> list[tuple[str, float, float]]:
@@ -273,6 +284,10 @@ def main() -> int:
                   f"{r['wall'] / max(1, r['images']):.2f} s of wall time per image):")
             for name, seconds in sorted(r["cpu"].items(), key=lambda kv: -kv[1]):
                 print(f"    {name:24s} {seconds / max(1, r['images']):7.3f}")
+            if r.get("messages"):
+                per = {t: n / max(1, r["images"]) for t, n in r["messages"].items()}
+                print(f"  messages per image: {sum(per.values()):.1f} (" +
+                      ", ".join(f"{t} {n:.1f}" for t, n in sorted(per.items(), key=lambda kv: -kv[1])[:8]) + ", ...)")
             print("  where the time goes, per image (each message's sent stamp): median / max")
             for label, median, worst in r["stages"]:
                 print(f"    {label:68s} {median * 1e3:7.0f} / {worst * 1e3:7.0f} ms")
