@@ -393,15 +393,23 @@ class Lab:
         out = node.run("crm_resource", "--locate", "-r", resource, check=False).stdout
         return sorted(line.rsplit(" ", 1)[-1] for line in out.splitlines() if "is running on:" in line)
 
+    def ask(self, node: Node, *cmd: str) -> str | None:
+        """``cmd``'s output on ``node``; None if the node is down, or went down meanwhile (the
+        fencer may power it off at any moment of a scenario)."""
+        try:
+            return node.run(*cmd, check=False).stdout
+        except RuntimeError:
+            return None
+
     def active_units(self, unit: str) -> list[str]:
         """The nodes where systemd has ``unit`` active, asked of every live node itself."""
         return sorted(n.name for n in self.live()
-                      if n.run("systemctl", "is-active", unit, check=False).stdout.strip() in ("active", "activating",
-                                                                                                 "deactivating"))
+                      if (self.ask(n, "systemctl", "is-active", unit) or "").strip() in ("active", "activating",
+                                                                                          "deactivating"))
 
     def holders(self, ip: str) -> list[str]:
         """The live nodes that have ``ip`` on an interface."""
-        return sorted(n.name for n in self.live() if f" {ip}/" in n.run("ip", "-o", "addr", check=False).stdout)
+        return sorted(n.name for n in self.live() if f" {ip}/" in (self.ask(n, "ip", "-o", "addr") or ""))
 
     # -- teardown ----------------------------------------------------------------------
     def down(self) -> None:

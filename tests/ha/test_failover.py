@@ -328,13 +328,15 @@ def test_4_partitioned_node(lab: Lab, camera: Camera) -> None:
             return None
         for u in units_before - units - set(gone):
             gone[u] = round(time.monotonic() - t0, 1)
+        # (holders() skips a node fenced while it is being asked: seen once in CI)
         return time.monotonic() - t0 if not units and victim not in lab.holders(CONTROLLER_VIP) else None
     watcher = threading.Thread(target=lambda: gone.setdefault(
         "all", round(wait_restored("the isolated node's resources stopping", minority_stopped, timeout=90), 1)))
     watcher.start()
     restored = wait_restored("archive controller", lambda: camera.back_on("archive-controller@", t0, not_host=victim))
     watcher.join()
-    assert "all" in gone, f"the isolated node still runs {fitsflow_units(lab, victim)}"
+    assert "all" in gone, \
+        f"the isolated node still runs {lab.ask(lab.nodes[victim], 'systemctl', 'list-units', 'fitsflow-*')}"
     stopped = gone.pop("all")
     fenced = wait_fenced(lab, victim, t0)
     camera.shoot(8)
