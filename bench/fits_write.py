@@ -29,7 +29,7 @@ from fitsflow.camera_sim.pixels import sensor_pixels
 from fitsflow.core.headerstore import ImageHeader
 from fitsflow.core.rawstore import DATA_OFFSET, SensorMeta, SensorWriter, raw_path, read_pixels
 from fitsflow.core.spead_format import stripe_bounds
-from fitsflow.forwarder.fitswriter import build_hdus, placeholder, write_copy, write_fits, write_linked
+from fitsflow.forwarder.fitswriter import build_hdus, shape_only, write_copy, write_fits, write_linked
 
 STRIPES = 16
 DATA_ID = {"obs_day": "20261121"}
@@ -69,7 +69,7 @@ def pipeline(d: Path, data: np.ndarray, header: ImageHeader, finish: str) -> flo
         write_fits(incoming, "b.fits", build_hdus(header, meta, read_pixels(raw, meta), "b.fits", DATA_ID))
     else:
         write: Callable = write_linked if finish == "write once" else write_copy
-        write(raw_path(raw, meta), incoming, "b.fits", build_hdus(header, meta, placeholder(meta), "b.fits", DATA_ID),
+        write(raw_path(raw, meta), incoming, "b.fits", build_hdus(header, meta, shape_only(meta), "b.fits", DATA_ID),
               meta)
     return time.perf_counter() - t0
 

@@ -17,7 +17,7 @@ from fitsflow.core.checksum import file_crc32
 from fitsflow.core.headerstore import ImageHeader
 from fitsflow.core.rawstore import DATA_OFFSET, SensorMeta, SensorWriter, raw_path, read_pixels
 from fitsflow.core.spead_format import PIXEL_DTYPES, stripe_bounds
-from fitsflow.forwarder.fitswriter import NotLinkable, build_hdus, placeholder, write_copy, write_linked
+from fitsflow.forwarder.fitswriter import NotLinkable, build_hdus, shape_only, write_copy, write_linked
 
 ROWS, COLS, STRIPES = 301, 203, 5
 HEADER = ImageHeader("IMG_1", [("RA", 10.5, "ra"), ("FILTER", "r", "f")])
@@ -67,17 +67,17 @@ def test_the_stored_readout_becomes_the_file(tmp_path: Path, dtype: str) -> None
     meta = store(raw, data)
     assert np.array_equal(read_pixels(raw, meta), data)
     # The copy first (the path of a reassignment), then the file itself: the same bytes.
-    copy = write_copy(raw_path(raw, meta), copies, "f.fits", build_hdus(HEADER, meta, placeholder(meta), "f.fits",
+    copy = write_copy(raw_path(raw, meta), copies, "f.fits", build_hdus(HEADER, meta, shape_only(meta), "f.fits",
                                                                         DATA_ID), meta)
     linked = write_linked(raw_path(raw, meta), incoming, "f.fits",
-                          build_hdus(HEADER, meta, placeholder(meta), "f.fits", DATA_ID), meta)
+                          build_hdus(HEADER, meta, shape_only(meta), "f.fits", DATA_ID), meta)
     assert os.path.samefile(linked.path, raw_path(raw, meta))  # no second copy of the pixels
     for written in (linked, copy):
         check(written.path, written, data)
     assert copy.path.read_bytes() == linked.path.read_bytes()
     # Handed on: never written again. A second forwarder given the sensor copies it.
     with pytest.raises(NotLinkable, match="2 links"):
-        write_linked(raw_path(raw, meta), copies, "g.fits", build_hdus(HEADER, meta, placeholder(meta), "g.fits",
+        write_linked(raw_path(raw, meta), copies, "g.fits", build_hdus(HEADER, meta, shape_only(meta), "g.fits",
                                                                        DATA_ID), meta)
 
 
@@ -90,7 +90,7 @@ def test_a_partial_readout_has_zeros_and_valid_sums(tmp_path: Path) -> None:
     expected[start:end] = 0
     (tmp_path / "in").mkdir()
     written = write_linked(raw_path(tmp_path, meta), tmp_path / "in", "f.fits",
-                           build_hdus(HEADER, meta, placeholder(meta), "f.fits", DATA_ID), meta)
+                           build_hdus(HEADER, meta, shape_only(meta), "f.fits", DATA_ID), meta)
     check(written.path, written, expected)
 
 
@@ -106,7 +106,7 @@ def test_a_refilled_readout_is_summed_from_its_file(tmp_path: Path) -> None:
     assert not meta.partial and meta.inode != partial.inode
     (tmp_path / "in").mkdir()
     written = write_linked(raw_path(tmp_path, meta), tmp_path / "in", "f.fits",
-                           build_hdus(HEADER, meta, placeholder(meta), "f.fits", DATA_ID), meta)
+                           build_hdus(HEADER, meta, shape_only(meta), "f.fits", DATA_ID), meta)
     check(written.path, written, data)
 
 
@@ -117,16 +117,16 @@ def test_what_cannot_be_linked_is_copied_with_a_reason(tmp_path: Path) -> None:
     big = ImageHeader("IMG_1", [(f"KEY{i}", i, "a card") for i in range(400)])  # > the primary's room
     with pytest.raises(NotLinkable, match="larger than the room"):
         write_linked(raw_path(tmp_path, meta), tmp_path / "in", "f.fits",
-                     build_hdus(big, meta, placeholder(meta), "f.fits", DATA_ID), meta)
+                     build_hdus(big, meta, shape_only(meta), "f.fits", DATA_ID), meta)
     assert os.stat(raw_path(tmp_path, meta)).st_nlink == 1 and not (tmp_path / "in" / "f.fits").exists()
     copy = write_copy(raw_path(tmp_path, meta), tmp_path / "in", "f.fits",
-                      build_hdus(big, meta, placeholder(meta), "f.fits", DATA_ID), meta)
+                      build_hdus(big, meta, shape_only(meta), "f.fits", DATA_ID), meta)
     check(copy.path, copy, data)
     # A .raw that is not the one its metadata describes (replaced by a refill) is not linked.
     stale = SensorMeta(**{**meta.__dict__, "inode": meta.inode + 1})
     with pytest.raises(NotLinkable, match="not the file"):
         write_linked(raw_path(tmp_path, meta), tmp_path / "in", "g.fits",
-                     build_hdus(HEADER, stale, placeholder(stale), "g.fits", DATA_ID), stale)
+                     build_hdus(HEADER, stale, shape_only(stale), "g.fits", DATA_ID), stale)
 
 
 @pytest.mark.parametrize("dtype", ["<u2", "<i4"])
@@ -140,5 +140,5 @@ def test_stripes_written_in_chunks_sum_as_a_whole(tmp_path: Path, monkeypatch: p
     meta = store(tmp_path, data)
     (tmp_path / "in").mkdir()
     written = write_linked(raw_path(tmp_path, meta), tmp_path / "in", "f.fits",
-                           build_hdus(HEADER, meta, placeholder(meta), "f.fits", DATA_ID), meta)
+                           build_hdus(HEADER, meta, shape_only(meta), "f.fits", DATA_ID), meta)
     check(written.path, written, data)

@@ -48,7 +48,7 @@ class SiteConfig:
 
 
 #: Replaced in bus.credentials_file by the broker identity of the program reading it.
-ROLE_PLACEHOLDER = "{role}"
+ROLE_FIELD = "{role}"
 #: The broker identities of programs that are not daemons (etc/activemq/fitsflow/groups.properties).
 TOOL_ROLES = ("panic", "operator", "camera")
 
@@ -105,10 +105,10 @@ class BusConfig:
         check.positive("bus.prefetch", self.prefetch)
         if self.credentials_file is not None:
             pattern = str(self.credentials_file)
-            if ROLE_PLACEHOLDER not in pattern:
+            if ROLE_FIELD not in pattern:
                 check.secret_file("bus.credentials_file", self.credentials_file)
             elif check.role is not None:
-                check.secret_file("bus.credentials_file", Path(pattern.replace(ROLE_PLACEHOLDER, check.role)))
+                check.secret_file("bus.credentials_file", Path(pattern.replace(ROLE_FIELD, check.role)))
             # without a role (a tool reading the file for another program) nothing to resolve
         if self.tls_ca_file is not None and not self.tls_ca_file.is_file():
             check.fail("bus.tls_ca_file", f"{self.tls_ca_file} is not a readable file")
@@ -121,10 +121,10 @@ class BusConfig:
 
     def for_role(self, role: str) -> BusConfig:
         """This configuration as ``role`` uses it: ``{role}`` in credentials_file resolved."""
-        if self.credentials_file is None or ROLE_PLACEHOLDER not in str(self.credentials_file):
+        if self.credentials_file is None or ROLE_FIELD not in str(self.credentials_file):
             return self
         return dataclasses.replace(self, credentials_file=Path(str(self.credentials_file)
-                                                                .replace(ROLE_PLACEHOLDER, role)))
+                                                                .replace(ROLE_FIELD, role)))
 
 
 #: The daemons that can serve metrics (their ``Daemon.name``).

@@ -30,7 +30,7 @@ from fitsflow.core.runtime import Daemon
 from fitsflow.forwarder.assignments import Assignment, AssignmentBook
 from fitsflow.forwarder.config import ForwarderConfig
 from fitsflow.core.checksum import file_crc32
-from fitsflow.forwarder.fitswriter import (NotLinkable, WrittenFile, build_hdus, placeholder, write_copy, write_fits,
+from fitsflow.forwarder.fitswriter import (NotLinkable, WrittenFile, build_hdus, shape_only, write_copy, write_fits,
                                            write_linked)
 
 _log = logging.getLogger(__name__)
@@ -235,13 +235,13 @@ class ForwarderDaemon(Daemon):
         raw = raw_path(self.raw_root, meta)
         try:
             written = write_linked(raw, self.incoming, filename,
-                                   build_hdus(header, meta, placeholder(meta), filename, data_id), meta,
+                                   build_hdus(header, meta, shape_only(meta), filename, data_id), meta,
                                    owner=self.temp_owner)
             self.files_linked += 1
             return written
         except NotLinkable as why:
             _log.info("%s: written as a copy: %s", filename, why, extra={"IMAGE": meta.image})
-        written = write_copy(raw, self.incoming, filename, build_hdus(header, meta, placeholder(meta), filename,
+        written = write_copy(raw, self.incoming, filename, build_hdus(header, meta, shape_only(meta), filename,
                                                                       data_id), meta, owner=self.temp_owner)
         self.files_copied += 1
         return written

@@ -188,7 +188,7 @@ class NotLinkable(Exception):
     """The stored readout cannot become the file itself; the message says why."""
 
 
-def placeholder(meta: SensorMeta) -> np.ndarray:
+def shape_only(meta: SensorMeta) -> np.ndarray:
     """An array of the readout's shape and dtype that holds no memory: what astropy needs to
     build the extension header (BITPIX, NAXISn, BZERO) without the pixels."""
     return np.broadcast_to(np.zeros((), dtype=meta.dtype), (meta.rows, meta.cols))
@@ -205,7 +205,7 @@ def header_blocks(hdus: fits.HDUList, datasum: int, room: tuple[int, int] | None
     when = f"fitsflow {primary.header.get('DATE', '')}"  # fixed comment: same input, same bytes
     texts = []
     for hdu, sum_ in ((primary, 0), (image, datasum)):
-        hdu.header["CHECKSUM"] = (CHECKSUM_PLACEHOLDER, when)
+        hdu.header["CHECKSUM"] = (CHECKSUM_ZEROS, when)
         hdu.header["DATASUM"] = (str(sum_), when)
         texts.append(hdu.header.tostring(padding=False).encode("ascii"))
     fits_room = room is not None and all(len(t) <= blocks * BLOCK for t, blocks in zip(texts, room))
@@ -217,12 +217,12 @@ def header_blocks(hdus: fits.HDUList, datasum: int, room: tuple[int, int] | None
     return b"".join(out), fits_room
 
 
-CHECKSUM_PLACEHOLDER = "0" * 16
+CHECKSUM_ZEROS = "0" * 16
 _EXCLUDED = frozenset(b":;<=>?@[\\]^_`")  # punctuation the encoding avoids
 
 
 def _with_checksum(header: bytes, datasum: int) -> bytes:
-    """``header`` (whole blocks, CHECKSUM holding the placeholder) with its CHECKSUM value
+    """``header`` (whole blocks, CHECKSUM holding zeros) with its CHECKSUM value
     set so that the HDU (header and a data unit summing to ``datasum``) sums to -0: the FITS
     checksum convention (Seaman, Pence & Rots), its ASCII encoding as in cfitsio's ffesum."""
     at = next(i for i in range(0, len(header), 80) if header[i:i + 10] == b"CHECKSUM= ") + 11

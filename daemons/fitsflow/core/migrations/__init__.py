@@ -18,6 +18,7 @@ disagree.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 from alembic import command
@@ -51,11 +52,19 @@ def current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
+#: Engines already brought to the newest revision in this process (a daemon's stores share
+#: one engine: the first store migrates, the others need not ask the database again).
+_MIGRATED: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
 def migrate(engine: Engine) -> str:
     """Bring the site database to :func:`head` (a no-op when it is there); returns it."""
     newest = head()
+    if engine in _MIGRATED:
+        return newest
     with engine.connect() as conn:
         if current(conn) == newest:
+            _MIGRATED.add(engine)
             return newest
     with engine.begin() as conn:
         _lock(conn)
@@ -67,6 +76,7 @@ def migrate(engine: Engine) -> str:
                 command.stamp(cfg, FIRST)
             command.upgrade(cfg, "head")
         _unlock(conn)
+    _MIGRATED.add(engine)
     return newest
 
 
