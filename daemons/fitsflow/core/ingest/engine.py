@@ -170,8 +170,16 @@ class Ingester:
         return STATUS_OK
 
     def _place(self, path: Path, target: Path, info: Inspected, new: bool) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        link_into(path, target)  # idempotent: the same file there already is fine
+        for attempt in range(3):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                link_into(path, target)  # idempotent: the same file there already is fine
+                break
+            except FileNotFoundError:
+                # The expiry cleaner removes empty repository directories: it may take the one
+                # just made before the link lands in it (seen in CI). Make it again.
+                if attempt == 2 or not path.exists():
+                    raise
         fsync_dir(target.parent)
         if new:
             self.registry.add(info.data_id, str(target.relative_to(self.repo)), info.size, info.checksum)
