@@ -48,6 +48,8 @@ setup(
         "isal>=1.5",
     ],
     extras_require={
+        # a site database on PostgreSQL (site.database_url = "postgresql+psycopg://...")
+        "postgresql": ["psycopg[binary]>=3.1"],
         "test": [
             "pytest>=7",
             "pytest-timeout>=2",

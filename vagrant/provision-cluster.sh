@@ -1,21 +1,69 @@
 #!/bin/bash
-# Once, on the last node: form the cluster and apply fitsflow's Pacemaker configuration.
-set -euxo pipefail
-pcs host auth $NODES -u hacluster -p fitsflow-lab
-pcs cluster setup fitsflow $NODES totem token=1000 --force
-pcs cluster start --all --wait=120
-set -- $NODES
+# Once, on the last node: form the cluster and apply fitsflow's Pacemaker configuration with
+# fencing required; then wait until every resource runs. Root, in the VM.
+set -euo pipefail
+SECRETS=/srv/fitsflow-build/secrets
+names=""; hosts=(); setup=()
+for pair in $NODES; do
+    names="$names ${pair%%=*}"
+    hosts+=("${pair%%=*}" "addr=${pair#*=}")
+    setup+=("${pair%%=*}" "addr=${pair#*=}")
+done
+names=${names# }
+# Corosync's token: 1 s (its default) declares a node dead after ~1.6 s of silence. Under
+# software emulation (TCG) a VM stalls for seconds when the host is busy, and a stall longer
+# than the token gets a healthy node fenced; 10 s does not, at the price of a slower failover.
+if [ "$TCG" = 1 ]; then TOKEN=10000; else TOKEN=3000; fi
+if ! pcs status >/dev/null 2>&1; then
+    pcs host auth "${hosts[@]}" -u hacluster -p "$(cat "$SECRETS/hacluster.password")"
+    pcs cluster setup fitsflow "${setup[@]}" transport knet totem token=$TOKEN --force
+    pcs cluster enable --all
+    pcs cluster start --all --wait=600
+fi
+
+map=""
+for n in $names; do map="$map;$n:$PREFIX$n"; done
+install -d /etc/fitsflow
 cat > /etc/fitsflow/cluster.conf <<CONF
-NODES="$NODES"
+# The Vagrant cluster (vagrant/provision-cluster.sh); see pacemaker/fitsflow-cluster.conf.
+NODES="$names"
 VIP_NIC="eth1"
 VIP_CIDR="24"
 BROKER_VIP="$BROKER_VIP"
-BROKER_AGENT="systemd:activemq"
+BROKER_FS_DEVICE="nas:/srv/activemq"
+BROKER_FS_DIRECTORY="/var/lib/activemq-fitsflow"
+BROKER_FS_TYPE="nfs"
+BROKER_AGENT="systemd:activemq-fitsflow"
+DATA_FS_DEVICE="nas:/srv/fitsflow"
+DATA_FS_DIRECTORY="/var/lib/fitsflow"
+DATA_FS_TYPE="nfs"
 CONTROLLER_VIP="$CONTROLLER_VIP"
-RECEIVERS="r1 $1 $2 $R1_VIP
-r2 $2 $3 $R2_VIP"
-# A lab without a fence device. Production: configure stonith and set FENCING=required.
-FENCING="none"
+RECEIVERS="r1 $(echo "$names" | cut -d' ' -f1) $(echo "$names" | cut -d' ' -f2) $R1_VIP"
+FENCING="required"
+STONITH_DEVICES="fence-vms fence_virsh ip=$MGMT_HOST username=root identity_file=/etc/fitsflow/fence_key ssh=1 pcmk_host_map=${map#;}"
 CONF
-fitsflow-cib --config /etc/fitsflow/cluster.conf
-pcs status
+if ! pcs resource config archive-controller >/dev/null 2>&1; then
+    fitsflow-cib --config /etc/fitsflow/cluster.conf
+fi
+if [ "$TCG" = 1 ]; then
+    # Emulated CPUs start Python and Java ~10x slower than real ones: longer start timeouts
+    # than fitsflow-cib's, or Pacemaker gives up on daemons that were only slow.
+    for r in activemq archive-controller oods archive-ingest header-service panic-mailer recorder forwarder receiver-r1; do
+        pcs resource update "$r" op start timeout=300s
+    done
+fi
+
+echo "waiting for every resource to start..."
+for _ in $(seq 180); do
+    status=$(crm_mon -1 -r 2>/dev/null || true)
+    if ! grep -qE "Stopped|Starting|FAILED|Failed" <<< "$status" && grep -q "Started" <<< "$status"; then
+        break
+    fi
+    sleep 5
+done
+pcs status --full | sed -n '1,80p'
+pcs stonith config
+if grep -qE "Stopped|FAILED" <<< "$(crm_mon -1 -r)"; then
+    echo "provision-cluster: not every resource started (above)" >&2
+    exit 1
+fi
