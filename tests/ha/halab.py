@@ -44,6 +44,8 @@ from fitsflow.testing.pki import TestPKI
 from fitsflow.testing.config import to_toml
 from fitsflow.testing.nspawn import DEFAULT_MASK, Container, remove_cgroup, system_venv
 
+from .cluster import ClusterQueries
+
 REPO = Path(__file__).resolve().parents[2]
 SWITCH = "halab-sw"
 HOST_IF = "halab0"
@@ -102,7 +104,7 @@ class Node:
         return self.container.run(*cmd, check=check, timeout=timeout)
 
 
-class Lab:
+class Lab(ClusterQueries):
     """Build, run, break and tear down the cluster. Every path lives under ``base``."""
 
     def __init__(self, base: Path, venv: Path | None = None, token_ms: int = 1000) -> None:
@@ -127,6 +129,15 @@ class Lab:
     @property
     def broker_url(self) -> str:
         return f"stomp+ssl://{BROKER_VIP}:{STOMP_PORT}"
+
+    instrument = INSTRUMENT
+    sensors = SENSORS
+    vips = {"broker": BROKER_VIP, "controller": CONTROLLER_VIP, "receiver": RECEIVER_VIP}
+    stream_port = STREAM_PORT
+
+    def read_data(self, rel: str) -> bytes:
+        """A file of the shared /var/lib/fitsflow (``rel`` below it)."""
+        return (self.fitsflow_dir / rel).read_bytes()
 
     def host_bus(self) -> dict[str, object]:
         """``[bus]`` keys for a program on the host: the operator's identity, the lab CA."""
@@ -361,55 +372,6 @@ class Lab:
     def plug(self, name: str) -> None:
         with self.power:  # not while the fencer is booting it (its switch port is being made)
             sh("ip", "-n", SWITCH, "link", "set", name, "up")
-
-    def live(self) -> list[Node]:
-        return [n for n in self.nodes.values() if n.up]
-
-
-    # -- cluster state -----------------------------------------------------------------
-    def crm_mon(self, on: str | None = None) -> str:
-        node = self.nodes[on] if on else self.live()[0]
-        return node.run("crm_mon", "-1", "-r", check=False).stdout
-
-    def wait_settled(self, on: str | None = None, online: list[str] | None = None, timeout: float = 180.0) -> None:
-        """Until ``on`` sees exactly ``online`` (default: every live node) online, with
-        quorum, and Pacemaker has no pending actions."""
-        want = sorted(online or [n.name for n in self.live()])
-        node = self.nodes[on] if on else self.live()[0]
-        deadline = time.monotonic() + timeout
-        out = ""
-        while time.monotonic() < deadline:
-            out = node.run("crm_mon", "-1", check=False).stdout
-            if f"Online: [ {' '.join(want)} ]" in out and "partition with quorum" in out:
-                left = max(1, int(deadline - time.monotonic()))
-                if node.run("crm_resource", "--wait", f"--timeout={left}s", check=False).returncode == 0:
-                    return
-            time.sleep(0.5)
-        raise TimeoutError(f"cluster not settled with {want} online in {timeout} s:\n{out}")
-
-    def where(self, resource: str, on: str | None = None) -> list[str]:
-        """The nodes where Pacemaker says ``resource`` runs (crm_resource --locate)."""
-        node = self.nodes[on] if on else self.live()[0]
-        out = node.run("crm_resource", "--locate", "-r", resource, check=False).stdout
-        return sorted(line.rsplit(" ", 1)[-1] for line in out.splitlines() if "is running on:" in line)
-
-    def ask(self, node: Node, *cmd: str) -> str | None:
-        """``cmd``'s output on ``node``; None if the node is down, or went down meanwhile (the
-        fencer may power it off at any moment of a scenario)."""
-        try:
-            return node.run(*cmd, check=False).stdout
-        except RuntimeError:
-            return None
-
-    def active_units(self, unit: str) -> list[str]:
-        """The nodes where systemd has ``unit`` active, asked of every live node itself."""
-        return sorted(n.name for n in self.live()
-                      if (self.ask(n, "systemctl", "is-active", unit) or "").strip() in ("active", "activating",
-                                                                                          "deactivating"))
-
-    def holders(self, ip: str) -> list[str]:
-        """The live nodes that have ``ip`` on an interface."""
-        return sorted(n.name for n in self.live() if f" {ip}/" in (self.ask(n, "ip", "-o", "addr") or ""))
 
     # -- teardown ----------------------------------------------------------------------
     def down(self) -> None:

@@ -11,6 +11,7 @@ Skip locally with ``-m "not ha"``.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import threading
@@ -31,13 +32,27 @@ from fitsflow.testing.stomp_tools import drain
 
 from .camera import Camera
 from .report import record
-from .halab import (BROKER_VIP, CONTROLLER_VIP, INSTRUMENT, RECEIVER_VIP, SENSORS, STREAM_PORT, Lab)
+from .halab import Lab
+from .vagrantlab import VagrantLab
 
-pytestmark = [
-    pytest.mark.ha, pytest.mark.slow, pytest.mark.timeout(600),
-    pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(t) for t in ("systemd-nspawn", "corosync",
-                                                                             "pacemakerd", "pcs", "ip")),
-                       reason="needs root, systemd-nspawn, corosync, pacemaker, pcs and iproute2"),
+AnyLab = Lab | VagrantLab
+
+pytestmark = [pytest.mark.ha, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+
+def _missing(*tools: str) -> bool:
+    return os.geteuid() != 0 or not all(shutil.which(t) for t in tools)
+
+
+#: The nspawn lab (containers, seconds) always; the Vagrant cluster (VMs, minutes under
+#: emulation) when FITSFLOW_VAGRANT=1 (.ci/run; vagrant/README.md) — both run the same scenarios.
+LABS = [
+    pytest.param("nspawn", marks=pytest.mark.skipif(
+        _missing("systemd-nspawn", "corosync", "pacemakerd", "pcs", "ip"),
+        reason="needs root, systemd-nspawn, corosync, pacemaker, pcs and iproute2")),
+    pytest.param("vagrant", marks=[pytest.mark.vagrant, pytest.mark.skipif(
+        os.environ.get("FITSFLOW_VAGRANT") != "1" or _missing("vagrant", "virsh"),
+        reason="the Vagrant cluster runs with FITSFLOW_VAGRANT=1 (needs vagrant, libvirt: vagrant/host-setup.sh)")]),
 ]
 
 #: Service restored within this many seconds: the issue's goal (reported; see _restored).
@@ -48,12 +63,12 @@ SINGLETONS = {"archive-controller": "fitsflow-archive-controller", "oods": "fits
               "receiver-r1": "fitsflow-receiver@r1", "activemq": "activemq-fitsflow"}
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+@pytest.fixture(scope="module", params=LABS)
+def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnyLab]:
     """The cluster of this module. Its teardown is checked: an HA lab that leaves network
-    namespaces, containers or processes behind fails the run (as a teardown error), whatever
-    order the scenarios ran in."""
-    lab = Lab(tmp_path_factory.mktemp("halab"))
+    namespaces, containers, VMs or processes behind fails the run (as a teardown error),
+    whatever order the scenarios ran in."""
+    lab: AnyLab = (Lab if request.param == "nspawn" else VagrantLab)(tmp_path_factory.mktemp(request.param))
     try:
         lab.up()
         yield lab
@@ -63,11 +78,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 @pytest.fixture(scope="module")
-def camera(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Camera]:
+def camera(lab: AnyLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Camera]:
     host = tmp_path_factory.mktemp("camera-host")
-    cfg = load_config(make_site(host, [lab.broker_url], instrument=INSTRUMENT, extra={
+    cfg = load_config(make_site(host, [lab.broker_url], instrument=lab.instrument, extra={
         "bus": {**lab.host_bus(), "heartbeat_ms": 2000, "reconnect_max_s": 1.0, "receipt_timeout_s": 3.0}}))
-    cam = Camera(cfg, host / "camera-store", (RECEIVER_VIP, STREAM_PORT), SENSORS, INSTRUMENT)
+    cam = Camera(cfg, host / "camera-store", (lab.vips["receiver"], lab.stream_port), lab.sensors, lab.instrument)
     cam.start()
     yield cam
     cam.close()
@@ -75,7 +90,7 @@ def camera(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Camer
 
 
 @pytest.fixture(autouse=True)
-def whole_cluster(lab: Lab) -> Iterator[None]:
+def whole_cluster(lab: AnyLab) -> Iterator[None]:
     """After each scenario, pass or fail: every node powered and plugged in, the cluster
     settled. A failed scenario left its victim off, and the next one, killing another node
     of the remaining two, lost quorum and failed for that reason only."""
@@ -90,7 +105,7 @@ def whole_cluster(lab: Lab) -> Iterator[None]:
     lab.wait_settled(online=list(lab.nodes))
 
 
-def test_the_cluster_runs_the_shipped_broker_configuration(lab: Lab) -> None:
+def test_the_cluster_runs_the_shipped_broker_configuration(lab: AnyLab) -> None:
     """The broker the scenarios fail over is the one admins deploy: STOMP over TLS only, no
     anonymous or wrong-password login, each role limited to its destinations (a receiver may
     not ask the OODS to ingest). The daemons log in as their own roles (halab.py): one that
@@ -116,7 +131,7 @@ def test_the_cluster_runs_the_shipped_broker_configuration(lab: Lab) -> None:
 
 # -- helpers ------------------------------------------------------------------------------
 
-def registries(lab: Lab) -> dict[str, dict[tuple[str, str], list[str]]]:
+def registries(lab: AnyLab) -> dict[str, dict[tuple[str, str], list[str]]]:
     """{table: {(image, sensor): [paths]}} of the OODS and the archive, read on shared storage."""
     out = {}
     for table in ("oods_files", "archive_files"):
@@ -132,9 +147,10 @@ def registries(lab: Lab) -> dict[str, dict[tuple[str, str], list[str]]]:
     return out
 
 
-def wait_complete(lab: Lab, camera: Camera, timeout: float = 240.0) -> tuple[int, int]:
+def wait_complete(lab: AnyLab, camera: Camera) -> tuple[int, int]:
     """Until every image the camera sent is in both registries (or timeout): (lost, duplicated)."""
-    want = {(r.image, s) for r in camera.recipes for s in SENSORS}
+    timeout = max(240.0, 2 * lab.restore_timeout_s)
+    want = {(r.image, s) for r in camera.recipes for s in lab.sensors}
     deadline = time.monotonic() + timeout
     lost = dup = len(want)
     while time.monotonic() < deadline:
@@ -150,18 +166,17 @@ def wait_complete(lab: Lab, camera: Camera, timeout: float = 240.0) -> tuple[int
     return lost, dup
 
 
-def check_pixels(lab: Lab, camera: Camera, images: int = 3) -> None:
+def check_pixels(lab: AnyLab, camera: Camera, images: int = 3) -> None:
     """The last few images, bit-exact in the OODS repository."""
-    repo = lab.fitsflow_dir / "data" / "oods" / "repo"
     entries = registries(lab)["oods_files"]
     for r in camera.recipes[-images:]:
-        for index, s in enumerate(SENSORS):
-            with fits.open(repo / entries[(r.image, s)][0]) as hdul:
+        for index, s in enumerate(lab.sensors):
+            with fits.open(io.BytesIO(lab.read_data(f"data/oods/repo/{entries[(r.image, s)][0]}"))) as hdul:
                 assert np.array_equal(hdul[1].data, sensor_pixels(r.seed, r.image_seq, index, r.rows, r.cols,
                                                                    r.dtype)), f"{r.image} {s} differs"
 
 
-def move_off(lab: Lab, resource: str, node: str, to: str | None = None) -> None:
+def move_off(lab: AnyLab, resource: str, node: str, to: str | None = None) -> None:
     """Make sure ``resource`` (a group) does not run on ``node``: move it (to ``to`` or
     anywhere else) with a temporary constraint, then drop the constraint."""
     if node not in lab.where(resource) and (to is None or to in lab.where(resource)):
@@ -175,16 +190,16 @@ def move_off(lab: Lab, resource: str, node: str, to: str | None = None) -> None:
     assert target in lab.where(resource), lab.crm_mon()
 
 
-def check_single_copies(lab: Lab) -> None:
+def check_single_copies(lab: AnyLab) -> None:
     """Every singleton unit active on exactly one node, each VIP held by exactly one node —
     asked of each node's own systemd and interfaces, not of Pacemaker."""
     running = {name: lab.active_units(unit) for name, unit in SINGLETONS.items()}
     assert all(len(nodes) == 1 for nodes in running.values()), running
-    vips = {ip: lab.holders(ip) for ip in (BROKER_VIP, CONTROLLER_VIP, RECEIVER_VIP)}
+    vips = {ip: lab.holders(ip) for ip in lab.vips.values()}
     assert all(len(nodes) == 1 for nodes in vips.values()), vips
 
 
-def wait_restored(what: str, probe, timeout: float = 90.0) -> float:  # type: ignore[no-untyped-def]
+def wait_restored(what: str, probe, timeout: float) -> float:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = probe()
@@ -194,14 +209,14 @@ def wait_restored(what: str, probe, timeout: float = 90.0) -> float:  # type: ig
     raise AssertionError(f"{what}: not restored within {timeout} s")
 
 
-def fitsflow_units(lab: Lab, node: str) -> list[str]:
+def fitsflow_units(lab: AnyLab, node: str) -> list[str]:
     """fitsflow units active (or still stopping) on ``node``, by its own systemd."""
     out = lab.nodes[node].run("systemctl", "list-units", "--state=active,activating,deactivating", "--plain",
                               "--no-legend", "fitsflow-*", check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def kill_during_stream(lab: Lab, camera: Camera, victim: str, what: str,
+def kill_during_stream(lab: AnyLab, camera: Camera, victim: str, what: str,
                        back: Callable[[float], float | None]) -> tuple[float, float, int, int]:
     """Power ``victim`` off while images flow; ``back(t0)`` says how long after ``t0`` the
     service was back (None: not yet). Returns (restored after s, fenced after s, images
@@ -209,7 +224,7 @@ def kill_during_stream(lab: Lab, camera: Camera, victim: str, what: str,
     camera.shoot(6)
     t0 = time.monotonic()
     lab.kill(victim)
-    restored = wait_restored(what, lambda: back(t0))
+    restored = wait_restored(what, lambda: back(t0), lab.restore_timeout_s)
     fenced = wait_fenced(lab, victim, t0)
     camera.shoot(8)
     camera.stop_shooting()
@@ -217,13 +232,14 @@ def kill_during_stream(lab: Lab, camera: Camera, victim: str, what: str,
     return restored, fenced, lost, dup
 
 
-def wait_fenced(lab: Lab, victim: str, t0: float) -> float:
+def wait_fenced(lab: AnyLab, victim: str, t0: float) -> float:
     """Seconds after ``t0`` at which the cluster fenced ``victim``: Pacemaker recovers a lost
     node's resources only once it is fenced, so a failover implies it (asserted here)."""
-    return wait_restored(f"fencing of {victim}", lambda: lab.fencer.fenced_since(victim, t0), timeout=60)
+    return wait_restored(f"fencing of {victim}", lambda: lab.fencer.fenced_since(victim, t0),
+                          timeout=lab.restore_timeout_s)
 
 
-def reboot(lab: Lab, node: str) -> None:
+def reboot(lab: AnyLab, node: str) -> None:
     """Power the node on again and wait until it is back in the cluster."""
     lab.boot(node)
     lab.wait_settled(online=list(lab.nodes))
@@ -231,7 +247,7 @@ def reboot(lab: Lab, node: str) -> None:
 
 # -- scenarios ----------------------------------------------------------------------------
 
-def test_1_controller_node_killed(lab: Lab, camera: Camera) -> None:
+def test_1_controller_node_killed(lab: AnyLab, camera: Camera) -> None:
     """The archive controller's node loses power mid-stream: controller and VIP come up on
     another node; the images in flight finish; nothing lost or duplicated."""
     # A node that runs the controller but neither the broker nor the receiver (one failure).
@@ -242,15 +258,15 @@ def test_1_controller_node_killed(lab: Lab, camera: Camera) -> None:
         lab, camera, victim, "archive controller", lambda t0: camera.back_on("archive-controller@", t0, not_host=victim))
     new = lab.where("archive-controller")
     record("1 controller node killed", victim, new, restored, lost, dup, len(camera.recipes),
-           fenced_s=round(fenced, 2), vip=lab.holders(CONTROLLER_VIP))
+           fenced_s=round(fenced, 2), vip=lab.holders(lab.vips['controller']))
     assert lost == 0 and dup == 0, (lost, dup)
-    assert len(new) == 1 and new[0] != victim and lab.holders(CONTROLLER_VIP) == new
+    assert len(new) == 1 and new[0] != victim and lab.holders(lab.vips['controller']) == new
     check_pixels(lab, camera)
     reboot(lab, victim)
     check_single_copies(lab)
 
 
-def test_2_broker_node_killed(lab: Lab, camera: Camera, unique: str) -> None:
+def test_2_broker_node_killed(lab: AnyLab, camera: Camera, unique: str) -> None:
     """The broker's node loses power: ActiveMQ restarts on another node from the shared
     KahaDB; persistent messages survive; producers' outboxes and consumers carry on."""
     victim = lab.where("activemq")[0]
@@ -284,7 +300,7 @@ def test_2_broker_node_killed(lab: Lab, camera: Camera, unique: str) -> None:
     check_single_copies(lab)
 
 
-def test_3_receive_node_killed(lab: Lab, camera: Camera) -> None:
+def test_3_receive_node_killed(lab: AnyLab, camera: Camera) -> None:
     """The receive node loses power: its stream VIP and receiver move to the spare; the
     camera keeps sending to the VIP; the images sent during detection come back by catch-up."""
     victim = lab.where("receiver-r1")[0]
@@ -294,15 +310,15 @@ def test_3_receive_node_killed(lab: Lab, camera: Camera) -> None:
     restored, fenced, lost, dup = kill_during_stream(lab, camera, victim, "receiver",
                                                      lambda t0: camera.back_on("receiver@r1", t0, host=spare))
     record("3 receive node killed", victim, lab.where("receiver-r1"), restored, lost, dup, len(camera.recipes),
-           fenced_s=round(fenced, 2), vip=lab.holders(RECEIVER_VIP))
+           fenced_s=round(fenced, 2), vip=lab.holders(lab.vips['receiver']))
     assert lost == 0 and dup == 0, (lost, dup)
-    assert lab.where("receiver-r1") == [spare] and lab.holders(RECEIVER_VIP) == [spare]
+    assert lab.where("receiver-r1") == [spare] and lab.holders(lab.vips['receiver']) == [spare]
     check_pixels(lab, camera)
     reboot(lab, victim)
     check_single_copies(lab)
 
 
-def test_4_partitioned_node(lab: Lab, camera: Camera) -> None:
+def test_4_partitioned_node(lab: AnyLab, camera: Camera) -> None:
     """A node's cable is pulled: the majority fences it (powers it off) and serves; the
     isolated node's singletons end with the fencing, never running beside their new copies
     for longer; powered on again, it rejoins and nothing runs twice."""
@@ -329,11 +345,12 @@ def test_4_partitioned_node(lab: Lab, camera: Camera) -> None:
         for u in units_before - units - set(gone):
             gone[u] = round(time.monotonic() - t0, 1)
         # (holders() skips a node fenced while it is being asked: seen once in CI)
-        return time.monotonic() - t0 if not units and victim not in lab.holders(CONTROLLER_VIP) else None
+        return time.monotonic() - t0 if not units and victim not in lab.holders(lab.vips['controller']) else None
     watcher = threading.Thread(target=lambda: gone.setdefault(
-        "all", round(wait_restored("the isolated node's resources stopping", minority_stopped, timeout=90), 1)))
+        "all", round(wait_restored("the isolated node's resources stopping", minority_stopped, lab.restore_timeout_s), 1)))
     watcher.start()
-    restored = wait_restored("archive controller", lambda: camera.back_on("archive-controller@", t0, not_host=victim))
+    restored = wait_restored("archive controller", lambda: camera.back_on("archive-controller@", t0, not_host=victim),
+                             lab.restore_timeout_s)
     watcher.join()
     assert "all" in gone, \
         f"the isolated node still runs {lab.ask(lab.nodes[victim], 'systemctl', 'list-units', 'fitsflow-*')}"
