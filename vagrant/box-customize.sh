@@ -19,6 +19,8 @@ chroot "$R" systemctl enable systemd-networkd systemd-resolved ssh serial-getty@
 ln -sf /run/systemd/resolve/stub-resolv.conf "$R/etc/resolv.conf"
 # The cluster stack and the broker start only once provisioning configured them.
 chroot "$R" systemctl disable corosync pacemaker pcsd activemq postgresql nfs-server 2>/dev/null || true
+# pcs would take Debian's example corosync.conf (node "node1") for this host's cluster.
+rm -f "$R/etc/corosync/corosync.conf"
 # Each clone: its own machine-id (DHCP identity) and SSH host keys, made at first boot.
 rm -f "$R"/etc/ssh/ssh_host_*
 cat > "$R/etc/systemd/system/ssh-hostkeys.service" <<UNIT

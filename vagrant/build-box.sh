@@ -32,7 +32,7 @@ trap cleanup EXIT
 PKGS=(systemd systemd-sysv systemd-resolved udev dbus kmod linux-image-cloud-amd64 initramfs-tools
       openssh-server sudo iproute2 iputils-ping netbase ca-certificates procps less rsync gnupg
       python3 python3-venv nfs-common nfs-kernel-server postgresql xfsprogs
-      pacemaker corosync pcs resource-agents fence-agents activemq default-jre-headless)
+      pacemaker pacemaker-cli-utils corosync pcs resource-agents fence-agents activemq default-jre-headless)
 mkdir -p "$ROOT" "$(dirname "$OUT")"
 truncate -s "${SIZE_G}G" "$RAW"
 echo 'start=2048, type=83, bootable' | sfdisk -q "$RAW"

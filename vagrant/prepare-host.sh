@@ -26,15 +26,16 @@ stamp=$(cd "$REPO" && git rev-parse HEAD 2>/dev/null || date +%s)
 if [ "$(cat "$B/wheels/.source" 2>/dev/null)" != "$stamp" ] || [ -n "$(cd "$REPO" && git status --porcelain -- daemons setup.py 2>/dev/null)" ]; then
     rm -rf "$B/wheels" "$B/pip"
     python3 -m venv "$B/pip"
-    "$B/pip/bin/pip" -q install --upgrade pip wheel
-    "$B/pip/bin/pip" -q wheel --wheel-dir "$B/wheels" "$REPO[postgresql]"
+    "$B/pip/bin/pip" -q install --upgrade pip wheel 2> >(grep -v 'is ignored: it is neither' >&2)
+    # (pip's notes about index locations that do not exist on this host are not news)
+    "$B/pip/bin/pip" -q wheel --wheel-dir "$B/wheels" "$REPO[postgresql]" 2> >(grep -v 'is ignored: it is neither' >&2)
     echo "$stamp" > "$B/wheels/.source"
     rm -rf "$B/pip"
 fi
 
 S=$B/secrets
 if [ ! -s "$S/done" ]; then
-    rm -rf "$S"; mkdir -m 700 -p "$S"
+    rm -rf "$S"; mkdir -m 700 -p "$S"; umask 077
     pw() { openssl rand -base64 18 | tr '+/' '-_'; }
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=fitsflow-vagrant-ca" \
         -keyout "$S/ca.key" -out "$S/ca.pem" 2>/dev/null
@@ -53,6 +54,7 @@ if [ ! -s "$S/done" ]; then
     ssh-keygen -q -t ed25519 -N '' -C fitsflow-vagrant-fence -f "$S/fence_key"
     date -u +%FT%TZ > "$S/done"
 fi
+[ -s "$S/corosync.authkey" ] || (umask 077; head -c 256 /dev/urandom > "$S/corosync.authkey")  # as corosync-keygen
 
 # fence_virsh logs in to the VM host as root and runs virsh: allow this key from the VMs'
 # management network only. An SSH server must run on the host.

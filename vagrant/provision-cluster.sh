@@ -3,23 +3,25 @@
 # fencing required; then wait until every resource runs. Root, in the VM.
 set -euo pipefail
 SECRETS=/srv/fitsflow-build/secrets
-names=""; hosts=(); setup=()
+names=""; hosts=()
 for pair in $NODES; do
     names="$names ${pair%%=*}"
     hosts+=("${pair%%=*}" "addr=${pair#*=}")
-    setup+=("${pair%%=*}" "addr=${pair#*=}")
 done
 names=${names# }
-# Corosync's token: 1 s (its default) declares a node dead after ~1.6 s of silence. Under
-# software emulation (TCG) a VM stalls for seconds when the host is busy, and a stall longer
-# than the token gets a healthy node fenced; 10 s does not, at the price of a slower failover.
-if [ "$TCG" = 1 ]; then TOKEN=10000; else TOKEN=3000; fi
-if ! pcs status >/dev/null 2>&1; then
-    pcs host auth "${hosts[@]}" -u hacluster -p "$(cat "$SECRETS/hacluster.password")"
-    pcs cluster setup fitsflow "${setup[@]}" transport knet totem token=$TOKEN --force
-    pcs cluster enable --all
-    pcs cluster start --all --wait=600
-fi
+# pcs host auth: pcsd's cluster-wide commands for operators (pcs cluster stop --all, ...).
+for attempt in $(seq 120); do
+    pcs host auth "${hosts[@]}" -u hacluster -p "$(cat "$SECRETS/hacluster.password")" && break
+    [ "$attempt" -lt 120 ] || { echo "provision-cluster: pcsd of $names not all answering" >&2; exit 1; }
+    sleep 15
+done
+echo "waiting for $names online with quorum..."
+for attempt in $(seq 180); do
+    out=$(crm_mon -1 2>/dev/null || true)
+    grep -q "Online: \[ $names \]" <<< "$out" && grep -q "partition with quorum" <<< "$out" && break
+    [ "$attempt" -lt 180 ] || { echo "provision-cluster: the nodes did not form a cluster:" >&2; echo "$out" >&2; exit 1; }
+    sleep 5
+done
 
 map=""
 for n in $names; do map="$map;$n:$PREFIX$n"; done

@@ -136,6 +136,28 @@ fence_virsh --ip "$MGMT_HOST" --username root --identity-file /etc/fitsflow/fenc
     --plug "$PREFIX$(hostname -s)" --action status
 
 # -- the cluster stack ------------------------------------------------------------------
+# corosync.conf as `pcs cluster setup` writes it, made here rather than through pcsd: under
+# emulation pcsd's remote calls (a "cluster destroy" on every node first) outlast pcs's
+# 60 s request timeout. Every node writes the same file and starts; they form the cluster
+# as they come up (quorum with two of the three).
+# Corosync's token: 1 s (pcs's default) declares a node dead after ~1.6 s of silence. Under
+# software emulation (TCG) a VM stalls for seconds when the host is busy, and a stall longer
+# than the token gets a healthy node fenced; 10 s does not, at the price of a slower failover.
+if [ "$TCG" = 1 ]; then TOKEN=10000; else TOKEN=3000; fi
+{
+    printf 'totem {\n    version: 2\n    cluster_name: fitsflow\n    transport: knet\n    token: %s\n' "$TOKEN"
+    printf '    crypto_cipher: aes256\n    crypto_hash: sha256\n}\n\nnodelist {\n'
+    id=0
+    for pair in $NODES; do
+        id=$((id + 1))
+        printf '    node {\n        ring0_addr: %s\n        name: %s\n        nodeid: %s\n    }\n' "${pair#*=}" "${pair%%=*}" "$id"
+    done
+    printf '}\n\nquorum {\n    provider: corosync_votequorum\n}\n\n'
+    printf 'logging {\n    to_logfile: yes\n    logfile: /var/log/corosync/corosync.log\n    to_syslog: yes\n    timestamp: on\n}\n'
+} > /etc/corosync/corosync.conf
+install -m 400 "$SECRETS/corosync.authkey" /etc/corosync/authkey
 echo "hacluster:$(cat "$SECRETS/hacluster.password")" | chpasswd
 systemctl enable --now pcsd
-echo "$(hostname -s): ready for the cluster"
+systemctl enable corosync pacemaker
+systemctl start corosync pacemaker
+echo "$(hostname -s): in the cluster (corosync token ${TOKEN} ms)"
