@@ -47,16 +47,30 @@ CONF
 if ! pcs resource config archive-controller >/dev/null 2>&1; then
     fitsflow-cib --config /etc/fitsflow/cluster.conf
 fi
-if [ "$TCG" = 1 ]; then
-    # Emulated CPUs start Python and Java ~10x slower than real ones: longer start timeouts
-    # than fitsflow-cib's, or Pacemaker gives up on daemons that were only slow.
-    for r in activemq archive-controller oods archive-ingest header-service panic-mailer recorder forwarder receiver-r1; do
-        pcs resource update "$r" op start timeout=300s
+if [ "$TCG" = 1 ] && ! grep -qs done /etc/fitsflow/cluster-tcg; then
+    # Emulated CPUs run everything ~10x slower, and four VMs share the host's cores: Python and
+    # Java start in minutes, a resource agent's monitor takes tens of seconds when a neighbour
+    # boots. fitsflow-cib's timeouts (60 s starts, 20-30 s monitors) would have Pacemaker
+    # recover resources that were only slow; these are for emulation only.
+    cib=$(mktemp --suffix=.xml)
+    pcs cluster cib "$cib"
+    for r in broker-vip controller-vip recv-r1-vip; do
+        pcs -f "$cib" resource update "$r" op monitor interval=30s timeout=120s
     done
+    for r in broker-fs data-fs; do
+        pcs -f "$cib" resource update "$r" op monitor interval=60s timeout=120s
+    done
+    for r in activemq archive-controller oods archive-ingest header-service panic-mailer recorder forwarder receiver-r1; do
+        pcs -f "$cib" resource update "$r" op monitor interval=30s timeout=120s op start timeout=600s op stop timeout=300s
+    done
+    pcs -f "$cib" stonith update fence-vms op monitor interval=300s timeout=120s
+    pcs cluster cib-push "$cib" --config
+    rm -f "$cib"
+    echo done > /etc/fitsflow/cluster-tcg
 fi
 
 echo "waiting for every resource to start..."
-for _ in $(seq 180); do
+for _ in $(seq 360); do
     status=$(crm_mon -1 -r 2>/dev/null || true)
     if ! grep -qE "Stopped|Starting|FAILED|Failed" <<< "$status" && grep -q "Started" <<< "$status"; then
         break

@@ -126,6 +126,14 @@ TimeoutStopSec=30
 UNIT
 systemctl daemon-reload
 
+# Under emulation a daemon takes minutes to import its libraries and say READY=1: the units'
+# start timeout follows Pacemaker's (provision-cluster.sh), or systemd would give up first.
+if [ "$TCG" = 1 ]; then
+    install -d /etc/systemd/system/fitsflow-.service.d
+    printf '[Service]\nTimeoutStartSec=600\n' > /etc/systemd/system/fitsflow-.service.d/90-emulated-cpu.conf
+    systemctl daemon-reload
+fi
+
 # -- fencing: fence_virsh logs in to the VM host with this key -------------------------
 install -d -m 700 /root/.ssh
 install -m 600 "$SECRETS/fence_key" /etc/fitsflow/fence_key
