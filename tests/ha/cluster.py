@@ -48,7 +48,7 @@ class ClusterQueries:
             out = node.run("crm_mon", "-1", check=False).stdout
             if f"Online: [ {' '.join(want)} ]" in out and "partition with quorum" in out:
                 left = max(1, int(deadline - time.monotonic()))
-                if node.run("crm_resource", "--wait", f"--timeout={left}s", check=False).returncode == 0:
+                if node.run("crm_resource", "--wait", f"--timeout={left}s", check=False, timeout=left + 60).returncode == 0:
                     return
             time.sleep(0.5)
         raise TimeoutError(f"cluster not settled with {want} online in {timeout} s:\n{out}")

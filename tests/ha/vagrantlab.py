@@ -98,7 +98,7 @@ class LibvirtWatch:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
-        self._proc = subprocess.Popen(["virsh", "event", "--all", "--loop", "--event", "lifecycle"],
+        self._proc = subprocess.Popen(["virsh", "event", "--loop", "--event", "lifecycle"],
                                       stdout=subprocess.PIPE, text=True)
         self._thread = threading.Thread(target=self._read, name="libvirt-events", daemon=True)
         self._thread.start()
@@ -205,11 +205,19 @@ class VagrantLab(ClusterQueries):
         if self.fencer._proc is None:
             self.fencer.start()
 
+    @property
+    def keep(self) -> bool:
+        """FITSFLOW_VAGRANT_KEEP=1: leave the cluster up after the tests (for the next run)."""
+        return os.environ.get("FITSFLOW_VAGRANT_KEEP") == "1"
+
     def down(self) -> None:
         self.fencer.stop()
-        sh("vagrant", "destroy", "-f", cwd=self.vagrant_dir, check=False, timeout=600)
+        if not self.keep:
+            sh("vagrant", "destroy", "-f", cwd=self.vagrant_dir, check=False, timeout=600)
 
     def leftovers(self) -> list[str]:
+        if self.keep:
+            return []
         names = sh("virsh", "list", "--all", "--name", check=False).stdout.split()
         return [f"domain {n}" for n in names if n.startswith(PREFIX)]
 
