@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import create_engine, event
@@ -24,8 +26,23 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")  # a registry row is a promise to a pipeline
             cur.execute("PRAGMA busy_timeout=10000")
+            _wal(cur)
+            cur.execute("PRAGMA synchronous=FULL")  # a registry row is a promise to a pipeline
             cur.close()
     return engine
+
+
+def _wal(cur: sqlite3.Cursor, patience_s: float = 10.0) -> None:
+    """Switch a SQLite database to WAL (a no-op once it is). On a new database, daemons
+    starting at once race to switch it, and SQLite answers the losers "database is locked"
+    at once, without its busy timeout (seen in CI): they try again until it is done."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
