@@ -103,6 +103,10 @@ class LibvirtWatch:
         self._thread = threading.Thread(target=self._read, name="libvirt-events", daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None
+
     def stop(self) -> None:
         if self._proc is not None:
             self._proc.terminate()
@@ -202,7 +206,7 @@ class VagrantLab(ClusterQueries):
         creds = self.base / f"{HOST_ROLE}.toml"
         creds.write_text(f'username = "{HOST_ROLE}"\npassword = "{self.passwords[HOST_ROLE]}"\n')
         creds.chmod(0o600)
-        if self.fencer._proc is None:
+        if not self.fencer.running:
             self.fencer.start()
 
     @property
