@@ -298,7 +298,7 @@ def main() -> int:
                 second = max((kib for n, kib in samples if n >= half), default=0) / 1024
                 print(f"    {name:24s} {first:7.1f} / {second:7.1f}")
             if "profile" in r:
-                for name in ("receiver@r1", "forwarder@f1", "archive-controller@c1", "oods@o1"):
+                for name in ("receiver@r1", "forwarder@f1", "archive-controller@c1", "oods@o1", "recorder@r1"):
                     print(f"  profile of {name} (top by own time):")
                     show_profile(r["profile"] / f"{name}.prof")
         if postgres is not None:

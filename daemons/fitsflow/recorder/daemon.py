@@ -20,6 +20,7 @@ import time
 
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config
+from fitsflow.core.groupcommit import GroupCommit
 from fitsflow.core.messages import CATALOGUE, Message
 from fitsflow.core.runtime import Daemon
 from fitsflow.recorder.config import RecorderConfig
@@ -31,6 +32,8 @@ _log = logging.getLogger(__name__)
 TOPICS = sorted({t.destination for t in CATALOGUE.values() if t.destination.startswith("/topic/")})
 QUEUE_MIRRORS = "/topic/mirror.fitsflow.>"
 PRUNE_EVERY_S = 3600.0
+#: handlers per subscription that may wait for one shared commit
+SHARED_COMMITS = 16
 
 
 def original_destination(destination: str) -> str:
@@ -50,13 +53,20 @@ class RecorderDaemon(Daemon):
         self.roles = [self.page]
         self.recorded = 0
         self.repeats = 0
+        # Messages arriving together are recorded in one transaction (one commit), each
+        # acked only once it is committed; several handlers per subscription wait at once
+        # so that they can share a commit. They hand their message on in arrival order.
+        self.writer = GroupCommit(self.store.record_many, name=f"{self.ident} recording")
         for topic in TOPICS:
-            bus.subscribe(topic, self.on_message, name=f"recorder-{topic.rsplit('/', 1)[-1]}", durable=True)
-        bus.subscribe(QUEUE_MIRRORS, self.on_message, name="recorder-queues", durable=True)
+            bus.subscribe(topic, self.on_message, name=f"recorder-{topic.rsplit('/', 1)[-1]}", durable=True,
+                          concurrency=SHARED_COMMITS)
+        bus.subscribe(QUEUE_MIRRORS, self.on_message, name="recorder-queues", durable=True,
+                      concurrency=SHARED_COMMITS)
         # The real consumer of a malformed message reports it; the recorder only counts.
         bus.on_dead_letter = self._dead_letter
 
     async def start(self) -> None:
+        self.writer.start(self.spawn)
         await super().start()
         self.spawn(self._prune(), "prune", forever=True)
 
@@ -65,7 +75,9 @@ class RecorderDaemon(Daemon):
         self.store.close()
 
     def status(self) -> str:
-        return (f"{self.recorded} messages recorded ({self.repeats} repeats ignored), page {self.page.url}; "
+        w = self.writer
+        return (f"{self.recorded} messages recorded ({self.repeats} repeats ignored) in {w.batches} commits "
+                f"(largest {w.largest}), page {self.page.url}; "
                 f"{self.bus.describe()}")
 
     def counters(self) -> dict[str, tuple[float, str]]:
@@ -73,7 +85,7 @@ class RecorderDaemon(Daemon):
                 "repeats": (self.repeats, "Repeated messages ignored")}
 
     async def on_message(self, msg: Message) -> None:
-        done = await asyncio.to_thread(self.store.record, msg, original_destination(msg.destination), time.time())
+        done = await self.writer.submit((msg, original_destination(msg.destination), time.time()))
         if done.new:
             self.recorded += 1
         else:
