@@ -31,9 +31,14 @@ else
     fi
 fi
 virsh -q net-info default >/dev/null 2>&1 || virsh -q net-define /usr/share/libvirt/networks/default.xml
-virsh net-info default | grep -q 'Active:.*yes' || virsh -q net-start default
+# libvirtd may start the network itself meanwhile ("already active"): active is what counts.
+# (Output read whole: grep -q would end the pipe early, and pipefail would count virsh's SIGPIPE.)
+active() { local info; info=$(virsh "$1-info" default 2>/dev/null) && grep -qE "$2" <<< "$info"; }
+active net 'Active:.*yes' || virsh -q net-start default 2>/dev/null || active net 'Active:.*yes' ||
+    { echo "host-setup: cannot start libvirt's default network" >&2; exit 1; }
 POOL=${VAGRANT_POOL:-/var/lib/libvirt/images}
 mkdir -p "$POOL"
 virsh -q pool-info default >/dev/null 2>&1 || virsh -q pool-define-as default dir --target "$POOL"
-virsh pool-info default | grep -q 'State:.*running' || virsh -q pool-start default
+active pool 'State:.*running' || virsh -q pool-start default 2>/dev/null || active pool 'State:.*running' ||
+    { echo "host-setup: cannot start libvirt's default storage pool" >&2; exit 1; }
 echo "host-setup: libvirt is up ($(virsh -c qemu:///system version | grep -i 'running hypervisor'))"
