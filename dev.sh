@@ -12,6 +12,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 venv="$here/.venv"
+RUCIO_VERSION=41.5.1   # the Rucio server the tests run (the client comes from setup.py's test extra)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -63,6 +64,15 @@ python_venv() {
     if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
         "$venv/bin/pip" install -q --disable-pip-version-check -e ".[test]"
         touch "$stamp"
+    fi
+    # A Rucio server for the archive's Rucio tests (fitsflow.testing.rucio starts it privately):
+    # its own virtualenv, since the server pins its own Flask, SQLAlchemy and Alembic.
+    local rucio="$venv/rucio-server" want="rucio[postgresql]==$RUCIO_VERSION"
+    if [ ! -f "$rucio/.installed" ] || [ "$(cat "$rucio/.installed")" != "$want" ]; then
+        rm -rf "$rucio"
+        "$py" -m venv "$rucio"
+        "$rucio/bin/pip" install -q --disable-pip-version-check "$want" gunicorn
+        echo "$want" > "$rucio/.installed"
     fi
 }
 

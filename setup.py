@@ -50,6 +50,8 @@ setup(
     extras_require={
         # a site database on PostgreSQL (site.database_url = "postgresql+psycopg://...")
         "postgresql": ["psycopg[binary]>=3.1"],
+        # registration of archived files in a Rucio data lake ([rucio] enabled = true)
+        "rucio": ["rucio-clients>=38"],
         "test": [
             "pytest>=7",
             "pytest-timeout>=2",
@@ -63,6 +65,8 @@ setup(
             "psycopg[binary]>=3.1",
             # a real SMTP server for the panic mailer's tests
             "aiosmtpd>=1.4",
+            # the archive's Rucio registration is tested against a real Rucio server
+            "rucio-clients>=38",
         ],
     },
     entry_points={
@@ -89,6 +93,7 @@ setup(
             "archive_ingest = fitsflow.archive_ingest.config:ArchiveIngestConfig",
             "panic_mailer = fitsflow.panic_mailer.config:PanicMailerConfig",
             "recorder = fitsflow.recorder.config:RecorderConfig",
+            "rucio = fitsflow.archive_ingest.rucio_config:RucioConfig",
         ],
     },
 )

@@ -14,6 +14,7 @@ from sqlalchemy import MetaData, inspect, text
 
 from fitsflow.archive_controller import book, catchup
 from fitsflow.archive_controller.book import Book
+from fitsflow.archive_ingest import rucio_book
 from fitsflow.core.db import make_engine
 from fitsflow.core.ingest.registry import Registry, files_table
 from fitsflow.core.migrations import TABLES_0_1_0, VERSION_TABLE, current, head, migrate
@@ -25,11 +26,10 @@ SCHEMA_0_1_0 = Path(__file__).resolve().parents[1] / "data" / "schema-0.1.0.sql"
 def models() -> MetaData:
     """Every table the code defines, as the newest revision must have them."""
     md = MetaData()
-    for m in (book.metadata, catchup.metadata, store.metadata):
+    for m in (book.metadata, catchup.metadata, store.metadata, rucio_book.metadata):
         for t in m.tables.values():
             t.to_metadata(md)
-    files_table(md, "oods_files")
-    files_table(md, "archive_files")
+    files_table(md, "oods_files")  # archive_files comes with rucio_book's, which refers to it
     return md
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +39,16 @@ def file_crc32(path: Path) -> str:
 # The receiver writes each stripe of a sensor where it belongs in the final file and sums
 # it while the bytes are in cache; the forwarder then finishes the file's CRC-32 and the
 # data unit's DATASUM from those parts without reading the pixels again.
+
+def file_adler32_md5(path: Path) -> tuple[str, str]:
+    """The checksums Rucio keeps: adler32 (8 hex digits) and md5, in one read of the file."""
+    adler, md5 = 1, hashlib.md5()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            adler = zlib.adler32(chunk, adler)
+            md5.update(chunk)
+    return f"{adler & 0xFFFFFFFF:08x}", md5.hexdigest()
+
 
 def _zlib_combine() -> Callable[[int, int, int], int] | None:
     """zlib's own crc32_combine64 (Python's zlib module does not export it), or None."""

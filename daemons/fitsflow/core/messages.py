@@ -100,6 +100,8 @@ CATALOGUE: dict[str, MessageType] = {t.name: t for t in [
        "OODS ingest result: status 0 ok, 1 ingest failure, 2 metadata failure.", sc.IngestResult),
     _t("IMAGE_IN_ARCHIVE", "/topic/fitsflow.archive",
        "Archive ingest result: status 0 ok, 1 ingest failure, 2 metadata failure.", sc.IngestResult),
+    _t("IMAGE_IN_RUCIO", "/topic/fitsflow.rucio",
+       "An archived file registered in Rucio (status 0), or set aside for a person (1: a conflict).", sc.InRucio),
     _t("PANIC", "/queue/fitsflow.panic", "A serious error that a person must hear about now.", sc.Panic,
        has_image=False),
     _t("ALERT", "/topic/fitsflow.alerts", "A condition that operators should see (not e-mailed).", sc.Alert,

@@ -163,6 +163,22 @@ class IngestResult(Body):
     data_id: DataId | None = None
 
 
+class InRucio(Body):
+    """IMAGE_IN_RUCIO: an archived file registered in Rucio (status 0), or set aside (1: Rucio
+    has this name with other content, or the file is gone)."""
+
+    status: Literal[0, 1]
+    description: Text
+    path: PathText
+    did: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}:[A-Za-z0-9_.+-]{1,255}$")]
+    dataset: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}:[A-Za-z0-9_.+-]{1,255}$")]
+    rse: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,255}$")]
+    adler32: Annotated[str, Meta(pattern=r"^[0-9a-f]{8}$")]
+    md5: Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")]
+    size: Count
+    data_id: DataId
+
+
 class Panic(Body):
     message: Text
     host: HostName

@@ -1,0 +1,156 @@
+"""What the archive ingest has registered in Rucio (``rucio_registrations``, site database).
+
+One row per archived file (``archive_files.id``), made when the registrar first takes the
+file on, with its Rucio names and the checksums Rucio wants (adler32, md5):
+
+    pending     not yet confirmed by Rucio (new, or Rucio was unreachable): retried
+    registered  the replica exists in Rucio with these checksums and is in its dataset
+    conflict    Rucio has the name with other content (or the file is gone): set aside for
+                a person (a panic), never retried by itself
+
+Files of ``archive_files`` that have no row yet are found by a join, so a file archived
+while the registrar was down, or just before a crash, is taken on at the next look: there
+is no step between archiving and the registration's start that could be lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (BigInteger, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, func,
+                        insert, select, update)
+from sqlalchemy.engine import Engine
+
+from fitsflow.core.db import engine_for
+from fitsflow.core.ingest.registry import files_table
+from fitsflow.core.migrations import migrate
+
+metadata = MetaData()
+archive_files = files_table(metadata, "archive_files")
+
+registrations = Table(
+    "rucio_registrations", metadata,
+    Column("file_id", Integer, ForeignKey("archive_files.id", ondelete="CASCADE"), primary_key=True),
+    Column("scope", String(64), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("dataset", String(255), nullable=False),
+    Column("container", String(255), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("adler32", String(8), nullable=False),
+    Column("md5", String(32), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("registered_at", DateTime(timezone=True)),
+)
+
+STATES = ("pending", "registered", "conflict")
+
+
+@dataclass
+class Registration:
+    file_id: int
+    scope: str
+    name: str
+    dataset: str
+    container: str
+    size: int
+    adler32: str
+    md5: str
+    state: str
+    path: str                 # relative to the archive repository
+    data_id: dict[str, Any]
+
+    @property
+    def did(self) -> str:
+        return f"{self.scope}:{self.name}"
+
+
+@dataclass(frozen=True)
+class Unregistered:
+    """An archived file the registrar has not taken on yet."""
+
+    file_id: int
+    path: str
+    size: int
+    data_id: dict[str, Any]
+
+
+def _data_id(r: Any) -> dict[str, Any]:
+    return {"instrument": r.instrument, "image": r.image, "group": r.group_id, "snap": r.snap, "raft": r.raft,
+            "sensor": r.sensor, "obs_day": r.obs_day}
+
+
+class RucioBook:
+    """Blocking (call through to_thread)."""
+
+    def __init__(self, database: str | Engine) -> None:
+        self.engine, self._owned = engine_for(database)
+        migrate(self.engine)
+
+    def close(self) -> None:
+        if self._owned:
+            self.engine.dispose()
+
+    def unregistered(self, limit: int) -> list[Unregistered]:
+        """Archived files without a registration row, oldest first."""
+        a, r = archive_files, registrations
+        stmt = (select(a).outerjoin(r, r.c.file_id == a.c.id).where(r.c.file_id.is_(None))
+                .order_by(a.c.id).limit(limit))
+        with self.engine.connect() as c:
+            return [Unregistered(row.id, row.path, row.size, _data_id(row)) for row in c.execute(stmt)]
+
+    def start(self, rows: list[Registration]) -> None:
+        """Record registrations as pending (their checksums computed): one commit."""
+        now = dt.datetime.now(dt.timezone.utc)
+        with self.engine.begin() as c:
+            c.execute(insert(registrations), [
+                {"file_id": x.file_id, "scope": x.scope, "name": x.name, "dataset": x.dataset,
+                 "container": x.container, "size": x.size, "adler32": x.adler32, "md5": x.md5, "state": x.state,
+                 "attempts": 0, "last_error": "", "created_at": now} for x in rows])
+
+    def pending(self, limit: int) -> list[Registration]:
+        return self._select(registrations.c.state == "pending", limit)
+
+    def in_state(self, state: str, limit: int = 1000) -> list[Registration]:
+        return self._select(registrations.c.state == state, limit)
+
+    def _select(self, where: Any, limit: int) -> list[Registration]:
+        a, r = archive_files, registrations
+        stmt = select(r, a.c.path, a.c.instrument, a.c.image, a.c.group_id, a.c.snap, a.c.raft, a.c.sensor,
+                      a.c.obs_day).join(a, a.c.id == r.c.file_id).where(where).order_by(r.c.file_id).limit(limit)
+        with self.engine.connect() as c:
+            return [Registration(row.file_id, row.scope, row.name, row.dataset, row.container, row.size, row.adler32,
+                                 row.md5, row.state, row.path, _data_id(row)) for row in c.execute(stmt)]
+
+    def set_state(self, file_ids: list[int], state: str, error: str = "") -> None:
+        values: dict[str, Any] = {"state": state, "last_error": error[:4000]}
+        if state == "registered":
+            values["registered_at"] = dt.datetime.now(dt.timezone.utc)
+        with self.engine.begin() as c:
+            c.execute(update(registrations).where(registrations.c.file_id.in_(file_ids)).values(**values))
+
+    def failed_attempt(self, file_ids: list[int], error: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(registrations).where(registrations.c.file_id.in_(file_ids))
+                      .values(attempts=registrations.c.attempts + 1, last_error=error[:4000]))
+
+    def counts(self) -> dict[str, int]:
+        """Registrations per state, and ``unregistered``: archived files not yet taken on."""
+        a, r = archive_files, registrations
+        with self.engine.connect() as c:
+            out = {state: 0 for state in STATES}
+            out.update({s: n for s, n in c.execute(select(r.c.state, func.count()).group_by(r.c.state))})
+            out["unregistered"] = c.execute(select(func.count()).select_from(a.outerjoin(r, r.c.file_id == a.c.id))
+                                            .where(r.c.file_id.is_(None))).scalar_one()
+        return out
+
+    def by_path(self) -> dict[str, tuple[str, str]]:
+        """Archive path → (state, DID), for ``fitsflow archive ls``."""
+        a, r = archive_files, registrations
+        with self.engine.connect() as c:
+            return {row.path: (row.state, f"{row.scope}:{row.name}") for row in
+                    c.execute(select(a.c.path, r.c.state, r.c.scope, r.c.name).join(r, r.c.file_id == a.c.id))}

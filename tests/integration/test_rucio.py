@@ -1,0 +1,168 @@
+"""The archive ingest's Rucio registration against a real Rucio server (REST under gunicorn,
+PostgreSQL), a real broker, real files and inotify: a stream of archived files registered
+with their checksums, dataset, container and rules, through a Rucio kill -9 mid-stream;
+a name Rucio holds with other content set aside; files archived before Rucio was enabled."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from fitsflow.archive_ingest.daemon import ArchiveIngestDaemon
+from fitsflow.archive_ingest.rucio_registrar import RUCIO_FAULT
+from fitsflow.core.checksum import file_adler32_md5
+from fitsflow.core.config import Config, load_config
+from fitsflow.core.layout import sensor_file_name
+from fitsflow.testing.broker import PrivateBroker
+from fitsflow.testing.config import make_site
+from fitsflow.testing.daemons import Listener, running
+from fitsflow.testing.files import make_sensor_file
+from fitsflow.testing.rucio import PASSWORD, USERNAME, PrivateRucio
+from fitsflow.testing.wait import async_wait_for
+
+pytestmark = pytest.mark.broker
+
+DAY = "20261121"
+RSE, OTHER_RSE = "SITE_ARCHIVE", "USDF_DISK"
+OUT = ["/topic/fitsflow.rucio", "/topic/fitsflow.archive", "/queue/fitsflow.panic"]
+
+
+@pytest.fixture
+def broker(fresh_broker: PrivateBroker) -> PrivateBroker:
+    return fresh_broker
+
+
+@pytest.fixture
+def rucio() -> Iterator[PrivateRucio]:
+    r = PrivateRucio()
+    yield r
+    r.stop()
+
+
+def site(tmp_path: Path, broker: PrivateBroker, rucio: PrivateRucio, enabled: bool = True) -> Config:
+    creds = tmp_path / "rucio-credentials.toml"
+    creds.write_text(f'username = "{USERNAME}"\npassword = "{PASSWORD}"\n')
+    creds.chmod(0o600)
+    path = make_site(tmp_path, [broker.url], extra={
+        "archive_ingest": {"rescan_s": 2.0},
+        "rucio": {"enabled": enabled, "url": rucio.url, "account": "root", "credentials_file": str(creds),
+                  "rse": RSE, "batch": 4, "retry_max_s": 2.0, "timeout_s": 10.0,
+                  "rules": [{"copies": 1, "rse_expression": OTHER_RSE}]}})
+    cfg = load_config(path)
+    if not enabled:
+        return cfg
+    rucio.add_posix_rse(RSE, cfg.paths.resolved().archive_repo)
+    rucio.add_posix_rse(OTHER_RSE, tmp_path / "usdf", deterministic=True)  # another site's data lake
+    rucio.client().add_scope("root", "testcam")
+    return cfg
+
+
+def stage(cfg: Config, images: list[str], sensors: tuple[str, ...] = ("S00", "S01")) -> list[str]:
+    """Archive staging gets sensor files (by link, as from the controller); returns names."""
+    paths = cfg.paths.resolved()
+    prep, day = paths.root / "prep", paths.archive_staging / DAY
+    prep.mkdir(exist_ok=True)
+    day.mkdir(exist_ok=True)
+    names = []
+    for n, image in enumerate(images):
+        for i, sensor in enumerate(sensors):
+            written, _ = make_sensor_file(prep, image, "R22", sensor, obs_day=DAY, seq=n, index=i)
+            os.link(written.path, day / written.path.name)
+            names.append(written.path.name)
+    return names
+
+
+def run(coro, timeout: float = 300) -> None:  # type: ignore[no-untyped-def]
+    asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def registered(listen: Listener) -> set[str]:
+    return {Path(m.data["path"]).name for m in listen.of("IMAGE_IN_RUCIO") if m.data["status"] == 0}
+
+
+def test_a_stream_is_registered_through_a_rucio_crash(tmp_path: Path, broker: PrivateBroker,
+                                                       rucio: PrivateRucio) -> None:
+    cfg = site(tmp_path, broker, rucio)
+    repo = cfg.paths.resolved().archive_repo
+
+    async def main() -> None:
+        async with running(ArchiveIngestDaemon, cfg) as arch, Listener(cfg, "rucio-l1", OUT) as listen:
+            first = stage(cfg, [f"TESTCAM_O_{DAY}_{i:06d}" for i in range(1, 4)])
+            await async_wait_for(lambda: set(first) <= registered(listen), 120, what="the first files in Rucio")
+            await asyncio.to_thread(rucio.kill)
+            second = stage(cfg, [f"TESTCAM_O_{DAY}_{i:06d}" for i in range(4, 8)])
+            await async_wait_for(lambda: len(listen.of("IMAGE_IN_ARCHIVE")) >= len(first) + len(second), 120,
+                                 what="archiving goes on while Rucio is down")
+            await async_wait_for(lambda: RUCIO_FAULT in arch.faults.active, 60, what="ALARM: Rucio unreachable")
+            assert arch.effective_state().name == "ALARM", arch.status()
+            await asyncio.to_thread(rucio.start)
+            await async_wait_for(lambda: set(first + second) <= registered(listen), 180,
+                                 what="every file registered once Rucio is back")
+            await async_wait_for(lambda: RUCIO_FAULT not in arch.faults.active, 30, what="ALARM cleared")
+            # The book's commit follows the announcement (a crash between them announces again).
+            want = {"pending": 0, "registered": 14, "conflict": 0, "unregistered": 0}
+            await async_wait_for(lambda: arch.rucio_book.counts() == want, 30, what=f"the book says {want}")
+            assert all(m.data["status"] == 0 for m in listen.of("IMAGE_IN_RUCIO"))
+            # The shifter heard of the outage (the ALARM episode's panic), of no file.
+            assert listen.of("PANIC") and all("rucio: ServerConnectionException" in m.data["message"]
+                                              for m in listen.of("PANIC")), [m.data for m in listen.of("PANIC")]
+
+        c = rucio.client()
+        files = {f["name"]: f for f in c.list_files("testcam", f"TESTCAM_{DAY}")}
+        assert set(files) == set(first + second)  # 0 lost, and a name is one DID (0 duplicates)
+        replicas = {r["name"]: r for r in c.list_replicas([{"scope": "testcam", "name": f"TESTCAM_{DAY}"}])}
+        for name, f in files.items():
+            path = next(repo.rglob(name))
+            adler32, md5 = file_adler32_md5(path)
+            assert (f["adler32"], replicas[name]["md5"], f["bytes"]) == (adler32, md5, path.stat().st_size)
+            assert replicas[name]["rses"][RSE] == [f"file://{path}"]  # the archive's own file: nothing copied
+        assert [d["name"] for d in c.list_content("testcam", "TESTCAM")] == [f"TESTCAM_{DAY}"]
+        rules = list(c.list_did_rules("testcam", f"TESTCAM_{DAY}"))
+        assert [(r["copies"], r["rse_expression"]) for r in rules] == [(1, OTHER_RSE)]
+
+    run(main(), 600)
+
+
+def test_a_name_rucio_holds_with_other_content_is_set_aside(tmp_path: Path, broker: PrivateBroker,
+                                                            rucio: PrivateRucio) -> None:
+    cfg = site(tmp_path, broker, rucio)
+    clash = sensor_file_name("TESTCAM", f"TESTCAM_O_{DAY}_000001", "R22", "S00")
+    rucio.client().add_replicas(rse=OTHER_RSE, files=[{"scope": "testcam", "name": clash, "bytes": 1,
+                                                      "adler32": "00000001", "md5": "0" * 32}])
+
+    async def main() -> None:
+        async with running(ArchiveIngestDaemon, cfg) as arch, Listener(cfg, "rucio-l2", OUT) as listen:
+            names = stage(cfg, [f"TESTCAM_O_{DAY}_000001"])
+            await async_wait_for(lambda: len(listen.of("IMAGE_IN_RUCIO")) >= 2 and listen.of("PANIC"), 120,
+                                 what="one registered, one set aside with a panic")
+            by_name = {Path(m.data["path"]).name: m.data for m in listen.of("IMAGE_IN_RUCIO")}
+            assert by_name[clash]["status"] == 1 and "adler32 00000001" in by_name[clash]["description"]
+            other = next(n for n in names if n != clash)
+            assert by_name[other]["status"] == 0
+            assert clash in listen.of("PANIC")[0].data["message"]
+            conflicts = await asyncio.to_thread(arch.rucio_book.in_state, "conflict")
+            assert [r.name for r in conflicts] == [clash]
+            assert RUCIO_FAULT not in arch.faults.active  # a file's problem, not an outage
+
+    run(main())
+    meta = rucio.client().get_metadata("testcam", clash)
+    assert (meta["bytes"], meta["adler32"]) == (1, "00000001")  # Rucio's entry is left as it was
+
+
+def test_files_archived_before_rucio_was_enabled_are_registered(tmp_path: Path, broker: PrivateBroker,
+                                                                rucio: PrivateRucio) -> None:
+    cfg_off = site(tmp_path, broker, rucio, enabled=False)
+    cfg = site(tmp_path, broker, rucio)
+
+    async def main() -> None:
+        async with running(ArchiveIngestDaemon, cfg_off) as arch, Listener(cfg, "rucio-l3", OUT) as listen:
+            names = stage(cfg_off, [f"TESTCAM_O_{DAY}_000009"])
+            await async_wait_for(lambda: arch.registry.count() == len(names), 60, what="archived")
+        async with running(ArchiveIngestDaemon, cfg), Listener(cfg, "rucio-l4", OUT) as listen:
+            await async_wait_for(lambda: set(names) <= registered(listen), 120, what="registered after the restart")
+
+    run(main())
