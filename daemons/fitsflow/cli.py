@@ -82,11 +82,24 @@ def _oods_ls(args: argparse.Namespace) -> int:
         return EX_CONFIG
     repo = cfg.paths.resolved().oods_repo if args.table == "oods_files" else cfg.paths.resolved().archive_repo
     rows = list(reg.query(**_data_id_filters(args)))
+    # The archive's files in Rucio (archive_ingest/rucio_book): state and DID per file.
+    rucio: dict[str, tuple[str, str]] | None = None
+    if args.table == "archive_files" and cfg.section("rucio").enabled:
+        from fitsflow.archive_ingest.rucio_book import RucioBook
+
+        book = RucioBook(reg.engine)
+        rucio = book.by_path()
+        book.close()
     reg.close()
+
+    def in_rucio(path: str) -> tuple[str, str]:
+        return rucio.get(path, ("not yet", "")) if rucio is not None else ("", "")
+
     if args.json:
         json.dump([{**e.data_id, "path": str(repo / e.path), "size": e.size, "checksum": e.checksum,
-                    "ingested_at": e.ingested_at.isoformat(), "protected": e.protected} for e in rows], sys.stdout,
-                  indent=1)
+                    "ingested_at": e.ingested_at.isoformat(), "protected": e.protected,
+                    **({"rucio": dict(zip(("state", "did"), in_rucio(e.path)))} if rucio is not None else {})}
+                   for e in rows], sys.stdout, indent=1)
         print()
     elif args.get:
         if len(rows) != 1:
@@ -98,8 +111,9 @@ def _oods_ls(args: argparse.Namespace) -> int:
         for e in rows:
             d = e.data_id
             flag = " protected" if e.protected else ""
+            state = f"  rucio:{in_rucio(e.path)[0].replace(' ', '-')}" if rucio is not None else ""
             print(f"{d['obs_day']}  {d['image']}  {d['raft']}_{d['sensor']}  {e.size:>10}  "
-                  f"{e.ingested_at:%Y-%m-%dT%H:%M:%SZ}{flag}  {repo / e.path}")
+                  f"{e.ingested_at:%Y-%m-%dT%H:%M:%SZ}{flag}{state}  {repo / e.path}")
         print(f"# {len(rows)} file(s)", file=sys.stderr)
     return EX_OK
 
@@ -117,6 +131,21 @@ def _oods_tag(args: argparse.Namespace) -> int:
         reg.set_protected(e.data_id, args.command_name == "tag")
     reg.close()
     print(f"{len(rows)} file(s) {'protected from' if args.command_name == 'tag' else 'released to'} expiry")
+    return EX_OK
+
+
+def _rucio_retry(args: argparse.Namespace) -> int:
+    filters = _data_id_filters(args)
+    if not any(filters.values()) and not args.all:
+        print("fitsflow archive rucio-retry: give a data ID (--image, --obs-day, ...) or --all", file=sys.stderr)
+        return 2
+    from fitsflow.archive_ingest.rucio_book import RucioBook
+
+    cfg = load_config(args.config, check_dirs=False)
+    book = RucioBook(cfg.site.database_url)
+    n = book.retry_set_aside(**filters)
+    book.close()
+    print(f"{n} file(s) set aside from Rucio will be registered again (the archive ingest's next look, <= 10 s)")
     return EX_OK
 
 
@@ -166,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
             _add_data_id_options(p)
             p.add_argument("--json", action="store_true", help="print JSON records")
             p.set_defaults(func=_oods_ls, table=table, get=is_get)
+        if area == "archive":
+            p = top_sub.add_parser("rucio-retry", help="register files set aside from Rucio again (after a person "
+                                                       "fixed Rucio's entry or the file)")
+            _add_data_id_options(p)
+            p.add_argument("--all", action="store_true", help="every file set aside (no data ID given)")
+            p.set_defaults(func=_rucio_retry)
         if area == "oods":
             for action, text in (("tag", "protect from expiry"), ("untag", "allow expiry again")):
                 p = top_sub.add_parser(action, help=text)

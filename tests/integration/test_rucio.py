@@ -6,7 +6,10 @@ a name Rucio holds with other content set aside; files archived before Rucio was
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -144,9 +147,16 @@ def test_a_name_rucio_holds_with_other_content_is_set_aside(tmp_path: Path, brok
             other = next(n for n in names if n != clash)
             assert by_name[other]["status"] == 0
             assert clash in listen.of("PANIC")[0].data["message"]
-            conflicts = await asyncio.to_thread(arch.rucio_book.in_state, "conflict")
-            assert [r.name for r in conflicts] == [clash]
+            await async_wait_for(lambda: [r.name for r in arch.rucio_book.in_state("conflict")] == [clash], 30,
+                                 what="the book: set aside")  # committed after the announcements
             assert RUCIO_FAULT not in arch.faults.active  # a file's problem, not an outage
+            # An operator asks again (as after fixing Rucio's entry): still different, set aside again.
+            out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "fitsflow", "archive", "rucio-retry",
+                                                           "--all", "--config", str(cfg.source)],
+                                          capture_output=True, text=True, check=True)
+            assert out.stdout.startswith("1 file(s)")
+            await async_wait_for(lambda: len([m for m in listen.of("IMAGE_IN_RUCIO") if m.data["status"] == 1]) == 2,
+                                 60, what="set aside again")
 
     run(main())
     meta = rucio.client().get_metadata("testcam", clash)
@@ -162,7 +172,20 @@ def test_files_archived_before_rucio_was_enabled_are_registered(tmp_path: Path, 
         async with running(ArchiveIngestDaemon, cfg_off) as arch, Listener(cfg, "rucio-l3", OUT) as listen:
             names = stage(cfg_off, [f"TESTCAM_O_{DAY}_000009"])
             await async_wait_for(lambda: arch.registry.count() == len(names), 60, what="archived")
-        async with running(ArchiveIngestDaemon, cfg), Listener(cfg, "rucio-l4", OUT) as listen:
+            listed = await asyncio.to_thread(archive_ls, cfg)
+            assert [f["rucio"]["state"] for f in listed] == ["not yet"] * len(names)
+        async with running(ArchiveIngestDaemon, cfg) as arch, Listener(cfg, "rucio-l4", OUT) as listen:
             await async_wait_for(lambda: set(names) <= registered(listen), 120, what="registered after the restart")
+            await async_wait_for(lambda: arch.rucio_book.counts()["registered"] == len(names), 30, what="committed")
+        listed = await asyncio.to_thread(archive_ls, cfg)
+        assert sorted((f["rucio"]["state"], f["rucio"]["did"]) for f in listed) == \
+            sorted(("registered", f"testcam:{n}") for n in names)
 
     run(main())
+
+
+def archive_ls(cfg: Config) -> list[dict]:
+    """``fitsflow archive ls --json``, as an operator runs it."""
+    done = subprocess.run([sys.executable, "-m", "fitsflow", "archive", "ls", "--json", "--config", str(cfg.source)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)

@@ -19,8 +19,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (BigInteger, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, func,
-                        insert, select, update)
+from sqlalchemy import (BigInteger, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, delete,
+                        func, insert, select, update)
 from sqlalchemy.engine import Engine
 
 from fitsflow.core.db import engine_for
@@ -147,6 +147,18 @@ class RucioBook:
             out["unregistered"] = c.execute(select(func.count()).select_from(a.outerjoin(r, r.c.file_id == a.c.id))
                                             .where(r.c.file_id.is_(None))).scalar_one()
         return out
+
+    def retry_set_aside(self, **filters: Any) -> int:
+        """Forget the set-aside registrations of these files (data ID parts; none: all), so the
+        registrar takes them on afresh (checksums read again) once a person has fixed Rucio's
+        entry or the file. Returns how many."""
+        a, r = archive_files, registrations
+        files = select(a.c.id)
+        for key, value in filters.items():
+            if value is not None:
+                files = files.where(a.c["group_id" if key == "group" else key] == value)
+        with self.engine.begin() as c:
+            return int(c.execute(delete(r).where(r.c.state == "conflict", r.c.file_id.in_(files))).rowcount)
 
     def by_path(self) -> dict[str, tuple[str, str]]:
         """Archive path → (state, DID), for ``fitsflow archive ls``."""
