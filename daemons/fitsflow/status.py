@@ -47,12 +47,13 @@ def render(s: dict[str, Any]) -> str:
     if s["images"]:
         out.append(_table([[i["image"], i["stage"], f"{i['n_delivered']}/{i['sensors'] or '?'}",
                             f"{i['n_in_OODS']}/{i['sensors'] or '?'}", f"{i['n_in_archive']}/{i['sensors'] or '?'}",
+                            f"{i['n_in_Rucio']}/{i['sensors'] or '?'}",
                             _seconds(i["readout_to_oods_s"]), _seconds(i["readout_to_archive_s"]),
                             ", ".join(x for x in [f"{i['missing']} missing" if i["missing"] else "",
                                                   "partial header" if i["header_partial"] else "",
                                                   f"{i['failed']} failed" if i["failed"] else ""] if x)]
                            for i in s["images"]],
-                          ["IMAGE", "STAGE", "FILES", "OODS", "ARCHIVE", "→OODS", "→ARCHIVE", "NOTES"]))
+                          ["IMAGE", "STAGE", "FILES", "OODS", "ARCHIVE", "RUCIO", "→OODS", "→ARCHIVE", "NOTES"]))
     else:
         out.append("no image recorded yet")
     if s["events"]:

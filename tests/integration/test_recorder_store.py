@@ -83,3 +83,14 @@ def test_a_batch_is_recorded_in_order_and_all_or_nothing(store: RecorderStore) -
                            (bad, "/topic/fitsflow.state", time.time())])
     with store.engine.connect() as c:
         assert c.execute(select(files_t).where(files_t.c.sensor == "R22_S03")).first() is None
+
+
+def test_registration_in_rucio_is_a_stage_of_the_file(store: RecorderStore) -> None:
+    msg = make("IMAGE_IN_RUCIO", IMAGE, status=0, description="registered", path="/archive/x.fits",
+               did="tc:x.fits", dataset="tc:TC_20261128", rse="SITE_ARCHIVE", adler32="0000abcd", md5="0" * 32,
+               size=10, data_id=_data_id("S04"), sender="archive-ingest@a1")
+    assert store.record(msg, "/topic/fitsflow.rucio", 42.0).stage == "in Rucio"
+    row = _file(store, "S04")
+    assert (row["rucio_at"], row["rucio_status"]) == (42.0, 0)
+    image = store.snapshot(50.0)["images"][0]
+    assert image["n_in_Rucio"] == 1

@@ -66,6 +66,8 @@ files_t = Table(
     Column("oods_status", Integer),
     Column("archive_at", Float),         # IMAGE_IN_ARCHIVE
     Column("archive_status", Integer),
+    Column("rucio_at", Float),           # IMAGE_IN_RUCIO (with [rucio] enabled)
+    Column("rucio_status", Integer),
 )
 
 daemons_t = Table(
@@ -80,7 +82,7 @@ daemons_t = Table(
 )
 
 #: Life-cycle stages in order, as shown by ``fitsflow status`` and the page.
-STAGES = ("started", "readout", "header", "delivered", "handed off", "in OODS", "in archive")
+STAGES = ("started", "readout", "header", "delivered", "handed off", "in OODS", "in archive", "in Rucio")
 
 
 def _sensor(data: dict[str, Any]) -> str | None:
@@ -193,10 +195,11 @@ class RecorderStore:
             column = "archive_requested_at" if ".archive." in destination else "oods_requested_at"
             self._file_first(conn, image, sensor, column, now)
             return "handed off"
-        if t in ("IMAGE_IN_OODS", "IMAGE_IN_ARCHIVE"):
-            prefix = "oods" if t == "IMAGE_IN_OODS" else "archive"
+        if t in ("IMAGE_IN_OODS", "IMAGE_IN_ARCHIVE", "IMAGE_IN_RUCIO"):
+            prefix, stage = {"IMAGE_IN_OODS": ("oods", "in OODS"), "IMAGE_IN_ARCHIVE": ("archive", "in archive"),
+                             "IMAGE_IN_RUCIO": ("rucio", "in Rucio")}[t]
             self._file_first(conn, image, sensor, f"{prefix}_at", now, status=int(d.get("status", 1)))
-            return "in OODS" if prefix == "oods" else "in archive"
+            return stage
         return None
 
     def _image_first(self, conn: Connection, image: str, now: float, **values: Any) -> None:
@@ -294,7 +297,7 @@ class RecorderStore:
                 return max(values) if values and expected and len(values) >= expected else None
 
             counts = {"delivered": done("delivered_at"), "handed off": done("oods_requested_at"),
-                      "in OODS": done("oods_at"), "in archive": done("archive_at")}
+                      "in OODS": done("oods_at"), "in archive": done("archive_at"), "in Rucio": done("rucio_at")}
             stage = "seen"
             for name, column in (("started", "started_at"), ("readout", "readout_at"), ("header", "header_at")):
                 if r[column] is not None:
@@ -307,7 +310,7 @@ class RecorderStore:
             out.append({
                 "image": r["image"], "stage": stage, "sensors": expected, "missing": r["missing"],
                 "header_partial": r["header_partial"], **{f"n_{k.replace(' ', '_')}": v for k, v in counts.items()},
-                "failed": sum(1 for f in files if (f["oods_status"] or 0) != 0 or (f["archive_status"] or 0) != 0),
+                "failed": sum(1 for f in files if any((f[f"{p}_status"] or 0) != 0 for p in ("oods", "archive", "rucio"))),
                 "readout_to_oods_s": round(in_oods - t0, 3) if in_oods and t0 else None,
                 "readout_to_archive_s": round(last("archive_at") - t0, 3) if last("archive_at") and t0 else None,
                 "updated": dt.datetime.fromtimestamp(r["updated_at"], dt.timezone.utc).isoformat(),

@@ -100,7 +100,7 @@ function draw(s) {
     [d.status, "status"]])));
   document.querySelector("#images tbody").replaceChildren(...s.images.map(i => row([
     [i.image], [i.stage], [i.sensors], [bar(i.n_delivered, i.sensors)], [bar(i.n_in_OODS, i.sensors)],
-    [bar(i.n_in_archive, i.sensors)], [i.readout_to_oods_s === null ? "" : `${i.readout_to_oods_s.toFixed(2)} s`],
+    [bar(i.n_in_archive, i.sensors)], [bar(i.n_in_Rucio, i.sensors)], [i.readout_to_oods_s === null ? "" : `${i.readout_to_oods_s.toFixed(2)} s`],
     [[i.missing ? `${i.missing} missing` : "", i.header_partial ? "partial header" : "",
       i.failed ? `${i.failed} failed` : ""].filter(Boolean).join(", ")]])));
   document.getElementById("events").replaceChildren(...s.events.map(e => {
