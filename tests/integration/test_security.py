@@ -113,7 +113,8 @@ SENDER = {
     "TELEMETRY": "camera", "RESEND_IMAGE": "archive-controller", "READOUT_COMPLETE": "receiver",
     "RECEIVER_STATS": "receiver", "HEADER_READY": "header-service", "FORWARD_IMAGE": "archive-controller",
     "FORWARDER_HEARTBEAT": "forwarder", "FILE_DELIVERED": "forwarder", "INGEST_REQUEST": "archive-controller",
-    "IMAGE_IN_OODS": "oods", "IMAGE_IN_ARCHIVE": "archive-ingest", "PANIC": "panic",
+    "IMAGE_IN_OODS": "oods", "IMAGE_IN_ARCHIVE": "archive-ingest", "IMAGE_IN_RUCIO": "archive-ingest",
+    "PANIC": "panic",
     "ALERT": "receiver", "DAEMON_STATE": "oods",
 }
 _PARAMS = {"forwarder": "fwd1", "target": "oods"}
