@@ -2,7 +2,8 @@
 # What `vagrant up` needs from the host, made once into vagrant/.build/ (the Vagrantfile runs
 # this before up/provision; safe to run again, it only makes what is missing):
 #
-#   fitsflow-debian12.box   the Debian 12 box (build-box.sh), unless FITSFLOW_VAGRANT_OS=rocky9
+#   $BOX_FILE               the Debian 12 box (build-box.sh), unless FITSFLOW_VAGRANT_OS=rocky9;
+#                           named after its recipe by the Vagrantfile (older ones are removed)
 #   wheels/                 fitsflow and its dependencies as wheels: the nodes install offline
 #   secrets/                the cluster's CA and broker certificate (for the broker VIP), one
 #                           random password per broker identity, the database's and the
@@ -17,8 +18,10 @@ BROKER_VIP=${BROKER_VIP:?}
 MGMT_NET=${MGMT_NET:-192.168.121.0/24}
 mkdir -p "$B"
 
-if [ "${FITSFLOW_VAGRANT_OS:-debian12}" = debian12 ] && [ ! -s "$B/fitsflow-debian12.box" ]; then
-    "$HERE/build-box.sh" "$B/fitsflow-debian12.box"
+BOX_FILE=${BOX_FILE:-fitsflow-debian12.box}
+if [ "${FITSFLOW_VAGRANT_OS:-debian12}" = debian12 ] && [ ! -s "$B/$BOX_FILE" ]; then
+    find "$B" -maxdepth 1 -name 'fitsflow-debian12*.box' -delete   # an older recipe's (472 MB each)
+    "$HERE/build-box.sh" "$B/$BOX_FILE"
 fi
 
 # Wheels of this checkout and everything it needs (pip's own index configuration applies).

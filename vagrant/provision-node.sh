@@ -128,9 +128,12 @@ systemctl daemon-reload
 
 # Under emulation a daemon takes minutes to import its libraries and say READY=1: the units'
 # start timeout follows Pacemaker's (provision-cluster.sh), or systemd would give up first.
+# pcsd (Ruby and Python) too: it took over 90 s, systemd's default, on a VM of a busy host.
 if [ "$TCG" = 1 ]; then
-    install -d /etc/systemd/system/fitsflow-.service.d
-    printf '[Service]\nTimeoutStartSec=600\n' > /etc/systemd/system/fitsflow-.service.d/90-emulated-cpu.conf
+    for unit in fitsflow- pcsd pcsd-ruby; do
+        install -d "/etc/systemd/system/$unit.service.d"
+        printf '[Service]\nTimeoutStartSec=600\n' > "/etc/systemd/system/$unit.service.d/90-emulated-cpu.conf"
+    done
     systemctl daemon-reload
 fi
 
