@@ -11,10 +11,7 @@ from typing import Any
 from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, Text, select, update, insert
 from sqlalchemy.exc import IntegrityError
 
-from sqlalchemy.engine import Engine
-
-from fitsflow.core.db import engine_for
-from fitsflow.core.migrations import migrate
+from fitsflow.core.db import SiteStore
 
 metadata = MetaData()
 assignments = Table(
@@ -71,17 +68,8 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-class Book:
+class Book(SiteStore):
     """All methods are blocking; call them through asyncio.to_thread."""
-
-    def __init__(self, database: str | Engine) -> None:
-        """``database``: the daemon's engine, or a URL (the book then owns its engine)."""
-        self.engine, self._owned = engine_for(database)
-        migrate(self.engine)
-
-    def close(self) -> None:
-        if self._owned:
-            self.engine.dispose()
 
     # -- assignments -------------------------------------------------------------------
 

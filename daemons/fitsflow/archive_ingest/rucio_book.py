@@ -21,11 +21,8 @@ from typing import Any
 
 from sqlalchemy import (BigInteger, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, delete,
                         func, insert, select, update)
-from sqlalchemy.engine import Engine
-
-from fitsflow.core.db import engine_for
+from fitsflow.core.db import SiteStore
 from fitsflow.core.ingest.registry import files_table
-from fitsflow.core.migrations import migrate
 
 metadata = MetaData()
 archive_files = files_table(metadata, "archive_files")
@@ -84,21 +81,15 @@ def _data_id(r: Any) -> dict[str, Any]:
             "sensor": r.sensor, "obs_day": r.obs_day}
 
 
-class RucioBook:
+class RucioBook(SiteStore):
     """Blocking (call through to_thread)."""
 
-    def __init__(self, database: str | Engine) -> None:
-        self.engine, self._owned = engine_for(database)
-        migrate(self.engine)
-
-    def close(self) -> None:
-        if self._owned:
-            self.engine.dispose()
-
-    def unregistered(self, limit: int) -> list[Unregistered]:
-        """Archived files without a registration row, oldest first."""
+    def unregistered(self, limit: int, after_id: int = 0) -> list[Unregistered]:
+        """Archived files without a registration row, oldest first; ``after_id``: only files
+        archived after that one (the archive grows by rows with higher ids: the registrar
+        looks at the new ones, and at the whole table now and then, not at every look)."""
         a, r = archive_files, registrations
-        stmt = (select(a).outerjoin(r, r.c.file_id == a.c.id).where(r.c.file_id.is_(None))
+        stmt = (select(a).outerjoin(r, r.c.file_id == a.c.id).where(r.c.file_id.is_(None), a.c.id > after_id)
                 .order_by(a.c.id).limit(limit))
         with self.engine.connect() as c:
             return [Unregistered(row.id, row.path, row.size, _data_id(row)) for row in c.execute(stmt)]

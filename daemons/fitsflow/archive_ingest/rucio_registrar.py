@@ -44,6 +44,9 @@ _CLIENT_LOG = logging.getLogger("fitsflow.rucio.client")
 _CLIENT_LOG.setLevel(logging.CRITICAL)
 #: how often the book is looked at without a wake-up (files archived by another instance)
 POLL_S = 10.0
+#: how often the whole archive is searched for files without a registration; in between only
+#: files archived since the last one taken on are (an archive of years is millions of rows)
+FULL_SCAN_S = 3600.0
 
 
 class RucioUnavailable(Exception):
@@ -162,6 +165,10 @@ class RucioRegistrar:
         self._panic = panic
         self.catalogue = catalogue or RucioCatalogue(cfg, repo)
         self._wake = asyncio.Event()
+        #: the last archived file taken on (archive_files.id), and when the archive was last
+        #: searched in full; None: not yet since start
+        self._taken_to = 0
+        self._full_scan_at: float | None = None
         #: since start: registered, set aside, checksums computed
         self.registered = self.conflicts = self.summed = 0
 
@@ -210,8 +217,12 @@ class RucioRegistrar:
     async def step(self) -> bool:
         """Take new archived files on and register one batch; True if more may be waiting."""
         batch = self.cfg.batch
-        new = await asyncio.to_thread(self.book.unregistered, batch)
+        now = asyncio.get_running_loop().time()
+        if self._full_scan_at is None or now - self._full_scan_at >= FULL_SCAN_S:
+            self._taken_to, self._full_scan_at = 0, now
+        new = await asyncio.to_thread(self.book.unregistered, batch, self._taken_to)
         if new:
+            self._taken_to = max(self._taken_to, max(f.file_id for f in new))
             for reg in await asyncio.to_thread(self._take_on, new):
                 await self._set_aside(reg, f"{self.repo / reg.path} is gone from the archive")
         pending = await asyncio.to_thread(self.book.pending, batch)

@@ -18,6 +18,22 @@ def engine_for(database: str | Engine) -> tuple[Engine, bool]:
     return make_engine(database), True
 
 
+class SiteStore:
+    """Base of a store whose tables are in the site database: given the daemon's engine (shared
+    by its stores) or a URL (the store then owns, and disposes of, its engine); the schema is
+    brought to the newest revision before the first query (core.migrations)."""
+
+    def __init__(self, database: str | Engine) -> None:
+        from fitsflow.core.migrations import migrate  # Alembic: only for what opens a database
+
+        self.engine, self._owned = engine_for(database)
+        migrate(self.engine)
+
+    def close(self) -> None:
+        if self._owned:
+            self.engine.dispose()
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL (readers never block the writer), a durable
     commit and a busy timeout, since several daemons may share one file on a small site."""

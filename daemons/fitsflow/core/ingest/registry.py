@@ -16,8 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from sqlalchemy.engine import Engine
 
-from fitsflow.core.db import engine_for
-from fitsflow.core.migrations import migrate
+from fitsflow.core.db import SiteStore
 
 DATA_ID_KEYS = ("instrument", "image", "group", "snap", "raft", "sensor", "obs_day")
 
@@ -52,19 +51,14 @@ class Entry:
     protected: bool
 
 
-class Registry:
+class Registry(SiteStore):
     """Rows of one files table. All methods are blocking (call them through to_thread)."""
 
     def __init__(self, database: str | Engine, table: str) -> None:
         """``database``: the daemon's engine, or a URL (this registry then owns its engine)."""
-        self.engine, self._owned = engine_for(database)
+        super().__init__(database)
         self.metadata = MetaData()
         self.table = files_table(self.metadata, table)
-        migrate(self.engine)
-
-    def close(self) -> None:
-        if self._owned:
-            self.engine.dispose()
 
     def find(self, data_id: dict[str, Any]) -> Entry | None:
         t = self.table
