@@ -237,3 +237,15 @@ def test_metrics_ports(cfg_file: Path, ports: str, words: str | None) -> None:
         assert metrics.port_of("oods", "o1") == 9104
     else:
         assert words in str(error_of(cfg_file))
+
+
+def test_partial_sensors_wait_longer_than_the_catch_up_or_not_at_all(cfg_file: Path) -> None:
+    """A grace shorter than catch-up's first re-send would archive partial files that the
+    re-send could have completed (seen in the full-disk fault test)."""
+    text = cfg_file.read_text()
+    cfg_file.write_text(text + "\n[archive_controller]\ncatchup_after_s = 120.0\npartial_grace_s = 60.0\n")
+    err = error_of(cfg_file)
+    assert err.key == "archive_controller.partial_grace_s" and "catchup_after_s" in err.problem
+    for grace in ("0.0", "180.0"):
+        cfg_file.write_text(text + f"\n[archive_controller]\ncatchup_after_s = 120.0\npartial_grace_s = {grace}\n")
+        assert load_config(cfg_file).section("archive_controller").partial_grace_s == float(grace)

@@ -23,9 +23,11 @@ class ArchiveControllerConfig:
     #: The ingests then trust the identity the controller verified (one check per inode).
     trust_local_writes: bool = True
 
-    #: Partial sensors (rows lost on the way) wait this long for the camera's re-send
-    #: (catch-up) before they are forwarded as they are, flagged partial. 0: at once.
-    partial_grace_s: float = 0.0
+    #: Partial sensors (rows lost on the way, or not stored while the disk was full) wait this
+    #: long for the camera's re-send (catch-up, after catchup_after_s) before they are
+    #: forwarded as they are, flagged PARTIAL. Longer than catchup_after_s: a partial file once
+    #: archived is not replaced by the complete one a later re-send brings. 0: at once.
+    partial_grace_s: float = 180.0
     #: Catch-up: ask the camera to re-send an image whose sensors are not all in the archive
     #: this long after its END_READOUT (needs a camera that keeps images: RESEND_IMAGE).
     catchup: bool = True
@@ -38,6 +40,11 @@ class ArchiveControllerConfig:
             check.positive(f"archive_controller.{key}", getattr(self, key))
         if self.partial_grace_s < 0:
             check.fail("archive_controller.partial_grace_s", "must be >= 0")
+        if self.catchup and 0 < self.partial_grace_s <= self.catchup_after_s:
+            check.fail("archive_controller.partial_grace_s",
+                       f"{self.partial_grace_s:g} s is not longer than catchup_after_s ({self.catchup_after_s:g} s): "
+                       "partial sensors would be archived as partial before the camera is asked to re-send them "
+                       "(or set 0 to archive them at once)")
         check.positive("archive_controller.liveness_timeout_s", self.liveness_timeout_s)
         check.positive("archive_controller.assign_interval_s", self.assign_interval_s)
         if self.staging_dir_mode & ~0o777:
