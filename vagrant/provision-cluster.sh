@@ -45,28 +45,34 @@ FENCING="required"
 STONITH_DEVICES="fence-vms fence_virsh ip=$MGMT_HOST username=root identity_file=/etc/fitsflow/fence_key ssh=1 pcmk_host_map=${map#;}"
 CONF
 if ! pcs resource config archive-controller >/dev/null 2>&1; then
-    fitsflow-cib --config /etc/fitsflow/cluster.conf
-fi
-if [ "$TCG" = 1 ] && ! grep -qs done /etc/fitsflow/cluster-tcg; then
-    # Emulated CPUs run everything ~10x slower, and four VMs share the host's cores: Python and
-    # Java start in minutes, a resource agent's monitor takes tens of seconds when a neighbour
-    # boots. fitsflow-cib's timeouts (60 s starts, 20-30 s monitors) would have Pacemaker
-    # recover resources that were only slow; these are for emulation only.
+    # One push: fitsflow-cib works on a copy of the CIB (-f), the emulation timeouts below go
+    # into the same copy, and the cluster sees it all at once. (Pushed in two steps, the
+    # resources started at once with the normal 20-60 s timeouts under emulation, failed, and
+    # got a node fenced before the second push came.)
     cib=$(mktemp --suffix=.xml)
     pcs cluster cib "$cib"
-    for r in broker-vip controller-vip recv-r1-vip; do
-        pcs -f "$cib" resource update "$r" op monitor interval=30s timeout=120s
-    done
-    for r in broker-fs data-fs; do
-        pcs -f "$cib" resource update "$r" op monitor interval=60s timeout=120s
-    done
-    for r in activemq archive-controller oods archive-ingest header-service panic-mailer recorder forwarder receiver-r1; do
-        pcs -f "$cib" resource update "$r" op monitor interval=30s timeout=120s op start timeout=600s op stop timeout=300s
-    done
-    pcs -f "$cib" stonith update fence-vms op monitor interval=300s timeout=120s
+    fitsflow-cib --config /etc/fitsflow/cluster.conf -f "$cib"
+    if [ "$TCG" = 1 ]; then
+        # Emulated CPUs run everything ~10x slower, and four VMs share the host's cores: Python
+        # and Java start in minutes, a resource agent's monitor takes tens of seconds when a
+        # neighbour boots. fitsflow-cib's timeouts (60 s starts, 20-30 s monitors) would have
+        # Pacemaker recover resources that were only slow; these are for emulation only.
+        for r in broker-vip controller-vip recv-r1-vip; do
+            pcs -f "$cib" resource update "$r" op monitor interval=30s timeout=120s op start timeout=120s \
+                op stop timeout=120s
+        done
+        for r in broker-fs data-fs; do
+            pcs -f "$cib" resource update "$r" op monitor interval=60s timeout=120s op start timeout=300s \
+                op stop timeout=300s
+        done
+        for r in activemq archive-controller oods archive-ingest header-service panic-mailer recorder forwarder receiver-r1; do
+            pcs -f "$cib" resource update "$r" op monitor interval=30s timeout=120s op start timeout=600s op stop timeout=300s
+        done
+        pcs -f "$cib" stonith update fence-vms pcmk_reboot_timeout=300s pcmk_monitor_timeout=120s \
+            op monitor interval=300s timeout=120s op start timeout=120s
+    fi
     pcs cluster cib-push "$cib" --config
     rm -f "$cib"
-    echo done > /etc/fitsflow/cluster-tcg
 fi
 
 echo "waiting for every resource to start..."
