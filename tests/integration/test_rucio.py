@@ -107,7 +107,7 @@ def test_a_stream_is_registered_through_a_rucio_crash(tmp_path: Path, broker: Pr
                                  what="every file registered once Rucio is back")
             await async_wait_for(lambda: RUCIO_FAULT not in arch.faults.active, 30, what="ALARM cleared")
             # The book's commit follows the announcement (a crash between them announces again).
-            want = {"pending": 0, "registered": 14, "conflict": 0, "unregistered": 0}
+            want = {"pending": 0, "registered": 14, "conflict": 0, "retake": 0, "unregistered": 0}
             await async_wait_for(lambda: arch.rucio_book.counts() == want, 30, what=f"the book says {want}")
             assert all(m.data["status"] == 0 for m in listen.of("IMAGE_IN_RUCIO"))
             # The shifter heard of the outage (the ALARM episode's panic: how the client saw it

@@ -7,6 +7,8 @@ file on, with its Rucio names and the checksums Rucio wants (adler32, md5):
     registered  the replica exists in Rucio with these checksums and is in its dataset
     conflict    Rucio has the name with other content (or the file is gone): set aside for
                 a person (a panic), never retried by itself
+    retake      a person asked for it again (``fitsflow archive rucio-retry``): the
+                checksums are read again and it is pending
 
 Files of ``archive_files`` that have no row yet are found by a join, so a file archived
 while the registrar was down, or just before a crash, is taken on at the next look: there
@@ -19,8 +21,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (BigInteger, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, delete,
-                        func, insert, select, update)
+from sqlalchemy import (BigInteger, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, func,
+                        insert, select, update)
 from fitsflow.core.db import SiteStore
 from fitsflow.core.ingest.registry import files_table
 
@@ -44,7 +46,7 @@ registrations = Table(
     Column("registered_at", DateTime(timezone=True)),
 )
 
-STATES = ("pending", "registered", "conflict")
+STATES = ("pending", "registered", "conflict", "retake")
 
 
 @dataclass
@@ -140,16 +142,24 @@ class RucioBook(SiteStore):
         return out
 
     def retry_set_aside(self, **filters: Any) -> int:
-        """Forget the set-aside registrations of these files (data ID parts; none: all), so the
-        registrar takes them on afresh (checksums read again) once a person has fixed Rucio's
-        entry or the file. Returns how many."""
+        """Mark the set-aside registrations of these files (data ID parts; none: all) to be
+        taken on afresh (``retake``: checksums read again, then registered) once a person
+        has fixed Rucio's entry or the file. Returns how many."""
         a, r = archive_files, registrations
         files = select(a.c.id)
         for key, value in filters.items():
             if value is not None:
                 files = files.where(a.c["group_id" if key == "group" else key] == value)
         with self.engine.begin() as c:
-            return int(c.execute(delete(r).where(r.c.state == "conflict", r.c.file_id.in_(files))).rowcount)
+            return int(c.execute(update(r).where(r.c.state == "conflict", r.c.file_id.in_(files))
+                                 .values(state="retake", attempts=0)).rowcount)
+
+    def set_sums(self, rows: list[Registration]) -> None:
+        """Checksums read again, and the state that follows (pending, or conflict)."""
+        with self.engine.begin() as c:
+            for x in rows:
+                c.execute(update(registrations).where(registrations.c.file_id == x.file_id)
+                          .values(adler32=x.adler32, md5=x.md5, state=x.state, last_error=""))
 
     def by_path(self) -> dict[str, tuple[str, str]]:
         """Archive path → (state, DID), for ``fitsflow archive ls``."""

@@ -225,6 +225,10 @@ class RucioRegistrar:
             self._taken_to = max(self._taken_to, max(f.file_id for f in new))
             for reg in await asyncio.to_thread(self._take_on, new):
                 await self._set_aside(reg, f"{self.repo / reg.path} is gone from the archive")
+        retake = await asyncio.to_thread(self.book.in_state, "retake", batch)
+        if retake:
+            for reg in await asyncio.to_thread(self._resum, retake):
+                await self._set_aside(reg, f"{self.repo / reg.path} is gone from the archive")
         pending = await asyncio.to_thread(self.book.pending, batch)
         if not pending:
             return len(new) == batch
@@ -254,6 +258,19 @@ class RucioRegistrar:
                                      adler32=adler32, md5=md5, state=state, path=f.path, data_id=f.data_id,
                                      name=Path(f.path).name))
         self.book.start(rows)
+        return [r for r in rows if r.state == "conflict"]
+
+    def _resum(self, rows: list[Registration]) -> list[Registration]:
+        """Registrations a person asked for again: their checksums read again, then pending
+        (a file still gone stays in conflict, and is returned)."""
+        for r in rows:
+            try:
+                r.adler32, r.md5 = file_adler32_md5(self.repo / r.path)
+                r.state = "pending"
+                self.summed += 1
+            except FileNotFoundError:
+                r.state = "conflict"
+        self.book.set_sums(rows)
         return [r for r in rows if r.state == "conflict"]
 
     async def _set_aside(self, reg: Registration, why: str) -> None:
