@@ -144,8 +144,14 @@ class StompLink(BrokerLink):
                 conn.disconnect()
             except Exception as exc:  # noqa: BLE001 - the socket may already be gone
                 _log.debug("%s: disconnect: %s", self.address, exc)
-            if not conn.is_connected():  # lost already: make sure its socket is closed too
-                _abandon(conn)
+            # The broker answers DISCONNECT with a receipt, on which stomp.py's io thread
+            # ends the TLS session and closes the socket itself. Wait for that thread: a
+            # second thread in the same TLS session (an unwrap of our own) aborts the process
+            # inside OpenSSL (seen in CI: "Fatal Python error: Aborted" in ssl.unwrap).
+            thread = getattr(conn.transport, "io_thread", None)
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(self._timeout)
+            _abandon(conn)  # a broker that did not answer in time
         self._fail_pending(f"{self.address}: connection closed")
 
     def send(self, destination: str, body: str, headers: Mapping[str, str]) -> concurrent.futures.Future[None]:
@@ -242,9 +248,19 @@ def _abandon(conn: stomp.Connection) -> None:
         conn.remove_listener("fitsflow")
     except Exception:  # noqa: BLE001 - best effort
         pass
+    transport = conn.transport
+    sock = transport.socket
+    if sock is None:
+        return
+    thread = getattr(transport, "io_thread", None)
     try:
-        conn.transport.disconnect_socket()
-    except Exception as exc:  # noqa: BLE001 - best effort on a connection that never came up
+        if thread is not None and thread.is_alive():
+            # The io thread owns the socket and its TLS state: only wake it at the OS level
+            # (no TLS call from this thread, see close()); it then closes the socket itself.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        else:
+            sock.close()
+    except OSError as exc:  # closed meanwhile by the io thread
         _log.debug("closing an abandoned connection: %s", exc)
 
 
