@@ -1,4 +1,7 @@
-# make rpm     build the RPMs into build/rpm/RPMS (on Debian with rpm/macros.debian-fallback)
+# make rpm [DIST=el9]   build fitsflow's RPMs for EL10 (or EL9) into build/rpm/RPMS
+#                       (on Debian with rpm/macros.debian-fallback)
+# make deps-rpm         the packages EL10 + EPEL 10 lack (rpm/deps/python-*.spec)
+# make runtime-rpm      EL9's fitsflow-runtime (rpm/deps/fitsflow-runtime.spec)
 # make lint    rpmlint the built RPMs
 # make clean
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' daemons/fitsflow/__init__.py)
@@ -6,12 +9,18 @@ TOP ?= $(CURDIR)/build/rpm
 # RELEASE=2 make rpm: a newer release of the same version (the upgrade test uses it)
 RELEASE ?= 1
 TARBALL := $(TOP)/SOURCES/fitsflow-$(VERSION).tar.gz
+# The release the packages are for: DIST=el10 (the default) or DIST=el9 (rpm/fitsflow.spec says
+# how they differ). On EL the build host's own macros decide; on Debian these stand in for them.
+DIST ?= el10
+DIST_el10 := --define 'rhel 10' --define 'dist .el10' --define 'fitsflow_python3_version 3.12'
+DIST_el9 := --define 'rhel 9' --define 'dist .el9'
+ON_DEBIAN := $(wildcard /etc/debian_version)
 # Debian's rpm has no systemd/python macros and its dpkg-installed build deps are unknown to rpm.
-DEBIAN_FLAGS := $(if $(wildcard /etc/debian_version),--nodeps --load $(CURDIR)/rpm/macros.debian-fallback --define 'fitsflow_rpmdir $(CURDIR)/rpm')
+DEBIAN_FLAGS := $(if $(ON_DEBIAN),--nodeps --load $(CURDIR)/rpm/macros.debian-fallback --define 'fitsflow_rpmdir $(CURDIR)/rpm')
 # %check runs the unit tests with an interpreter that has the dependencies: the project's venv if any.
 CHECK_PYTHON := $(if $(wildcard .venv/bin/python),--define 'fitsflow_check_python $(CURDIR)/.venv/bin/python')
 
-.PHONY: rpm deps-rpm lint clean tarball
+.PHONY: rpm deps-rpm runtime-rpm lint clean tarball
 
 tarball:
 	mkdir -p $(TOP)/SOURCES
@@ -20,18 +29,31 @@ tarball:
 	cp etc/sysusers.d/fitsflow.conf $(TOP)/SOURCES/fitsflow.sysusers
 
 rpm: tarball
-	rpmbuild -ba $(DEBIAN_FLAGS) $(CHECK_PYTHON) --define '_topdir $(TOP)' --define 'fitsflow_release $(RELEASE)' rpm/fitsflow.spec
+	rpmbuild -ba $(DEBIAN_FLAGS) $(if $(ON_DEBIAN),$(DIST_$(DIST))) $(CHECK_PYTHON) --define '_topdir $(TOP)' \
+	    --define 'fitsflow_release $(RELEASE)' rpm/fitsflow.spec
 
-# The pure-Python dependencies EL lacks (rpm/deps/), from their PyPI sdists.
+# The dependencies EL10 + EPEL 10 lack (rpm/deps/python-*.spec), from their PyPI sdists.
 DEPS := inotify_simple==1.3.5
 deps-rpm:
 	mkdir -p $(TOP)/SOURCES
 	python3 -m pip download --quiet --no-deps --no-binary :all: --dest $(TOP)/SOURCES $(DEPS)
-	for spec in rpm/deps/*.spec; do \
-	    rpmbuild -ba $(DEBIAN_FLAGS) --define '_topdir $(TOP)' $$spec || exit 1; done
+	for spec in rpm/deps/python-*.spec; do \
+	    rpmbuild -ba $(DEBIAN_FLAGS) $(if $(ON_DEBIAN),$(DIST_el10)) --define '_topdir $(TOP)' $$spec || exit 1; done
+
+# EL9's fitsflow-runtime (rpm/deps/fitsflow-runtime.spec): the files of the lock, downloaded and
+# checked against its hashes, for EL9's python3.11 and glibc (2.34) whatever the build host.
+RUNTIME_VERSION := $(shell sed -n 's/^Version: *//p' rpm/deps/fitsflow-runtime.spec)
+EL9_PLATFORMS := $(foreach t,manylinux2014 manylinux_2_17 manylinux_2_24 manylinux_2_27 manylinux_2_28 manylinux_2_31 manylinux_2_34,--platform $(t)_x86_64)
+runtime-rpm:
+	rm -rf $(TOP)/runtime-download && mkdir -p $(TOP)/SOURCES $(TOP)/runtime-download
+	python3 -m pip download --quiet --no-deps --require-hashes -r rpm/runtime/el9-requirements.txt \
+	    $(EL9_PLATFORMS) --python-version 3.11 --implementation cp --abi cp311 --dest $(TOP)/runtime-download
+	tar -czf $(TOP)/SOURCES/fitsflow-runtime-$(RUNTIME_VERSION).tar.gz -C $(TOP)/runtime-download .
+	cp rpm/runtime/el9-requirements.txt $(TOP)/SOURCES/
+	rpmbuild -ba $(DEBIAN_FLAGS) $(if $(ON_DEBIAN),$(DIST_el9)) --define '_topdir $(TOP)' rpm/deps/fitsflow-runtime.spec
 
 lint:
-	rpmlint -r rpm/rpmlintrc rpm/fitsflow.spec $(TOP)/RPMS/noarch/*.rpm $(TOP)/SRPMS/*.rpm
+	rpmlint -r rpm/rpmlintrc rpm/fitsflow.spec $(wildcard $(TOP)/RPMS/*/*.rpm) $(TOP)/SRPMS/*.rpm
 
 clean:
 	rm -rf build

@@ -50,3 +50,32 @@ def test_every_runtime_dependency_is_in_the_spec_with_the_same_bound() -> None:
     assert not differ, f"lower bounds differ (setup.py, spec): {differ}"
     extra = sorted(set(spec) - set(setup))
     assert not extra, f"required by the spec, not by setup.py: {extra}"
+
+
+def runtime_pins() -> dict[str, str]:
+    """{name: pinned version} of EL9's fitsflow-runtime lock (rpm/runtime/el9-requirements.txt)."""
+    text = (REPO / "rpm" / "runtime" / "el9-requirements.txt").read_text()
+    return {normalized(m.group(1)): m.group(2)
+            for m in re.finditer(r"^([A-Za-z0-9_.-]+)==([0-9][0-9A-Za-z.]*)", text, re.MULTILINE)}
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version))
+
+
+def test_el9_runtime_pins_every_dependency_within_setup_py_bounds_and_the_spec_bundles_them() -> None:
+    """EL9 gets its dependencies only from fitsflow-runtime: its lock must hold every
+    install_requires at a version setup.py accepts, every pin hash-checked, and the runtime
+    spec's bundled() Provides must say the same versions (what an admin audits)."""
+    pins, setup = runtime_pins(), setup_requirements()
+    missing = sorted(set(setup) - set(pins))
+    assert not missing, f"in setup.py, not in rpm/runtime/el9-requirements.txt: {missing}"
+    low = {name: (pins[name], bound) for name, bound in setup.items()
+           if bound and version_tuple(pins[name]) < version_tuple(bound)}
+    assert not low, f"pinned below setup.py's bound (pin, bound): {low}"
+    lock = (REPO / "rpm" / "runtime" / "el9-requirements.txt").read_text()
+    assert lock.count("--hash=sha256:") == len(pins), "every pin needs its hash (pip download --require-hashes)"
+    spec = (REPO / "rpm" / "deps" / "fitsflow-runtime.spec").read_text()
+    bundled = {normalized(m.group(1)): m.group(2)
+               for m in re.finditer(r"^Provides:\s*bundled\(python3\.11dist\(([^)]+)\)\)\s*=\s*(\S+)", spec, re.MULTILINE)}
+    assert bundled == pins, "rpm/deps/fitsflow-runtime.spec's bundled() Provides and the lock differ"
