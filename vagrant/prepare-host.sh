@@ -19,7 +19,8 @@ MGMT_NET=${MGMT_NET:-192.168.121.0/24}
 mkdir -p "$B"
 
 BOX_FILE=${BOX_FILE:-fitsflow-debian12.box}
-if [ "${FITSFLOW_VAGRANT_OS:-debian12}" = debian12 ] && [ ! -s "$B/$BOX_FILE" ]; then
+# (BOX_ADDED=1: Vagrant already holds the box of this recipe; its file is not needed.)
+if [ "${FITSFLOW_VAGRANT_OS:-debian12}" = debian12 ] && [ "${BOX_ADDED:-0}" != 1 ] && [ ! -s "$B/$BOX_FILE" ]; then
     find "$B" -maxdepth 1 -name 'fitsflow-debian12*.box' -delete   # an older recipe's (472 MB each)
     "$HERE/build-box.sh" "$B/$BOX_FILE"
 fi
