@@ -26,6 +26,7 @@ system_packages() {
         # openssl: the TLS tests make their own CA (keytool comes with the JRE)
         # pcs, pacemaker-cli-utils: pacemaker/fitsflow-cib is built and checked offline (crm_verify, crm_simulate)
         # rpm, rpmlint, createrepo-c, dnf: the RPMs are built, linted and installed into a scratch root
+        # python3-pip, python3-setuptools, python3-wheel: the specs build wheels with the system Python
         # busybox-static: the shell of the test-only base system in that root (scriptlets run)
         # systemd-container: the units are tested under systemd in systemd-nspawn containers
         # pacemaker, corosync, resource-agents, dbus, iproute2: tests/ha builds a 3-node cluster
@@ -34,7 +35,8 @@ system_packages() {
         local want=(activemq fitsverify postgresql systemd python3-venv chromium openssl
                     pcs pacemaker-cli-utils rpm rpmlint createrepo-c dnf busybox-static
                     systemd-container pacemaker corosync resource-agents dbus iproute2
-                    libsystemd-dev pkg-config gcc python3-dev groff-base)
+                    libsystemd-dev pkg-config gcc python3-dev groff-base
+                    python3-pip python3-setuptools python3-wheel)
         local missing=()
         for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
         if [ "${#missing[@]}" -gt 0 ]; then
