@@ -2,6 +2,7 @@
 #                       (on Debian with rpm/macros.debian-fallback)
 # make deps-rpm         the packages EL10 + EPEL 10 lack (rpm/deps/python-*.spec)
 # make runtime-rpm      EL9's fitsflow-runtime (rpm/deps/fitsflow-runtime.spec)
+# make activemq-rpm     EL's apache-activemq, from Apache's tarball in $(TOP)/SOURCES
 # make lint    rpmlint the built RPMs
 # make clean
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' daemons/fitsflow/__init__.py)
@@ -20,13 +21,14 @@ DEBIAN_FLAGS := $(if $(ON_DEBIAN),--nodeps --load $(CURDIR)/rpm/macros.debian-fa
 # %check runs the unit tests with an interpreter that has the dependencies: the project's venv if any.
 CHECK_PYTHON := $(if $(wildcard .venv/bin/python),--define 'fitsflow_check_python $(CURDIR)/.venv/bin/python')
 
-.PHONY: rpm deps-rpm runtime-rpm lint clean tarball
+.PHONY: rpm deps-rpm runtime-rpm activemq-rpm lint clean tarball
 
 tarball:
 	mkdir -p $(TOP)/SOURCES
 	git ls-files -co --exclude-standard | grep -v '^build/' | \
 	    tar -czf $(TARBALL) --transform 's,^,fitsflow-$(VERSION)/,' -T -
 	cp etc/sysusers.d/fitsflow.conf $(TOP)/SOURCES/fitsflow.sysusers
+	cp etc/sysusers.d/activemq-fitsflow.conf $(TOP)/SOURCES/activemq-fitsflow.sysusers
 
 rpm: tarball
 	rpmbuild -ba $(DEBIAN_FLAGS) $(if $(ON_DEBIAN),$(DIST_$(DIST))) $(CHECK_PYTHON) --define '_topdir $(TOP)' \
@@ -51,6 +53,15 @@ runtime-rpm:
 	tar -czf $(TOP)/SOURCES/fitsflow-runtime-$(RUNTIME_VERSION).tar.gz -C $(TOP)/runtime-download .
 	cp rpm/runtime/el9-requirements.txt $(TOP)/SOURCES/
 	rpmbuild -ba $(DEBIAN_FLAGS) $(if $(ON_DEBIAN),$(DIST_el9)) --define '_topdir $(TOP)' rpm/deps/fitsflow-runtime.spec
+
+# EL's apache-activemq (rpm/deps/apache-activemq.spec) from Apache's binary distribution, which
+# must be in $(TOP)/SOURCES (it is not on PyPI or in Debian; see the spec).
+ACTIVEMQ_VERSION ?= 5.18.6
+activemq-rpm:
+	@test -s $(TOP)/SOURCES/apache-activemq-$(ACTIVEMQ_VERSION)-bin.tar.gz || { echo \
+	    "put apache-activemq-$(ACTIVEMQ_VERSION)-bin.tar.gz (Apache's download, sha512 checked) in $(TOP)/SOURCES" >&2; exit 1; }
+	rpmbuild -ba $(DEBIAN_FLAGS) $(if $(ON_DEBIAN),$(DIST_$(DIST))) --define '_topdir $(TOP)' \
+	    --define 'activemq_version $(ACTIVEMQ_VERSION)' rpm/deps/apache-activemq.spec
 
 lint:
 	rpmlint -r rpm/rpmlintrc rpm/fitsflow.spec $(wildcard $(TOP)/RPMS/*/*.rpm) $(TOP)/SRPMS/*.rpm

@@ -77,7 +77,7 @@ def scratch_dnf(tmp_path: Path, packages: list[Path], rhel: int) -> tuple[list[s
 
 def test_one_package_per_daemon_and_files_where_fedora_puts_them(built: Path) -> None:
     names = {name_of(p) for p in rpms(built)}
-    assert names == {"python3-inotify_simple", "python3-fitsflow", "fitsflow-receiver", "fitsflow-header-service", "fitsflow-forwarder",
+    assert names == {"python3-inotify_simple", "python3-fitsflow", "fitsflow-broker", "fitsflow-receiver", "fitsflow-header-service", "fitsflow-forwarder",
                      "fitsflow-archive-controller", "fitsflow-oods", "fitsflow-archive-ingest",
                      "fitsflow-panic-mailer", "fitsflow-recorder", "fitsflow-pacemaker", "fitsflow-demo"}
     files = {name_of(p): run("rpm", "-qlp", p).stdout.split() for p in rpms(built)}
@@ -220,3 +220,52 @@ def test_el9_runs_on_python311_with_fitsflow_runtime(built_el9: Path, tmp_path: 
     out = run(*dnf, "remove", *roles, "python3-fitsflow", "fitsflow-runtime", env=env)
     assert "scriptlet" not in (out.stdout + out.stderr).lower(), out.stdout + out.stderr
     assert not (root / "usr/lib/fitsflow-runtime").exists()
+
+
+def test_the_broker_package_installs_with_apache_activemq(built: Path, tmp_path: Path) -> None:
+    """fitsflow-broker and apache-activemq (rpm/deps/apache-activemq.spec). Apache's binary
+    distribution cannot be downloaded here: the spec is built from a stand-in tarball of the
+    same layout made of Debian's ActiveMQ jars (what activemq-fitsflow.service runs is tested
+    under systemd in test_broker_unit.py)."""
+    debian = Path("/usr/share/activemq")
+    if not (debian / "bin" / "activemq.jar").exists():
+        pytest.skip("Debian's activemq package is needed for the stand-in tarball (dev.sh setup)")
+    top = tmp_path / "amqtop"
+    dist = tmp_path / "apache-activemq-5.17.2"
+    (dist / "bin").mkdir(parents=True)
+    shutil.copy(debian / "bin" / "activemq.jar", dist / "bin")
+    for jar in (debian / "lib").rglob("*.jar"):  # Apache's lib/ holds the jars themselves
+        if jar.exists():  # (Debian links some optional jars whose packages are not installed)
+            (dist / jar.parent.relative_to(debian)).mkdir(parents=True, exist_ok=True)
+            shutil.copy(jar, dist / jar.relative_to(debian))
+    for name in ("LICENSE", "NOTICE"):
+        (dist / name).write_text("stand-in: Debian's activemq, /usr/share/doc/activemq/copyright\n")
+    (top / "SOURCES").mkdir(parents=True)
+    run("tar", "-czf", top / "SOURCES" / "apache-activemq-5.17.2-bin.tar.gz", "-C", tmp_path, dist.name)
+    run("make", "-C", REPO, "activemq-rpm", f"TOP={top}", "ACTIVEMQ_VERSION=5.17.2", "DIST=el10")
+    amq = list((top / "RPMS").rglob("apache-activemq-*.rpm"))
+    broker = [p for p in rpms(built) if name_of(p) == "fitsflow-broker"]
+    assert len(amq) == 1 and len(broker) == 1
+    lint = run("rpmlint", "-r", REPO / "rpm" / "deps" / "apache-activemq.rpmlintrc", REPO / "rpm" / "deps" / "apache-activemq.spec",
+               *amq, check=False)
+    assert " 0 errors" in lint.stdout, lint.stdout[-4000:]
+
+    # The instance's secrets are readable by the broker's group only; the key store paths are
+    # the package's own directory.
+    perms = run("rpm", "-qp", "--qf", "[%{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILENAMES}\n]", *broker).stdout
+    assert "-rw-r----- root:activemq /etc/fitsflow/activemq/users.properties" in perms, perms
+    assert "drwxr-x--- root:activemq /etc/fitsflow/activemq\n" in perms, perms
+    assert "/usr/lib/systemd/system/activemq-fitsflow.service" in perms
+    config = run("rpm", "-qp", "--configfiles", *broker).stdout.split()
+    assert "/etc/fitsflow/activemq/broker.properties" in config and "/etc/sysconfig/activemq-fitsflow" in config
+
+    dnf, repo, root, env = scratch_dnf(tmp_path, [*rpms(built), *amq, *base_stub(tmp_path, 10)], rhel=10)
+    out = run(*dnf, "install", "fitsflow-broker", env=env)
+    assert "scriptlet" not in (out.stdout + out.stderr).lower(), out.stdout + out.stderr
+    assert (root / "usr/share/apache-activemq/lib/activemq-broker.jar").is_file()
+    props = (root / "etc/fitsflow/activemq/broker.properties").read_text()
+    assert "ssl.keyStore=/etc/fitsflow/activemq/broker.p12" in props, props
+    log = (root / "var/log/fitsflow-test-scriptlets.log").read_text().splitlines()
+    assert "systemd-update-helper install-system-units activemq-fitsflow.service" in log, log
+    out = run(*dnf, "remove", "fitsflow-broker", "apache-activemq", env=env)
+    assert not (root / "usr/lib/systemd/system/activemq-fitsflow.service").exists()

@@ -14,7 +14,10 @@ import pytest
 from fitsflow.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
-UNITS = sorted((REPO / "units").glob("*.service"))
+#: The daemons' units (the shared drop-in applies to them) and every unit fitsflow ships
+#: (activemq-fitsflow.service, the broker, too).
+UNITS = sorted((REPO / "units").glob("fitsflow-*.service"))
+ALL_UNITS = sorted((REPO / "units").glob("*.service"))
 #: The settings every daemon unit shares (a top-level drop-in: systemd.unit(5)).
 SHARED = REPO / "units" / "fitsflow-.service.d"
 MAX_EXPOSURE = 2.0  # the security goal (issue 7 asked for 2.5); the units reach 1.2 today
@@ -27,7 +30,7 @@ def installed_copy(tmp_path: Path, unit: Path) -> Path:
     """The unit as an admin would have it: an instance name for templates, ExecStart pointing
     at the installed scripts (here: this environment's)."""
     name = unit.name.replace("@.service", "@t1.service")
-    text = unit.read_text().replace("/usr/bin/", f"{Path(sys.executable).parent}/")
+    text = unit.read_text().replace("/usr/bin/fitsflow", f"{Path(sys.executable).parent}/fitsflow")
     (tmp_path / name).write_text(text)
     shutil.copy(REPO / "units" / "fitsflow.target", tmp_path / "fitsflow.target")
     for d in (SHARED, unit.with_name(unit.name + ".d")):
@@ -41,7 +44,7 @@ def effective(unit: Path) -> str:
     return unit.read_text() + "".join(f.read_text() for f in sorted(SHARED.glob("*.conf")))
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+@pytest.mark.parametrize("unit", ALL_UNITS, ids=lambda p: p.name)
 def test_verify_is_clean(tmp_path: Path, unit: Path) -> None:
     copy = installed_copy(tmp_path, unit)
     done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(copy)], capture_output=True, text=True,
@@ -49,7 +52,7 @@ def test_verify_is_clean(tmp_path: Path, unit: Path) -> None:
     assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+@pytest.mark.parametrize("unit", ALL_UNITS, ids=lambda p: p.name)
 def test_hardening_score(tmp_path: Path, unit: Path) -> None:
     copy = installed_copy(tmp_path, unit)
     done = subprocess.run(["systemd-analyze", "security", "--offline=yes", f"--threshold={int(MAX_EXPOSURE * 10)}",
@@ -112,3 +115,15 @@ def test_the_receiver_may_read_the_kernel_settings(tmp_path: Path) -> None:
     done = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(oods)], capture_output=True,
                           text=True, cwd=tmp_path)
     assert re.search(r"✓ ProcSubset=", done.stdout), done.stdout[-3000:]
+
+
+def test_the_broker_unit_contract() -> None:
+    """activemq-fitsflow.service runs ActiveMQ (not a fitsflow daemon: no notify, no watchdog,
+    not under the daemons' drop-in), restarts it, and counts its clean exit (143) as success."""
+    text = (REPO / "units" / "activemq-fitsflow.service").read_text()
+    assert not (REPO / "units" / "activemq-fitsflow.service").name.startswith("fitsflow-")
+    for line in ("Type=simple", "User=activemq", "SuccessExitStatus=143", "Restart=on-failure",
+                 "StateDirectory=activemq-fitsflow", "EnvironmentFile=-/etc/sysconfig/activemq-fitsflow",
+                 "-Dactivemq.data=/var/lib/activemq-fitsflow", "-jar ${ACTIVEMQ_HOME}/bin/activemq.jar start"):
+        assert line in text, line
+    assert "MemoryDenyWriteExecute=yes" not in text  # the JVM's JIT needs W+X memory
