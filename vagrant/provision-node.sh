@@ -79,6 +79,9 @@ join_timeout_s = 60.0
 
 [archive_controller]
 liveness_timeout_s = 15.0
+# A readout missed in a failover is asked again after 15 s; a partial one waits 30 s for it
+# (the grace must be the longer: fitsflow refuses the configuration otherwise).
+catchup_after_s = 15.0
 partial_grace_s = 30.0
 
 [panic_mailer]
