@@ -28,7 +28,7 @@ for d in sysusers.d tmpfiles.d; do install -D -m 644 "$SRC/etc/$d/fitsflow.conf"
 install -D -m 644 -t /usr/lib/sysctl.d "$SRC"/etc/sysctl.d/*.conf
 systemd-sysusers fitsflow.conf
 systemd-tmpfiles --create fitsflow.conf
-sysctl -q --system >/dev/null || true
+/lib/systemd/systemd-sysctl   # (procps' sysctl is not in the box)
 install -d -m 755 /etc/fitsflow
 [ -e /etc/fitsflow/fitsflow.toml ] || install -m 644 "$SRC/etc/fitsflow/fitsflow.toml" /etc/fitsflow/fitsflow.toml
 install -D -m 755 "$SRC/pacemaker/fitsflow-cib" /usr/local/sbin/fitsflow-cib

@@ -24,6 +24,7 @@ counter (stream.RejectedPacketCounter) turns N back into the reason. Heaps witho
 from __future__ import annotations
 
 import ctypes
+import errno
 import socket
 import struct
 
@@ -93,7 +94,25 @@ def attach(sock: socket.socket, limit: int) -> None:
     raw = b"".join(struct.pack("HBBI", code, jt, jf, k) for code, jt, jf, k in program)
     buf = ctypes.create_string_buffer(raw, len(raw))
     fprog = _SockFprog(len(program), ctypes.addressof(buf))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))  # type: ignore[arg-type]
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))  # type: ignore[arg-type]
+    except OSError as exc:
+        if exc.errno == errno.ENOMEM:
+            # The kernel charges a socket's filter to net.core.optmem_max: older kernels'
+            # default (20480 bytes: Debian 12, EL9) is too small for this program.
+            raise OSError(errno.ENOMEM, f"the kernel refused the packet filter ({len(program)} instructions): "
+                          f"net.core.optmem_max is {_optmem_max()} bytes; fitsflow-receiver's sysctl.d "
+                          f"drop-in (90-fitsflow-receiver.conf) raises it to 131072: run "
+                          f"'systemctl restart systemd-sysctl'") from None
+        raise
+
+
+def _optmem_max() -> str:
+    try:
+        with open("/proc/sys/net/core/optmem_max") as fh:
+            return fh.read().strip()
+    except OSError:
+        return "unknown"
 
 
 def reason_of(spead2_message: str) -> str | None:
