@@ -383,7 +383,9 @@ class MessageBus:
                     await self._refused(entry.destination, "send", str(exc))
                     continue
                 except (Disconnected, TimeoutError) as exc:
-                    _log.info("%s: outbox flush paused: %s", self.name, exc or "no receipt in time")
+                    # (a TimeoutError says nothing by itself: an exception is truthy, its text empty)
+                    _log.info("%s: outbox flush paused: %s", self.name,
+                              str(exc) or f"no receipt within {self.cfg.receipt_timeout_s:g} s")
                     return
                 self.store.outbox_remove(entry.seq)
                 self._outbox_count -= 1
