@@ -25,6 +25,7 @@ from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config, load_config
 from fitsflow.core.messages import Message, make
 from fitsflow.core.rawstore import read_meta, read_pixels
+from fitsflow.core.states import State
 from fitsflow.core.spead_format import HEAP_ADDRESS_BITS, ITEMS, encode_name
 from fitsflow.receiver.daemon import ReceiverDaemon
 from fitsflow.testing.broker import PrivateBroker
@@ -395,5 +396,35 @@ def test_archived_images_leave_the_raw_buffer(harness_factory: HarnessFactory) -
         h.assert_bit_exact(kept.image, kept.image_seq, SENSORS)
         assert receiver.raw_removed == 1 and receiver.raw_waiting == 1
         assert not list(h.raw_root.glob(".trash-*"))
+        await h.close()
+    harness_factory.run(main())
+
+
+def test_a_port_that_cannot_be_opened_is_an_alarm_then_received_once_free(harness_factory: HarnessFactory) -> None:
+    """Another process holds the receiver's UDP port (as a stale instance or a VIP not yet on
+    this node would make it fail): the receiver does not exit into a restart loop; it stays
+    up in ALARM naming the port and the system's reason, and receives as soon as the port
+    is free, without a restart."""
+    async def main() -> None:
+        h = await harness_factory(reopen_max_s=0.5)
+        holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        holder.bind(("127.0.0.1", h.port))
+        try:
+            receiver = await h.start_receiver()
+            assert receiver.failed is None
+            await async_wait_for(lambda: any(f"127.0.0.1:{h.port}" in a.data["message"] and "in use" in
+                                             a.data["message"] for a in h.alerts), 30, what="ALERT naming the port")
+            assert receiver.effective_state() == State.ALARM
+            [episode] = receiver.faults.active.values()
+            assert "Address already in use" in episode.detail
+        finally:
+            holder.close()
+        await async_wait_for(lambda: not receiver.faults.active, 30, what="the port opened and the ALARM cleared")
+        assert receiver.effective_state() == State.ON and receiver.failed is None
+        with SpeadSender([("127.0.0.1", h.port)], rate_bytes_s=200e6) as sender:
+            image = await h.simulator(sender).take_image()
+        await async_wait_for(lambda: h.readout(image.image), 30, what=f"READOUT_COMPLETE of {image.image}")
+        assert h.readout(image.image).data["missing"] == []
+        h.assert_bit_exact(image.image, image.image_seq, SENSORS)
         await h.close()
     harness_factory.run(main())

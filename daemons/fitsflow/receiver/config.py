@@ -39,6 +39,9 @@ class ReceiverConfig:
     loss_alert_fraction: float = 0.001
     #: Period of RECEIVER_STATS messages and loss checks (s).
     stats_interval_s: float = 10.0
+    #: A port that cannot be opened (address not here yet, port held, packet filter refused)
+    #: is tried again, at most this long apart (s), with the daemon in ALARM meanwhile.
+    reopen_max_s: float = 5.0
     #: Readouts leave the raw buffer store this long after the archive holds every sensor of
     #: their image (IMAGE_IN_ARCHIVE); images with a sensor the archive never took stay.
     raw_keep_s: float = 3600.0
@@ -67,7 +70,7 @@ class ReceiverConfig:
                 except ValueError as exc:
                     check.fail(name, str(exc))
         for key in ("socket_buffer_bytes", "max_heap_bytes", "max_heaps", "ring_heaps", "writers", "image_timeout_s",
-                    "stats_interval_s"):
+                    "stats_interval_s", "reopen_max_s"):
             check.positive(f"receiver.{key}", getattr(self, key))
         for key in ("raw_keep_s", "raw_clean_interval_s"):
             if getattr(self, key) < 0:

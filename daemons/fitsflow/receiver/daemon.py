@@ -24,6 +24,7 @@ from fitsflow.receiver.stream import RejectedPacketCounter, SpeadStreamReceiver
 _log = logging.getLogger(__name__)
 STORE_FAULT = "raw buffer store"
 LOSS_FAULT = "UDP packet loss above threshold"
+SOCKET_FAULT = "UDP port {address} not open"
 
 
 class ReceiverDaemon(Daemon):
@@ -37,7 +38,8 @@ class ReceiverDaemon(Daemon):
                                         set(self.rcfg.expected_sensors), self._announce, spawn=self.spawn,
                                         storage_failed=self._storage_failed)
         self.streams = [SpeadStreamReceiver(addr, self.rcfg, self.assembler.add_stripe, self._storage_failed,
-                                            self._storage_ok, spawn=self.spawn)
+                                            self._storage_ok, spawn=self.spawn, socket_failed=self._socket_failed,
+                                            socket_ok=self._socket_ok)
                         for addr in self.rcfg.streams_for(args.instance)]
         self.rejected = RejectedPacketCounter(on_fatal=self._receive_thread_died)
         self.loss = LossMonitor(self.streams, self.rcfg.loss_alert_fraction)
@@ -143,6 +145,14 @@ class ReceiverDaemon(Daemon):
     def _storage_ok(self) -> None:
         if STORE_FAULT in self.faults.active:
             self.faults.clear(STORE_FAULT)
+
+    def _socket_failed(self, address: str, problem: str) -> None:
+        """A stream's UDP port cannot be opened: one fault episode per port until it opens;
+        the images sent meanwhile are lost to this receiver and come back by catch-up."""
+        self.faults.report(SOCKET_FAULT.format(address=address), problem)
+
+    def _socket_ok(self, address: str) -> None:
+        self.faults.clear(SOCKET_FAULT.format(address=address))
 
     def _receive_thread_died(self, problem: str) -> None:
         """From spead2's thread: the stream cannot receive any more. The daemon ends (exit

@@ -26,6 +26,7 @@ import spead2.recv.asyncio
 
 from fitsflow.core.runtime import cancel_and_wait
 from fitsflow.core.errors import FitsflowError
+from fitsflow.core.faults import retry_delay
 from fitsflow.core.layout import COMPONENT_NAME, IMAGE_NAME
 from fitsflow.core.spead_format import ITEMS, PIXEL_DTYPES, Stripe, decode_name, stripe_bounds
 from fitsflow.core.config import parse_host_port
@@ -96,12 +97,17 @@ class SpeadStreamReceiver:
     """Role: receive one UDP port. ``sink(stripe)`` stores a stripe, False for a duplicate."""
 
     def __init__(self, address: str, cfg: ReceiverConfig, sink: StripeSink,
-                 storage_failed: Callable[[str], object], storage_ok: Callable[[], None], *, spawn: Spawn) -> None:
+                 storage_failed: Callable[[str], object], storage_ok: Callable[[], None], *, spawn: Spawn,
+                 socket_failed: Callable[[str, str], object] = lambda address, detail: None,
+                 socket_ok: Callable[[str], object] = lambda address: None) -> None:
         """``storage_failed(detail)`` / ``storage_ok()``: the raw buffer store refused a stripe /
-        took one (a fault episode of the daemon opens and closes with them)."""
+        took one; ``socket_failed(address, detail)`` / ``socket_ok(address)``: the port cannot
+        be opened (yet) / is open at last (fault episodes of the daemon open and close with them)."""
         self._spawn = spawn
         self.storage_failed = storage_failed
         self.storage_ok = storage_ok
+        self.socket_failed = socket_failed
+        self.socket_ok = socket_ok
         self.address = address
         self.host, self.port = parse_host_port(address)
         self.cfg = cfg
@@ -118,6 +124,22 @@ class SpeadStreamReceiver:
         self._stalls = 0
 
     async def start(self) -> None:
+        """Open the port and receive. A port that cannot be opened (address not on this host
+        yet, port held by another process, the kernel refusing the packet filter) is a fault
+        of the machine, not of fitsflow: the daemon stays up in ALARM, saying why, and opens
+        the port as soon as it can; exiting would only make systemd restart it into the same
+        refusal."""
+        try:
+            self._open()
+        except FitsflowError as exc:
+            self.socket_failed(self.address, str(exc))
+            self._task = self._spawn(self._open_then_run(), f"spead {self.address}", forever=True)
+            return
+        self._task = self._spawn(self._run(), f"spead {self.address}", forever=True)
+
+    def _open(self) -> None:
+        """A spead2 stream reading our own bound, filtered socket; FitsflowError naming the
+        address and the system's reason if the port cannot be opened."""
         pool = spead2.MemoryPool(lower=16384, upper=self.cfg.max_heap_bytes + DESCRIPTOR_ROOM,
                                  max_free=self.cfg.pool_heaps(), initial=self.cfg.pool_heaps())
         # allow_unsized_heaps=False: a heap must say its size in every packet (spead2's
@@ -127,21 +149,34 @@ class SpeadStreamReceiver:
                                           allow_unsized_heaps=False)
         ring = spead2.recv.RingStreamConfig(heaps=self.cfg.ring_heaps, contiguous_only=False,
                                             incomplete_keep_payload_ranges=True)
-        self._stream = spead2.recv.asyncio.Stream(spead2.ThreadPool(1), config, ring)
+        stream = spead2.recv.asyncio.Stream(spead2.ThreadPool(1), config, ring)
+        sock: socket.socket | None = None
         try:
             # Our own socket, so that the kernel filters it before spead2 sees a packet
             # (packet_filter: no packet may make spead2 allocate beyond max_heap_bytes).
-            self._socket = _udp_socket(self.host, self.port, self.cfg.socket_buffer_bytes)
-            packet_filter.attach(self._socket, self.cfg.max_heap_bytes + DESCRIPTOR_ROOM)
-            self._stream.add_udp_reader(self._socket, max_size=9200)
+            sock = _udp_socket(self.host, self.port, self.cfg.socket_buffer_bytes)
+            packet_filter.attach(sock, self.cfg.max_heap_bytes + DESCRIPTOR_ROOM)
+            stream.add_udp_reader(sock, max_size=9200)
         except (OSError, RuntimeError) as exc:  # bind errors, boost.asio's errors
-            self._stream.stop()
-            if self._socket is not None:
-                self._socket.close()
+            stream.stop()
+            if sock is not None:
+                sock.close()
             raise FitsflowError(f"cannot receive on UDP {self.address}: {exc}") from None
-        self._task = self._spawn(self._run(), f"spead {self.address}", forever=True)
+        self._stream, self._socket = stream, sock
         _log.info("receiving SPEAD on %s (socket buffer %d MiB, %d heaps in flight, %d in ring)", self.address,
                   self.cfg.socket_buffer_bytes >> 20, self.cfg.max_heaps, self.cfg.ring_heaps)
+
+    async def _open_then_run(self) -> None:
+        attempt = 0
+        while self._stream is None:
+            attempt += 1
+            await asyncio.sleep(retry_delay(attempt, first=0.5, cap=self.cfg.reopen_max_s))
+            try:
+                self._open()
+            except FitsflowError as exc:
+                self.socket_failed(self.address, str(exc))
+        self.socket_ok(self.address)
+        await self._run()
 
     async def stop(self) -> None:
         if self._stream is not None:
