@@ -140,6 +140,39 @@ def test_images_reach_oods_and_archive_exactly_once(tmp_path: Path, broker: Priv
     assert all(os.path.samefile(a, b) for a, b in zip(oods, arch))
 
 
+def test_a_site_target_gets_its_link_and_its_own_ingest_request(tmp_path: Path, broker: PrivateBroker) -> None:
+    """paths.extra_staging adds a hand-off target without code: every file is hard-linked into
+    its staging directory too (the same inode as the OODS's and the archive's) and announced
+    on its own queue, /queue/fitsflow.prompt.ingest, for the site's consumer."""
+    cfg = site(tmp_path, broker, paths={"extra_staging": {"prompt": "prompt/staging"}})
+    image = "TESTCAM_O_20261121_000001"
+    store_image(cfg, image, 1)
+
+    async def main() -> None:
+        async with running(ArchiveControllerDaemon, cfg) as ctl, running(ForwarderDaemon, cfg, "f1") as f1, \
+                running(OodsDaemon, cfg), running(ArchiveIngestDaemon, cfg), \
+                Listener(cfg, "prompt-consumer", ["/queue/fitsflow.prompt.ingest"]) as prompt, \
+                Listener(cfg, "arch-l4", OUT) as listen:
+            await async_wait_for(lambda: "f1" in ctl.pool.live(), 30, what="heartbeat")
+            await listen.bus.send(readout(image))
+            await async_wait_for(lambda: len(prompt.of("INGEST_REQUEST")) >= 3 and
+                                 len(listen.of("IMAGE_IN_ARCHIVE")) >= 3, 90,
+                                 what="3 INGEST_REQUESTs for the prompt target and 3 archived files")
+            assert f1.files_linked == 3
+            requests.extend(prompt.of("INGEST_REQUEST"))
+    requests: list = []
+    run(main())
+    paths = cfg.paths.resolved()
+    staging = paths.root / "prompt" / "staging"
+    archived = {p.name: p for p in paths.archive_repo.rglob("*.fits")}
+    assert sorted(m.data["data_id"]["sensor"] for m in requests) == ["S00", "S01", "S02"]
+    for m in requests:
+        staged = Path(m.data["path"])
+        assert staged.parent == staging / "20261120" and m.image == image
+        assert os.path.samefile(staged, archived[staged.name]), f"{staged} is not the archived file"
+    assert list(paths.incoming.iterdir()) == []
+
+
 def test_silent_forwarder_work_is_reassigned(tmp_path: Path, broker: PrivateBroker) -> None:
     cfg = site(tmp_path, broker)
     image = "TESTCAM_O_20261121_000010"

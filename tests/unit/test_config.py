@@ -249,3 +249,39 @@ def test_partial_sensors_wait_longer_than_the_catch_up_or_not_at_all(cfg_file: P
     for grace in ("0.0", "180.0"):
         cfg_file.write_text(text + f"\n[archive_controller]\ncatchup_after_s = 120.0\npartial_grace_s = {grace}\n")
         assert load_config(cfg_file).section("archive_controller").partial_grace_s == float(grace)
+
+
+def test_extra_hand_off_targets(cfg_file: Path) -> None:
+    """paths.extra_staging: each target is a directory on the data filesystem, resolved
+    against root, after the OODS and the archive; its name becomes a queue name."""
+    cfg = load_config(cfg_file)
+    root = cfg.paths.root
+    (root / "prompt" / "staging").mkdir(parents=True)
+    rewrite(cfg_file, f'root = "{root}"', f'root = "{root}"\nextra_staging = {{ prompt = "prompt/staging" }}')
+    targets = load_config(cfg_file).paths.handoff_targets()
+    assert list(targets) == ["oods", "archive", "prompt"]
+    assert targets["prompt"] == root / "prompt" / "staging"
+    assert load_config(cfg_file).paths.data_dirs()["extra_staging.prompt"] == root / "prompt" / "staging"
+    (root / "prompt" / "staging").rmdir()
+    err = error_of(cfg_file)
+    assert err.key == "paths.extra_staging.prompt" and "does not exist" in err.problem
+
+
+@pytest.mark.parametrize("name,words", [("forwarder", "reserved"), ("oods", "reserved"), ("Prompt", "does not match"),
+                                        ("a.b", "does not match"), ("x>", "does not match")])
+def test_extra_target_names_that_would_be_fitsflow_destinations_are_refused(cfg_file: Path, name: str,
+                                                                             words: str) -> None:
+    root = load_config(cfg_file).paths.root
+    rewrite(cfg_file, f'root = "{root}"', f'root = "{root}"\nextra_staging = {{ "{name}" = "quarantine" }}')
+    err = error_of(cfg_file)
+    assert err.key == f"paths.extra_staging.{name}" and words in err.problem
+
+
+def test_every_destination_of_fitsflow_is_a_reserved_target_name() -> None:
+    """A new message destination must not be a name a site may already use for a target."""
+    from fitsflow.core.config import RESERVED_TARGET_NAMES
+    from fitsflow.core.messages import CATALOGUE
+    words = {t.destination.split("/")[2].split(".")[1] for t in CATALOGUE.values()
+             if t.destination.split("/")[2].startswith("fitsflow.")}
+    words.discard("{target}")
+    assert words <= RESERVED_TARGET_NAMES

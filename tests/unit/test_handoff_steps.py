@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 
-from fitsflow.archive_controller.book import HandOffRow
+from fitsflow.archive_controller.book import Book, HandOffRow
 from fitsflow.archive_controller.handoff import HandOffError, link_step, unlink_step, verify
 
 
@@ -50,6 +51,23 @@ def test_link_step_is_idempotent(tmp_path: Path) -> None:
     link_step(row, 0o2775)
     link_step(row, 0o2775)  # a crash before "linked" was recorded
     assert os.stat(row.incoming).st_nlink == 3
+
+
+def test_extra_targets_are_linked_with_the_others_and_kept_in_the_book(tmp_path: Path) -> None:
+    """A site's extra target (paths.extra_staging) gets its link in the same step as the OODS
+    and the archive, and the book keeps it with the hand-off (a hand-off finishes with the
+    targets it began with, whatever the configuration says after a restart)."""
+    row = setup(tmp_path)
+    row.extra = {"prompt": str(tmp_path / "prompt" / "d" / "f.fits")}
+    link_step(row, 0o2775)
+    assert os.path.samefile(row.incoming, row.extra["prompt"]) and os.stat(row.incoming).st_nlink == 4
+    assert list(row.staged()) == ["oods", "archive", "prompt"]
+    book = Book(f"sqlite:///{tmp_path / 'site.db'}")
+    book.start_handoff(row)
+    book.start_handoff(dataclasses.replace(row, key="IMG/R22_S01", extra={}))
+    assert book.handoff(row.key) == row
+    assert book.handoff("IMG/R22_S01").extra == {}
+    book.close()
 
 
 def test_a_local_write_is_trusted_only_while_unchanged(tmp_path: Path) -> None:

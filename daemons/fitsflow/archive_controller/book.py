@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, Text, select, update, insert
@@ -37,6 +37,7 @@ handoffs = Table(
     Column("data_id", Text, nullable=False),
     Column("state", String(16), nullable=False, index=True),  # verified | linked | unlinked | requested
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("extra_targets", Text, nullable=True),     # JSON {target: staged path} beyond oods/archive
 )
 
 
@@ -62,6 +63,12 @@ class HandOffRow:
     inode: str
     data_id: dict[str, Any]
     state: str
+    #: targets beyond the OODS and the archive (paths.extra_staging when it was recorded)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def staged(self) -> dict[str, str]:
+        """Every target's staged path, by target name."""
+        return {"oods": self.oods, "archive": self.archive, **self.extra}
 
 
 def _now() -> dt.datetime:
@@ -157,6 +164,7 @@ class Book(SiteStore):
                 c.execute(insert(handoffs).values(key=row.key, image=row.image, incoming=row.incoming, oods=row.oods,
                                                   archive=row.archive, size=str(row.size), checksum=row.checksum,
                                                   inode=row.inode, data_id=json.dumps(row.data_id), state=row.state,
+                                                  extra_targets=json.dumps(row.extra) if row.extra else None,
                                                   updated_at=_now()))
             return True
         except IntegrityError:
@@ -174,4 +182,4 @@ class Book(SiteStore):
 
 def _row(r: Any) -> HandOffRow:
     return HandOffRow(r.key, r.image, r.incoming, r.oods, r.archive, int(r.size), r.checksum, r.inode,
-                      json.loads(r.data_id), r.state)
+                      json.loads(r.data_id), r.state, json.loads(r.extra_targets) if r.extra_targets else {})

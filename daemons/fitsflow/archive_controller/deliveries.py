@@ -38,7 +38,9 @@ class Deliveries:
                  spawn: Spawn) -> None:
         """``stage(name, text)``: the daemon's latency histogram of a stage (core.metrics)."""
         self.cfg = cfg
-        self.incoming, self.oods_staging, self.archive_staging = paths.incoming, paths.oods_staging, paths.archive_staging
+        self.incoming = paths.incoming
+        #: staging directory by hand-off target: oods, archive, then paths.extra_staging
+        self.targets = paths.handoff_targets()
         self.quarantine = paths.quarantine
         self.bus = bus
         self.book = book
@@ -115,9 +117,10 @@ class Deliveries:
                     # A file that stays wrong is dead-lettered after max_attempts (a panic).
                     raise Retry(f"{image} {raft}_{sensor}: {exc}; another delivery of this sensor may "
                                 "have replaced the file") from None
-                row = HandOffRow(key, image, str(src), str(self.oods_staging / day / src.name),
-                                 str(self.archive_staging / day / src.name), int(d["size"]), str(d["checksum"]),
-                                 inode, data_id, "verified")
+                staged = {target: str(staging / day / src.name) for target, staging in self.targets.items()}
+                oods, archive = staged.pop("oods"), staged.pop("archive")
+                row = HandOffRow(key, image, str(src), oods, archive, int(d["size"]), str(d["checksum"]), inode,
+                                 data_id, "verified", staged)
                 await asyncio.to_thread(self.book.start_handoff, row)
                 failpoint("handoff.verified")
             else:
@@ -202,13 +205,14 @@ class Deliveries:
         return asked
 
     async def _request(self, row: HandOffRow) -> None:
-        # Both at once: each waits for the broker's receipt of a persistent message, and
-        # neither depends on the other (a repeat after a failure is dropped by the ingests).
+        # All at once: each waits for the broker's receipt of a persistent message, and
+        # none depends on another (a repeat after a failure is dropped by the ingests).
+        staged = row.staged()
         await asyncio.gather(*(self.bus.send(make("INGEST_REQUEST", row.image, path=path, data_id=row.data_id,
                                                   checksum=row.checksum, verified=row.inode, sender=self.ident),
                                              destination_of("INGEST_REQUEST", target=target))
-                               for target, path in (("oods", row.oods), ("archive", row.archive))))
-        _log.info("%s handed off to the OODS and the archive", Path(row.oods).name, extra={"IMAGE": row.image})
+                               for target, path in staged.items()))
+        _log.info("%s handed off to %s", Path(row.oods).name, ", ".join(staged), extra={"IMAGE": row.image})
 
     async def error(self, problem: str) -> None:
         """A refused delivery or hand-off (it also ends in a dead letter, which panics)."""

@@ -3,9 +3,10 @@ step, and each step is safe to repeat, so a crash (or kill -9) between any two s
 completed exactly once by the next attempt:
 
     verified  the file in incoming/ has the announced size and checksum (row inserted)
-    linked    hard links in oods/staging/<obs-day>/ and archive/staging/<obs-day>/, dirs fsynced
-    unlinked  the incoming/ name removed (only now: both links exist), dir fsynced
-    requested INGEST_REQUEST sent to the OODS and the archive (persistent, receipted or outboxed)
+    linked    hard links in oods/staging/<obs-day>/, archive/staging/<obs-day>/ and each of the
+              site's extra staging directories (paths.extra_staging), dirs fsynced
+    unlinked  the incoming/ name removed (only now: every link exists), dir fsynced
+    requested INGEST_REQUEST sent to every target (persistent, receipted or outboxed)
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def redelivered_copy(row: HandOffRow) -> bool:
 
 def link_step(row: HandOffRow, dir_mode: int) -> None:
     src = Path(row.incoming)
-    targets = [Path(row.oods), Path(row.archive)]
+    targets = [Path(p) for p in row.staged().values()]
     if not _same_file(src, row.inode):
         if not redelivered_copy(row):
             raise HandOffError(f"{src} is gone or replaced since it was verified (expected file {row.inode})")

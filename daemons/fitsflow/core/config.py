@@ -158,6 +158,14 @@ class MetricsConfig:
             check.fail("metrics.ports", "two daemons on one port")
 
 
+#: A hand-off target's name: it becomes a queue name (fitsflow.<name>.ingest).
+TARGET_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
+#: Names whose queue would fall under one of fitsflow's own destinations (and so under its
+#: broker authorization entries, e.g. "fitsflow.forwarder.>"), or that are built in.
+RESERVED_TARGET_NAMES = frozenset({"oods", "archive", "forwarder", "camera", "readout", "stats", "header",
+                                   "rucio", "panic", "alerts", "state", "telemetry", "ingest"})
+
+
 @dataclass(frozen=True)
 class PathsConfig:
     """``[paths]``: the data tree. Relative entries are taken relative to ``root``.
@@ -174,23 +182,45 @@ class PathsConfig:
     archive_staging: Path = Path("archive/staging")
     archive_repo: Path = Path("archive/repo")
     quarantine: Path = Path("quarantine")
+    #: Hand-off targets beyond the OODS and the archive: name → staging directory. The
+    #: archive controller hard-links every delivered file there too (``<obs-day>/<file>``)
+    #: and sends an INGEST_REQUEST to ``/queue/fitsflow.<name>.ingest`` for the site's own
+    #: consumer (e.g. prompt processing), which takes the file out of its staging directory.
+    extra_staging: dict[str, Path] = dataclasses.field(default_factory=dict)
 
     def resolved(self) -> PathsConfig:
         """The same paths, each made absolute against ``root``."""
         root = self.root
         return dataclasses.replace(
             self,
-            **{f.name: root / getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "root"},
+            **{f.name: root / getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("root", "extra_staging")},
+            extra_staging={name: root / path for name, path in self.extra_staging.items()},
         )
 
     def data_dirs(self) -> dict[str, Path]:
         """Every data directory by key (``root`` excluded), resolved."""
         res = self.resolved()
-        return {f.name: getattr(res, f.name) for f in dataclasses.fields(res) if f.name != "root"}
+        dirs = {f.name: getattr(res, f.name) for f in dataclasses.fields(res)
+                if f.name not in ("root", "extra_staging")}
+        dirs.update({f"extra_staging.{name}": path for name, path in res.extra_staging.items()})
+        return dirs
+
+    def handoff_targets(self) -> dict[str, Path]:
+        """Every hand-off target's staging directory by target name, resolved: the OODS,
+        the archive, then the site's ``extra_staging``."""
+        res = self.resolved()
+        return {"oods": res.oods_staging, "archive": res.archive_staging, **res.extra_staging}
 
     def validate(self, check: _Checker) -> None:
         if not self.root.is_absolute():
             check.fail("paths.root", f"must be an absolute path, not {str(self.root)!r}")
+        for name in self.extra_staging:
+            check.pattern(f"paths.extra_staging.{name}", name, TARGET_NAME)
+            if name in RESERVED_TARGET_NAMES:
+                check.fail(f"paths.extra_staging.{name}",
+                           f"{name!r} names a destination of fitsflow's own (fitsflow.{name}.*); reserved: "
+                           f"{', '.join(sorted(RESERVED_TARGET_NAMES))}")
         if not check.check_dirs:
             return
         check.directory("paths.root", self.root)

@@ -40,9 +40,12 @@ def make_site(base: Path, brokers: list[str], *, instrument: str = "TESTCAM",
     """
     base = Path(base)
     root = base / "data"
+    extra_staging = (extra or {}).get("paths", {}).get("extra_staging", {})
     for f in dataclasses.fields(PathsConfig):
-        if f.name != "root":
+        if isinstance(f.default, Path) and f.name != "root":
             (root / f.default).mkdir(parents=True, exist_ok=True)
+    for staging in extra_staging.values():
+        (root / staging).mkdir(parents=True, exist_ok=True)
     state = base / "state"
     state.mkdir(parents=True, exist_ok=True)
     sections: dict[str, dict[str, Any]] = {
