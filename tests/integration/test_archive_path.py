@@ -35,7 +35,7 @@ from fitsflow.testing.daemons import Listener, running
 from fitsflow.testing.files import make_sensor_file
 from fitsflow.testing.stomp_tools import drain
 from fitsflow.testing.wait import async_wait_for, wait_for
-from fitsflow.core.checksum import file_crc32
+from fitsflow.core.checksum import file_crc32, file_crc32_adler32
 
 pytestmark = pytest.mark.broker
 
@@ -126,6 +126,8 @@ def test_images_reach_oods_and_archive_exactly_once(tmp_path: Path, broker: Priv
         for e in entries:
             f = repo / e.path
             assert e.path.startswith(layout + "/" + e.data_id["image"] + "/")
+            # The Adler-32 for Rucio, carried from the receiver's stripes (no file was read)
+            assert e.adler32 == file_crc32_adler32(f)[1]
             with fits.open(f, checksum=True) as hdul:
                 seq = images.index(e.data_id["image"]) + 1
                 index = SENSORS.index(f"{e.data_id['raft']}_{e.data_id['sensor']}")

@@ -17,7 +17,7 @@ import pytest
 
 from fitsflow.archive_ingest.daemon import ArchiveIngestDaemon
 from fitsflow.archive_ingest.rucio_registrar import RUCIO_FAULT
-from fitsflow.core.checksum import file_adler32_md5
+from fitsflow.core.checksum import file_adler32_md5, file_crc32_adler32
 from fitsflow.core.config import Config, load_config
 from fitsflow.core.layout import sensor_file_name
 from fitsflow.testing.broker import PrivateBroker
@@ -46,14 +46,14 @@ def rucio() -> Iterator[PrivateRucio]:
     r.stop()
 
 
-def site(tmp_path: Path, broker: PrivateBroker, rucio: PrivateRucio, enabled: bool = True) -> Config:
+def site(tmp_path: Path, broker: PrivateBroker, rucio: PrivateRucio, enabled: bool = True, md5: bool = False) -> Config:
     creds = tmp_path / "rucio-credentials.toml"
     creds.write_text(f'username = "{USERNAME}"\npassword = "{PASSWORD}"\n')
     creds.chmod(0o600)
     path = make_site(tmp_path, [broker.url], extra={
         "archive_ingest": {"rescan_s": 2.0},
         "rucio": {"enabled": enabled, "url": rucio.url, "account": "root", "credentials_file": str(creds),
-                  "rse": RSE, "batch": 4, "retry_max_s": 2.0, "timeout_s": 10.0,
+                  "rse": RSE, "batch": 4, "retry_max_s": 2.0, "timeout_s": 10.0, "md5": md5,
                   "rules": [{"copies": 1, "rse_expression": OTHER_RSE}]}})
     cfg = load_config(path)
     if not enabled:
@@ -89,7 +89,7 @@ def registered(listen: Listener) -> set[str]:
 
 def test_a_stream_is_registered_through_a_rucio_crash(tmp_path: Path, broker: PrivateBroker,
                                                        rucio: PrivateRucio) -> None:
-    cfg = site(tmp_path, broker, rucio)
+    cfg = site(tmp_path, broker, rucio, md5=True)  # as Rubin registers: adler32 and md5
     repo = cfg.paths.resolved().archive_repo
 
     async def main() -> None:
@@ -178,6 +178,14 @@ def test_files_archived_before_rucio_was_enabled_are_registered(tmp_path: Path, 
         async with running(ArchiveIngestDaemon, cfg) as arch, Listener(cfg, "rucio-l4", OUT) as listen:
             await async_wait_for(lambda: set(names) <= registered(listen), 120, what="registered after the restart")
             await async_wait_for(lambda: arch.rucio_book.counts()["registered"] == len(names), 30, what="committed")
+            # The adler32 the archive ingest summed (here: files found by its rescan, read once
+            # to verify) is the one registered: the registrar read no file (md5 not asked for).
+            assert arch.rucio is not None and arch.rucio.summed == 0
+        c = rucio.client()
+        repo = cfg.paths.resolved().archive_repo
+        for name in names:
+            meta = c.get_metadata("testcam", name)
+            assert (meta["adler32"], meta["md5"]) == (file_crc32_adler32(next(repo.rglob(name)))[1], None)
         listed = await asyncio.to_thread(archive_ls, cfg)
         assert sorted((f["rucio"]["state"], f["rucio"]["did"]) for f in listed) == \
             sorted(("registered", f"testcam:{n}") for n in names)

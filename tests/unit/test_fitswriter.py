@@ -13,7 +13,7 @@ from astropy.io import fits
 
 from fitsflow.core.headerstore import ImageHeader
 from fitsflow.core.rawstore import SensorMeta
-from fitsflow.core.checksum import file_crc32
+from fitsflow.core.checksum import file_crc32, file_crc32_adler32
 from fitsflow.core.fits_text import LIST_LIMIT, listed
 from fitsflow.forwarder.fitswriter import build_hdus, write_fits
 
@@ -27,6 +27,7 @@ def test_file_matches_astropy_and_verifies(tmp_path: Path, dtype: str) -> None:
     written = write_fits(tmp_path, "f.fits", build_hdus(header, meta, data, "f.fits", {"obs_day": "20261121"}))
     assert written.size == written.path.stat().st_size and written.size % 2880 == 0
     assert written.checksum == file_crc32(written.path)
+    assert written.adler32 == file_crc32_adler32(written.path)[1]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a checksum mismatch is a warning in astropy: make it fail
         with fits.open(written.path, checksum=True) as hdul:

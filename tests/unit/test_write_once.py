@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from fitsflow.core.checksum import file_crc32
+from fitsflow.core.checksum import file_crc32, file_crc32_adler32
 from fitsflow.core.headerstore import ImageHeader
 from fitsflow.core.rawstore import DATA_OFFSET, SensorMeta, SensorWriter, raw_path, read_pixels
 from fitsflow.core.spead_format import PIXEL_DTYPES, stripe_bounds
@@ -49,6 +49,8 @@ def store(root: Path, data: np.ndarray, skip: tuple[int, ...] = (), restart_afte
 def check(path: Path, written, data: np.ndarray) -> None:  # type: ignore[no-untyped-def]
     assert written.size == path.stat().st_size and written.size % 2880 == 0
     assert written.checksum == file_crc32(path)
+    # the Adler-32 Rucio gets, combined from the stripes' sums as the CRC is
+    assert written.adler32 == file_crc32_adler32(path)[1]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # astropy warns on a CHECKSUM/DATASUM mismatch: fail instead
         with fits.open(path, checksum=True) as hdul:
@@ -142,3 +144,34 @@ def test_stripes_written_in_chunks_sum_as_a_whole(tmp_path: Path, monkeypatch: p
     written = write_linked(raw_path(tmp_path, meta), tmp_path / "in", "f.fits",
                            build_hdus(HEADER, meta, shape_only(meta), "f.fits", DATA_ID), meta)
     check(written.path, written, data)
+
+
+def test_a_journal_of_an_older_fitsflow_is_summed_from_the_file(tmp_path: Path) -> None:
+    """Journal lines without the Adler-32 (written before it was summed): the finish reads the
+    data unit back for all three sums; a readout published by it has no Adler-32, and the
+    forwarder announces none (the ingest then sums the file)."""
+    data = pixels("<i4")
+    meta = SensorMeta("IMG_1", 1, "G", 0, "R22", "S00", ROWS, COLS, data.dtype.str, 0.0, 0.0, STRIPES,
+                      received_at=1.7e9, data_offset=DATA_OFFSET)
+    writer = SensorWriter(tmp_path, meta)
+    for i in (0, 1):
+        start, end = stripe_bounds(ROWS, STRIPES, i)
+        writer.write_stripe(i, start, data[start:end].reshape(-1))
+    writer.close()
+    journal = tmp_path / "IMG_1" / ".R22_S00.stripes"
+    journal.write_text("".join(" ".join(line.split()[:3]) + "\n" for line in journal.read_text().splitlines()))
+    writer = SensorWriter(tmp_path, SensorMeta(**{**meta.__dict__}))
+    for i in (2, 3, 4):
+        start, end = stripe_bounds(ROWS, STRIPES, i)
+        writer.write_stripe(i, start, data[start:end].reshape(-1))
+    finished = writer.finish()
+    assert finished.data_adler32 is not None
+    (tmp_path / "in").mkdir()
+    written = write_linked(raw_path(tmp_path, finished), tmp_path / "in", "f.fits",
+                           build_hdus(HEADER, finished, shape_only(finished), "f.fits", DATA_ID), finished)
+    check(written.path, written, data)
+    old = SensorMeta(**{**finished.__dict__, "data_adler32": None})
+    (tmp_path / "in2").mkdir()
+    os.unlink(written.path)
+    assert write_linked(raw_path(tmp_path, old), tmp_path / "in2", "f.fits",
+                        build_hdus(HEADER, old, shape_only(old), "f.fits", DATA_ID), old).adler32 is None

@@ -38,6 +38,7 @@ handoffs = Table(
     Column("state", String(16), nullable=False, index=True),  # verified | linked | unlinked | requested
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("extra_targets", Text, nullable=True),     # JSON {target: staged path} beyond oods/archive
+    Column("adler32", String(8), nullable=True),      # as the forwarder summed it (NULL: unknown)
 )
 
 
@@ -65,6 +66,8 @@ class HandOffRow:
     state: str
     #: targets beyond the OODS and the archive (paths.extra_staging when it was recorded)
     extra: dict[str, str] = field(default_factory=dict)
+    #: the file's Adler-32 (8 hex digits) as its writer summed it, None if not announced
+    adler32: str | None = None
 
     def staged(self) -> dict[str, str]:
         """Every target's staged path, by target name."""
@@ -165,6 +168,7 @@ class Book(SiteStore):
                                                   archive=row.archive, size=str(row.size), checksum=row.checksum,
                                                   inode=row.inode, data_id=json.dumps(row.data_id), state=row.state,
                                                   extra_targets=json.dumps(row.extra) if row.extra else None,
+                                                  adler32=row.adler32,
                                                   updated_at=_now()))
             return True
         except IntegrityError:
@@ -182,4 +186,5 @@ class Book(SiteStore):
 
 def _row(r: Any) -> HandOffRow:
     return HandOffRow(r.key, r.image, r.incoming, r.oods, r.archive, int(r.size), r.checksum, r.inode,
-                      json.loads(r.data_id), r.state, json.loads(r.extra_targets) if r.extra_targets else {})
+                      json.loads(r.data_id), r.state, json.loads(r.extra_targets) if r.extra_targets else {},
+                      r.adler32)

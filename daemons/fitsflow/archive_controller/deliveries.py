@@ -120,7 +120,7 @@ class Deliveries:
                 staged = {target: str(staging / day / src.name) for target, staging in self.targets.items()}
                 oods, archive = staged.pop("oods"), staged.pop("archive")
                 row = HandOffRow(key, image, str(src), oods, archive, int(d["size"]), str(d["checksum"]), inode,
-                                 data_id, "verified", staged)
+                                 data_id, "verified", staged, d.get("adler32"))
                 await asyncio.to_thread(self.book.start_handoff, row)
                 failpoint("handoff.verified")
             else:
@@ -208,8 +208,10 @@ class Deliveries:
         # All at once: each waits for the broker's receipt of a persistent message, and
         # none depends on another (a repeat after a failure is dropped by the ingests).
         staged = row.staged()
+        carried = {"adler32": row.adler32} if row.adler32 else {}
         await asyncio.gather(*(self.bus.send(make("INGEST_REQUEST", row.image, path=path, data_id=row.data_id,
-                                                  checksum=row.checksum, verified=row.inode, sender=self.ident),
+                                                  checksum=row.checksum, verified=row.inode, sender=self.ident,
+                                                  **carried),
                                              destination_of("INGEST_REQUEST", target=target))
                                for target, path in staged.items()))
         _log.info("%s handed off to %s", Path(row.oods).name, ", ".join(staged), extra={"IMAGE": row.image})

@@ -1,7 +1,8 @@
 """What the archive ingest has registered in Rucio (``rucio_registrations``, site database).
 
 One row per archived file (``archive_files.id``), made when the registrar first takes the
-file on, with its Rucio names and the checksums Rucio wants (adler32, md5):
+file on, with its Rucio names and the checksums Rucio gets (adler32, carried from the
+file's write; md5 if the site asks for it, '' otherwise):
 
     pending     not yet confirmed by Rucio (new, or Rucio was unreachable): retried
     registered  the replica exists in Rucio with these checksums and is in its dataset
@@ -76,6 +77,8 @@ class Unregistered:
     path: str
     size: int
     data_id: dict[str, Any]
+    #: as the file's writer summed it (archive_files.adler32), None if unknown
+    adler32: str | None = None
 
 
 def _data_id(r: Any) -> dict[str, Any]:
@@ -94,7 +97,7 @@ class RucioBook(SiteStore):
         stmt = (select(a).outerjoin(r, r.c.file_id == a.c.id).where(r.c.file_id.is_(None), a.c.id > after_id)
                 .order_by(a.c.id).limit(limit))
         with self.engine.connect() as c:
-            return [Unregistered(row.id, row.path, row.size, _data_id(row)) for row in c.execute(stmt)]
+            return [Unregistered(row.id, row.path, row.size, _data_id(row), row.adler32) for row in c.execute(stmt)]
 
     def start(self, rows: list[Registration]) -> None:
         """Record registrations as pending (their checksums computed): one commit."""

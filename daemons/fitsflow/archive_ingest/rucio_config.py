@@ -46,6 +46,10 @@ class RucioConfig:
     retry_max_s: float = 60.0
     #: seconds per Rucio request before it counts as an outage
     timeout_s: float = 30.0
+    #: Also register each file's md5. The adler32 is summed as the file is written and
+    #: carried, so registering reads nothing; md5 cannot be (the headers, written last, come
+    #: first in the file, and md5 only runs forwards): true costs one read per file.
+    md5: bool = False
 
     def validate(self, check) -> None:  # type: ignore[no-untyped-def]
         check.positive("rucio.batch", self.batch)

@@ -1,8 +1,8 @@
 """Role of the archive ingest (``[rucio] enabled``): every archived file registered in Rucio.
 
 The work list is the site database (archive_ingest/rucio_book.py): archived files without a
-registration are taken on (their adler32 and md5 computed, one read of the file, recorded
-as pending), pending registrations are sent to Rucio in batches, and each confirmed one is
+registration are taken on (their adler32 as carried from the write, recorded as pending; the
+file is read only for an md5 if ``[rucio] md5``, or for an adler32 nobody carried), pending registrations are sent to Rucio in batches, and each confirmed one is
 announced (IMAGE_IN_RUCIO) and marked registered. Everything Rucio is asked is idempotent:
 
 - the file DID and its replica on the site's RSE (``add_replicas``, the archive's own path:
@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from fitsflow.archive_ingest.rucio_book import Registration, RucioBook
 from fitsflow.archive_ingest.rucio_config import RucioConfig
 from fitsflow.core.bus import MessageBus
-from fitsflow.core.checksum import file_adler32_md5
+from fitsflow.core.checksum import file_adler32_md5, file_crc32_adler32
 from fitsflow.core.config import read_credentials
 from fitsflow.core.faults import FaultEpisodes, is_environmental, retry_delay
 from fitsflow.core.messages import make
@@ -103,8 +103,9 @@ class RucioCatalogue:
         return done, conflicts
 
     def _file(self, r: Registration) -> dict[str, Any]:
-        return {"scope": r.scope, "name": r.name, "bytes": r.size, "adler32": r.adler32, "md5": r.md5,
-                "pfn": f"file://{(self.repo / r.path).as_posix()}"}
+        # md5 only when we have one: Rucio's schema refuses a null
+        return {"scope": r.scope, "name": r.name, "bytes": r.size, "adler32": r.adler32,
+                "pfn": f"file://{(self.repo / r.path).as_posix()}", **({"md5": r.md5} if r.md5 else {})}
 
     def _add_replicas(self, regs: list[Registration]) -> tuple[list[Registration], list[tuple[Registration, str]]]:
         """Add the replicas, then compare what Rucio holds under each name with the file:
@@ -119,7 +120,8 @@ class RucioCatalogue:
         for r in regs:
             m = held.get((r.scope, r.name), {})
             theirs = (m.get("bytes"), m.get("adler32"), m.get("md5"))
-            if theirs == (r.size, r.adler32, r.md5):
+            # without an md5 of ours, Rucio's (if any) cannot be compared: size and adler32 are
+            if theirs[:2] == (r.size, r.adler32) and (not r.md5 or theirs[2] == r.md5):
                 done.append(r)
             else:
                 conflicts.append((r, f"Rucio has {r.did} with size {theirs[0]}, adler32 {theirs[1]}, md5 {theirs[2]}; "
@@ -169,7 +171,7 @@ class RucioRegistrar:
         #: searched in full; None: not yet since start
         self._taken_to = 0
         self._full_scan_at: float | None = None
-        #: since start: registered, set aside, checksums computed
+        #: since start: registered, set aside, files read for their checksums
         self.registered = self.conflicts = self.summed = 0
 
     async def start(self) -> None:
@@ -223,12 +225,12 @@ class RucioRegistrar:
         new = await asyncio.to_thread(self.book.unregistered, batch, self._taken_to)
         if new:
             self._taken_to = max(self._taken_to, max(f.file_id for f in new))
-            for reg in await asyncio.to_thread(self._take_on, new):
-                await self._set_aside(reg, f"{self.repo / reg.path} is gone from the archive")
+            for reg, why in await asyncio.to_thread(self._take_on, new):
+                await self._set_aside(reg, why)
         retake = await asyncio.to_thread(self.book.in_state, "retake", batch)
         if retake:
-            for reg in await asyncio.to_thread(self._resum, retake):
-                await self._set_aside(reg, f"{self.repo / reg.path} is gone from the archive")
+            for reg, why in await asyncio.to_thread(self._resum, retake):
+                await self._set_aside(reg, why)
         pending = await asyncio.to_thread(self.book.pending, batch)
         if not pending:
             return len(new) == batch
@@ -243,35 +245,56 @@ class RucioRegistrar:
         return len(new) == batch or len(pending) == batch
 
     def _take_on(self, new: Iterable[Any]) -> list[Registration]:
-        """Checksums of archived files (one read each) and their Rucio names, recorded pending
-        (a file gone from the archive is recorded in conflict, and returned)."""
-        rows = []
+        """Archived files with their checksums and Rucio names, recorded pending; returns
+        those set aside (recorded in conflict): the file is gone from the archive, or differs
+        from what its writer summed."""
+        rows, problems = [], []
         for f in new:
             scope, container, dataset = self.cfg.names(f.data_id)
-            state = "pending"
-            try:
-                adler32, md5 = file_adler32_md5(self.repo / f.path)
-                self.summed += 1
-            except FileNotFoundError:
-                adler32, md5, state = "0" * 8, "0" * 32, "conflict"
-            rows.append(Registration(f.file_id, scope, container=container, dataset=dataset, size=f.size,
-                                     adler32=adler32, md5=md5, state=state, path=f.path, data_id=f.data_id,
-                                     name=Path(f.path).name))
+            reg = Registration(f.file_id, scope, container=container, dataset=dataset, size=f.size,
+                               adler32=f.adler32 or "0" * 8, md5="", state="pending", path=f.path,
+                               data_id=f.data_id, name=Path(f.path).name)
+            problem = self._sum(reg, carried=f.adler32)
+            if problem:
+                reg.state = "conflict"
+                problems.append((reg, problem))
+            rows.append(reg)
         self.book.start(rows)
-        return [r for r in rows if r.state == "conflict"]
+        return problems
 
-    def _resum(self, rows: list[Registration]) -> list[Registration]:
-        """Registrations a person asked for again: their checksums read again, then pending
-        (a file still gone stays in conflict, and is returned)."""
+    def _resum(self, rows: list[Registration]) -> list[tuple[Registration, str]]:
+        """Registrations a person asked for again: their checksums read again, then pending;
+        returns those set aside again."""
+        problems = []
         for r in rows:
-            try:
-                r.adler32, r.md5 = file_adler32_md5(self.repo / r.path)
-                r.state = "pending"
-                self.summed += 1
-            except FileNotFoundError:
-                r.state = "conflict"
+            problem = self._sum(r, carried=None)
+            r.state = "conflict" if problem else "pending"
+            if problem:
+                problems.append((r, problem))
         self.book.set_sums(rows)
-        return [r for r in rows if r.state == "conflict"]
+        return problems
+
+    def _sum(self, reg: Registration, carried: str | None) -> str | None:
+        """Fill ``reg``'s checksums: the carried adler32 as it is (no read: the file is the
+        one its writer summed, checked by CRC-32 when it was archived), unless md5 is wanted
+        or nothing was carried (one read). Returns why it cannot be registered, or None."""
+        path = self.repo / reg.path
+        try:
+            if carried and not self.cfg.md5:
+                size = path.stat().st_size
+                if size != reg.size:
+                    return f"{path} has {size} bytes, {reg.size} archived"
+                return None
+            if self.cfg.md5:
+                reg.adler32, reg.md5 = file_adler32_md5(path)
+            else:
+                reg.adler32, reg.md5 = file_crc32_adler32(path)[1], ""
+            self.summed += 1
+        except FileNotFoundError:
+            return f"{path} is gone from the archive"
+        if carried and reg.adler32 != carried:
+            return f"{path} has adler32 {reg.adler32}, its writer summed {carried}: changed since it was archived"
+        return None
 
     async def _set_aside(self, reg: Registration, why: str) -> None:
         _log.error("%s: %s not registered in Rucio: %s", self.ident, reg.did, why, extra={"IMAGE": reg.data_id["image"]})
@@ -284,4 +307,5 @@ class RucioRegistrar:
         await self.bus.send(make("IMAGE_IN_RUCIO", reg.data_id["image"], status=status,
                                  description=description[:2000], path=str(self.repo / reg.path), did=reg.did,
                                  dataset=f"{reg.scope}:{reg.dataset}", rse=self.cfg.rse, adler32=reg.adler32,
-                                 md5=reg.md5, size=reg.size, data_id=reg.data_id, sender=self.ident))
+                                 size=reg.size, data_id=reg.data_id, sender=self.ident,
+                                 **({"md5": reg.md5} if reg.md5 else {})))

@@ -11,28 +11,34 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 try:
-    # ISA-L's CRC-32 (python-isal): the same values as zlib's, ~10x faster on x86-64 and
-    # aarch64 (0.7 vs 7 ms per 16 MiB here). The receiver sums every stripe it stores.
-    from isal.isal_zlib import crc32
+    # ISA-L's CRC-32 and Adler-32 (python-isal): the same values as zlib's, ~10x (CRC) and
+    # ~1.6x (Adler) faster on x86-64 and aarch64 (1.2 and 7 ms per 16 MiB here, zlib 7 and
+    # 12). The receiver sums every stripe it stores.
+    from isal.isal_zlib import adler32, crc32
 except ImportError:  # pragma: no cover - a platform without isal wheels
-    from zlib import crc32
+    from zlib import adler32, crc32
 
 CHUNK = 8 * 1024 * 1024
 
 
 def file_crc32(path: Path) -> str:
-    crc = 0
+    return file_crc32_adler32(path)[0]
+
+
+def file_crc32_adler32(path: Path) -> tuple[str, str]:
+    """``crc32:<8 hex>`` and the Adler-32 (8 hex digits) of a file, in one read."""
+    crc, adler = 0, 1
     with open(path, "rb", buffering=0) as fh:
         while chunk := fh.read(CHUNK):
             crc = crc32(chunk, crc)
-    return f"crc32:{crc:08x}"
+            adler = adler32(chunk, adler)
+    return f"crc32:{crc:08x}", adler32_hex(adler)
 
 
 # -- sums of parts ---------------------------------------------------------------------
@@ -45,9 +51,9 @@ def file_adler32_md5(path: Path) -> tuple[str, str]:
     adler, md5 = 1, hashlib.md5()
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
-            adler = zlib.adler32(chunk, adler)
+            adler = adler32(chunk, adler)
             md5.update(chunk)
-    return f"{adler & 0xFFFFFFFF:08x}", md5.hexdigest()
+    return adler32_hex(adler), md5.hexdigest()
 
 
 def _zlib_combine() -> Callable[[int, int, int], int] | None:
@@ -113,6 +119,32 @@ def crc32_of_zeros(n: int, crc: int = 0) -> int:
         crc = crc32(memoryview(zeros)[:step], crc)
         n -= step
     return crc
+
+
+ADLER_BASE = 65521
+
+
+def adler32_combine(adler1: int, adler2: int, len2: int) -> int:
+    """The Adler-32 of A+B from adler32(A), adler32(B) and len(B) (zlib's adler32_combine:
+    the first sum adds up, the second gains len(B) times A's first sum)."""
+    if len2 < 0:
+        raise ValueError("negative length")
+    rem = len2 % ADLER_BASE
+    sum1 = adler1 & 0xFFFF
+    sum2 = (rem * sum1) % ADLER_BASE
+    sum1 = (sum1 + (adler2 & 0xFFFF) + ADLER_BASE - 1) % ADLER_BASE
+    sum2 = (sum2 + ((adler1 >> 16) & 0xFFFF) + ((adler2 >> 16) & 0xFFFF) + ADLER_BASE - rem) % ADLER_BASE
+    return sum1 | (sum2 << 16)
+
+
+def adler32_of_zeros(n: int, adler: int = 1) -> int:
+    """Adler-32 continued over ``n`` zero bytes (zeros alone: first sum 1, second n)."""
+    return adler32_combine(adler, ((n % ADLER_BASE) << 16) | 1, n)
+
+
+def adler32_hex(value: int) -> str:
+    """As Rucio writes it: 8 lower-case hex digits."""
+    return f"{value & 0xFFFFFFFF:08x}"
 
 
 def ones_sum(data: bytes | bytearray | memoryview, offset: int = 0) -> int:

@@ -8,7 +8,8 @@ Layout under ``paths.raw_buffer``::
                                          means the .raw is whole
     <image>/.<raft>_<sensor>.assembling  the .raw being filled, stripe by stripe (pwrite)
     <image>/.<raft>_<sensor>.stripes     journal of stripes written so far, one per line:
-                                         index, then the stripe's DATASUM part and CRC-32
+                                         index, then the stripe's DATASUM part, CRC-32
+                                         and Adler-32 (older journals: no Adler-32)
     <image>/READOUT.json                 the readout summary, written before READOUT_COMPLETE
 
 The .raw is laid out as the sensor's final FITS file (``data_offset`` > 0): room for the
@@ -16,14 +17,15 @@ primary and the extension headers (:data:`HEADER_ROOM_BLOCKS` 2880-byte blocks, 
 hole until the forwarder writes them), then the data unit as FITS stores it (big-endian,
 unsigned types offset by BZERO), padded to a block. The receiver sums each stripe as it
 writes it, so the forwarder finishes the file (headers, CHECKSUM, DATASUM, the CRC-32 the
-hand-off carries) without reading the pixels, and links it into ``incoming/``: the pixels
+hand-off carries, the Adler-32 the archive registers in Rucio) without reading the pixels, and links it into ``incoming/``: the pixels
 are written once. A .raw with ``data_offset`` 0 (written by an earlier fitsflow) holds the
 pixels row-major in the readout's own dtype; the forwarder copies those.
 
 Metadata fields: image, image_seq, group, snap, raft, sensor, rows, cols, dtype (the
 readout's, as the camera sent it), t_start, t_end, stripe_count, stripes_received,
-missing_rows ([[start, end), ...]), partial (bool), received_at, data_offset, datasum and
-data_crc (of the padded data unit; null if unknown), inode (of the .raw they describe).
+missing_rows ([[start, end), ...]), partial (bool), received_at, data_offset, datasum,
+data_crc and data_adler32 (of the padded data unit; null if unknown), inode (of the .raw
+they describe).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from fitsflow.core.checksum import crc32, crc32_combine, crc32_of_zeros, fold32, ones_sum
+from fitsflow.core.checksum import (adler32, adler32_combine, adler32_of_zeros, crc32, crc32_combine, crc32_of_zeros,
+                                    fold32, ones_sum)
 from fitsflow.core.handoff import atomic_write_bytes, fsync_dir
 from fitsflow.core.layout import COMPONENT_NAME, check_name, inside
 from fitsflow.core.poison import load_file
@@ -70,6 +73,7 @@ class SensorMeta:
     datasum: int | None = None
     data_crc: int | None = None
     inode: int = 0
+    data_adler32: int | None = None
 
     @property
     def name(self) -> str:
@@ -153,8 +157,9 @@ class SensorWriter:
         if os.fstat(self._fd).st_size != nbytes:
             os.ftruncate(self._fd, nbytes)  # sparse: never-written rows read as zeros
         self.received: set[int] = set()
-        #: Each stored stripe's (DATASUM part, CRC-32), when known (not after a refill).
-        self.sums: dict[int, tuple[int, int]] = {}
+        #: Each stored stripe's (DATASUM part, CRC-32, Adler-32), when known (not after a
+        #: refill; Adler-32 None from a journal of an older fitsflow).
+        self.sums: dict[int, tuple[int, int, int | None]] = {}
         if self.journal.exists():  # a restart: carry on where the last run stopped
             self._read_journal()
         self._journal = open(self.journal, "a")
@@ -175,8 +180,8 @@ class SensorWriter:
             if not fields or not all(f.isdigit() for f in fields):
                 continue  # a line cut by a crash: that stripe is written again if it comes
             self.received.add(int(fields[0]))
-            if len(fields) == 3:
-                self.sums[int(fields[0])] = (int(fields[1]), int(fields[2]))
+            if len(fields) >= 3:
+                self.sums[int(fields[0])] = _sums_of_line(fields)
 
     @classmethod
     def refill(cls, root: Path, meta: SensorMeta) -> SensorWriter:
@@ -224,8 +229,8 @@ class SensorWriter:
             with self._lock:  # writes of different stripes may run in parallel threads
                 self.received.add(index)
                 fields = line.split()
-                if len(fields) == 3:
-                    self.sums[index] = (int(fields[1]), int(fields[2]))
+                if len(fields) >= 3:
+                    self.sums[index] = _sums_of_line(fields)
                 self._journal.write(line)
                 self._journal.flush()
         finally:
@@ -238,15 +243,16 @@ class SensorWriter:
         """Write a stripe in the FITS layout, ``at`` bytes into the data unit; its journal
         line. Encoded, summed and written a chunk at a time, while the chunk is in cache:
         nobody reads these bytes again."""
-        total, crc, done = 0, 0, 0
+        total, crc, adler, done = 0, 0, 1, 0
         step = ENCODE_CHUNK_BYTES // flat.itemsize
         for start in range(0, flat.size, step):
             chunk = memoryview(fits_encoded(flat[start:start + step])).cast("B")
             total += ones_sum(chunk, at + done)
             crc = crc32(chunk, crc)
+            adler = adler32(chunk, adler)
             _pwrite_all(fd, chunk, self.meta.data_offset + at + done)
             done += len(chunk)
-        return f"{index} {total} {crc}\n"
+        return f"{index} {total} {crc} {adler}\n"
 
     def _close_fd(self) -> bool:
         """Close the pixel file once no write is in flight; False if already closed."""
@@ -280,7 +286,7 @@ class SensorWriter:
         meta.received_at = time.time()
         self._journal.close()
         if meta.fits_layout:
-            meta.datasum, meta.data_crc = self._data_sums()
+            meta.datasum, meta.data_crc, meta.data_adler32 = self._data_sums()
             meta.inode = os.stat(self.temp).st_ino
         os.rename(self.temp, self.final)
         atomic_write_bytes(self.meta_path, json.dumps(asdict(meta), indent=1).encode())
@@ -289,22 +295,27 @@ class SensorWriter:
         fsync_dir(self.dir)
         return meta
 
-    def _data_sums(self) -> tuple[int, int]:
-        """(DATASUM, CRC-32) of the padded data unit: from the stripes' sums, with zeros where
-        rows are missing; read back from the file if a stripe's sums are unknown (a refill)."""
+    def _data_sums(self) -> tuple[int, int, int]:
+        """(DATASUM, CRC-32, Adler-32) of the padded data unit: from the stripes' sums, with
+        zeros where rows are missing; read back from the file if a stripe's sums are unknown
+        (a refill, a journal of an older fitsflow)."""
         meta, row_bytes = self.meta, self.meta.cols * self.itemsize
-        if not self.received <= set(self.sums):
+        if not self.received <= {i for i, sums in self.sums.items() if sums[2] is not None}:
             return _sums_of_file(self.temp, meta.data_offset, padded(meta.data_bytes))
-        total, crc = 0, 0
+        total, crc, adler = 0, 0, 1
         for i in range(meta.stripe_count):
             start, end = stripe_bounds(meta.rows, meta.stripe_count, i)
             length = (end - start) * row_bytes
             if i in self.sums:
-                total += self.sums[i][0]
-                crc = crc32_combine(crc, self.sums[i][1], length)
+                part_sum, part_crc, part_adler = self.sums[i]
+                total += part_sum
+                crc = crc32_combine(crc, part_crc, length)
+                adler = adler32_combine(adler, part_adler, length)  # type: ignore[arg-type]
             else:
                 crc = crc32_of_zeros(length, crc)
-        return fold32(total), crc32_of_zeros(padded(meta.data_bytes) - meta.data_bytes, crc)
+                adler = adler32_of_zeros(length, adler)
+        pad = padded(meta.data_bytes) - meta.data_bytes
+        return fold32(total), crc32_of_zeros(pad, crc), adler32_of_zeros(pad, adler)
 
     def close(self) -> None:
         """Stop without publishing (shutdown); the journal lets the next run resume."""
@@ -318,8 +329,13 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         written += os.pwrite(fd, data[written:], offset + written)
 
 
-def _sums_of_file(path: Path, offset: int, length: int) -> tuple[int, int]:
-    total, crc, chunk = 0, 0, 8 * 1024 * 1024
+def _sums_of_line(fields: list[str]) -> tuple[int, int, int | None]:
+    """A journal line's (DATASUM part, CRC-32, Adler-32 or None)."""
+    return int(fields[1]), int(fields[2]), int(fields[3]) if len(fields) > 3 else None
+
+
+def _sums_of_file(path: Path, offset: int, length: int) -> tuple[int, int, int]:
+    total, crc, adler, chunk = 0, 0, 1, 8 * 1024 * 1024
     with open(path, "rb", buffering=0) as fh:
         fh.seek(offset)
         done = 0
@@ -329,8 +345,9 @@ def _sums_of_file(path: Path, offset: int, length: int) -> tuple[int, int]:
                 raise OSError(f"{path}: shorter than its data unit")
             total += ones_sum(data, done)
             crc = crc32(data, crc)
+            adler = adler32(data, adler)
             done += len(data)
-    return fold32(total), crc
+    return fold32(total), crc, adler
 
 
 def _missing_rows(rows: int, count: int, received: set[int]) -> list[list[int]]:

@@ -38,6 +38,8 @@ AssignmentId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_+-]{0,127}$"
 HostName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")]
 ObsDay = Annotated[str, Meta(pattern=r"^[0-9]{8}$")]
 Checksum = Annotated[str, Meta(pattern=r"^crc32:[0-9a-f]{8}$")]
+#: Adler-32 as Rucio keeps it: 8 lower-case hex digits
+Adler32 = Annotated[str, Meta(pattern=r"^[0-9a-f]{8}$")]
 #: core.handoff.file_identity: dev:ino:mtime_ns
 FileIdentity = Annotated[str, Meta(pattern=r"^[0-9]{1,20}:[0-9]{1,20}:[0-9]{1,20}$")]
 TopicName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
@@ -143,6 +145,8 @@ class FileDelivered(Body):
     #: has it is the one the checksum was computed for while writing (no re-read)
     written_on: HostName | None = None
     identity: FileIdentity | None = None
+    #: the file's Adler-32, summed as it was written (for Rucio: no re-read to register it)
+    adler32: Adler32 | None = None
 
 
 class IngestRequest(Body):
@@ -152,6 +156,8 @@ class IngestRequest(Body):
     #: the identity of the file the controller verified (or trusted) against the checksum:
     #: a staged name that still has it needs no second read
     verified: FileIdentity | None = None
+    #: the file's Adler-32 as its writer summed it, carried from FILE_DELIVERED
+    adler32: Adler32 | None = None
 
 
 class IngestResult(Body):
@@ -173,10 +179,11 @@ class InRucio(Body):
     did: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}:[A-Za-z0-9_.+-]{1,255}$")]
     dataset: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}:[A-Za-z0-9_.+-]{1,255}$")]
     rse: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,255}$")]
-    adler32: Annotated[str, Meta(pattern=r"^[0-9a-f]{8}$")]
-    md5: Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")]
+    adler32: Adler32
     size: Count
     data_id: DataId
+    #: only with [rucio] md5 = true
+    md5: Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")] | None = None
 
 
 class Panic(Body):

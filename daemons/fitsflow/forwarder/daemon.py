@@ -29,7 +29,7 @@ from fitsflow.core.handoff import file_identity, remove_stale_temps
 from fitsflow.core.runtime import Daemon
 from fitsflow.forwarder.assignments import Assignment, AssignmentBook
 from fitsflow.forwarder.config import ForwarderConfig
-from fitsflow.core.checksum import file_crc32
+from fitsflow.core.checksum import file_crc32_adler32
 from fitsflow.forwarder.fitswriter import (NotLinkable, WrittenFile, build_hdus, shape_only, write_copy, write_fits,
                                            write_linked)
 
@@ -210,25 +210,26 @@ class ForwarderDaemon(Daemon):
             self.faults.clear(WRITE_FAULT)
         await self.bus.send(make("FILE_DELIVERED", a.image, path=str(written[0]), size=written[1],
                                  checksum=written[2], data_id=data_id, assignment=a.assignment, sender=self.ident,
-                                 written_on=self.host, identity=written[3]))
+                                 written_on=self.host, identity=written[3],
+                                 **({"adler32": written[4]} if written[4] else {})))
         a.delivered[name] = {"path": str(written[0]), "size": written[1], "checksum": written[2]}
         await self.book.save(a)
         self.files_written += 1
 
     def _write(self, filename: str, header: ImageHeader, meta: SensorMeta,
-               data_id: dict) -> tuple[Path, int, str, str]:
-        """(path, size, checksum, identity) of the sensor's file in incoming/."""
+               data_id: dict) -> tuple[Path, int, str, str, str | None]:
+        """(path, size, checksum, identity, Adler-32 or None) of the sensor's file in incoming/."""
         target = self.incoming / filename
         if target.exists():  # written before a crash, not yet delivered: deliver what is there
-            crc = file_crc32(target)
+            crc, adler = file_crc32_adler32(target)
             st = target.stat()
-            return target, st.st_size, crc, file_identity(st)
+            return target, st.st_size, crc, file_identity(st), adler
         if meta.fits_layout:
             written = self._finish_stored(filename, header, meta, data_id)
         else:  # stored by an earlier fitsflow: the readout's own layout
             written = write_fits(self.incoming, filename, build_hdus(header, meta, read_pixels(self.raw_root, meta),
                                                                      filename, data_id), owner=self.temp_owner)
-        return written.path, written.size, written.checksum, file_identity(written.path.stat())
+        return written.path, written.size, written.checksum, file_identity(written.path.stat()), written.adler32
 
     def _finish_stored(self, filename: str, header: ImageHeader, meta: SensorMeta, data_id: dict) -> WrittenFile:
         """The stored readout becomes the file (linked), or, where it cannot, a copy."""

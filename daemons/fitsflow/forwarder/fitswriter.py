@@ -28,7 +28,8 @@ import numpy as np
 from astropy.io import fits
 
 from fitsflow import __version__
-from fitsflow.core.checksum import crc32, crc32_combine, file_crc32, fold32, ones_sum
+from fitsflow.core.checksum import (adler32, adler32_combine, adler32_hex, crc32, crc32_combine, file_crc32_adler32,
+                                    fold32, ones_sum)
 from fitsflow.core.fits_text import declare_long_strings, listed
 from fitsflow.core.handoff import atomic_writer, publish_link
 from fitsflow.core.headerstore import ImageHeader
@@ -42,6 +43,9 @@ class WrittenFile:
     #: ``crc32:<8 hex>``: verifies the hand-off at disk speed (sha256 runs at ~250 MB/s
     #: on this class of CPU); the FITS CHECKSUM/DATASUM cards guard the content too.
     checksum: str
+    #: Adler-32 (8 hex digits) of the same bytes, for Rucio; None if unknown (a readout
+    #: stored by an older fitsflow)
+    adler32: str | None = None
 
 
 def _rows_text(ranges: list[list[int]]) -> str:
@@ -118,9 +122,9 @@ def _datasum(pixels: np.ndarray) -> int:
     return total
 
 
-def _write_data(fh, pixels: np.ndarray, crc: int) -> int:  # type: ignore[no-untyped-def]
-    """Write pixels big-endian in chunks through one reused buffer, CRC-32 as we go, then the
-    zero padding to a 2880-byte block. Returns the CRC."""
+def _write_data(fh, pixels: np.ndarray, crc: int, adler: int) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """Write pixels big-endian in chunks through one reused buffer, CRC-32 and Adler-32 as we
+    go, then the zero padding to a 2880-byte block. Returns both."""
     flat = np.ascontiguousarray(pixels).reshape(-1)
     buf = np.empty(CHUNK_BYTES // pixels.dtype.itemsize, dtype=pixels.dtype.newbyteorder(">"))
     for start in range(0, flat.size, buf.size):
@@ -130,12 +134,14 @@ def _write_data(fh, pixels: np.ndarray, crc: int) -> int:  # type: ignore[no-unt
         view = memoryview(out).cast("B")
         fh.write(view)
         crc = crc32(view, crc)
+        adler = adler32(view, adler)
     pad = (-flat.nbytes) % BLOCK
     if pad:
         zeros = bytes(pad)
         fh.write(zeros)
         crc = crc32(zeros, crc)
-    return crc
+        adler = adler32(zeros, adler)
+    return crc, adler
 
 
 def write_fits(directory: Path, filename: str, hdus: fits.HDUList, owner: str = "") -> WrittenFile:
@@ -154,12 +160,13 @@ def write_fits(directory: Path, filename: str, hdus: fits.HDUList, owner: str = 
                 fast._known_datasum = _datasum(image.data)
                 primary.add_checksum(when=when)
                 fast.add_checksum(when=when)
-                crc = 0
+                crc, adler = 0, 1
                 for header in (primary.header, fast.header):
                     block = header.tostring(padding=True).encode("ascii")
                     fh.write(block)
                     crc = crc32(block, crc)
-                crc = _write_data(fh, image.data, crc)
+                    adler = adler32(block, adler)
+                crc, adler = _write_data(fh, image.data, crc, adler)
             else:
                 # Our own fixed comment again: writeto(checksum=True) would stamp "now" into
                 # CHECKSUM's comment, and a repeated assignment would not give the same bytes.
@@ -178,8 +185,8 @@ def write_fits(directory: Path, filename: str, hdus: fits.HDUList, owner: str = 
         if cause is not None:
             raise cause from None
         raise
-    checksum = f"crc32:{crc:08x}" if crc is not None else file_crc32(path)
-    return WrittenFile(path, os.path.getsize(path), checksum)
+    checksum, adler_hex = (f"crc32:{crc:08x}", adler32_hex(adler)) if crc is not None else file_crc32_adler32(path)
+    return WrittenFile(path, os.path.getsize(path), checksum, adler_hex)
 
 
 # -- readouts stored in the FITS layout --------------------------------------------------
@@ -289,7 +296,8 @@ def write_linked(raw: Path, directory: Path, filename: str, hdus: fits.HDUList, 
         os.close(fd)
     data = padded(meta.data_bytes)
     crc = crc32_combine(crc32(head), meta.data_crc, data)
-    return WrittenFile(path, len(head) + data, f"crc32:{crc:08x}")
+    adler = None if meta.data_adler32 is None else adler32_hex(adler32_combine(adler32(head), meta.data_adler32, data))
+    return WrittenFile(path, len(head) + data, f"crc32:{crc:08x}", adler)
 
 
 def write_copy(raw: Path, directory: Path, filename: str, hdus: fits.HDUList, meta: SensorMeta,
@@ -310,7 +318,7 @@ def write_copy(raw: Path, directory: Path, filename: str, hdus: fits.HDUList, me
         head, _ = header_blocks(hdus, fold32(total), HEADER_ROOM_BLOCKS)
         with atomic_writer(path, owner=owner) as fh:
             fh.write(head)
-            crc = crc32(head)
+            crc, adler = crc32(head), adler32(head)
             offset = meta.data_offset
             while offset < meta.data_offset + size:
                 chunk = os.pread(src.fileno(), min(CHUNK_BYTES, meta.data_offset + size - offset), offset)
@@ -318,5 +326,6 @@ def write_copy(raw: Path, directory: Path, filename: str, hdus: fits.HDUList, me
                     raise OSError(errno.EIO, f"{raw}: shorter than its data unit")
                 fh.write(chunk)
                 crc = crc32(chunk, crc)
+                adler = adler32(chunk, adler)
                 offset += len(chunk)
-    return WrittenFile(path, len(head) + size, f"crc32:{crc:08x}")
+    return WrittenFile(path, len(head) + size, f"crc32:{crc:08x}", adler32_hex(adler))

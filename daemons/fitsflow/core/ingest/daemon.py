@@ -90,7 +90,7 @@ class IngestDaemon(Daemon):
         try:
             body: schemas.IngestRequest = msg.body  # checked at the door (core.schemas)
             with self.stage("ingest", "One requested file: verify, place, register, announce").time():
-                status = await self.ingester.ingest(Path(body.path), body.checksum, body.verified)
+                status = await self.ingester.ingest(Path(body.path), body.checksum, body.verified, body.adler32)
         except UnsafePath as exc:
             raise Reject(f"INGEST_REQUEST for {msg.image}: {exc}") from None
         except (OSError, SQLAlchemyError) as exc:

@@ -110,11 +110,12 @@ class Ingester:
                 else:
                     _log.exception("%s: ingesting %s failed; the next rescan retries it", self.name, path)
 
-    async def ingest(self, path: Path, expected_checksum: str | None = None, verified: str | None = None) -> int:
+    async def ingest(self, path: Path, expected_checksum: str | None = None, verified: str | None = None,
+                     adler32: str | None = None) -> int:
         """Ingest one staged path; returns the announced status (or -1 if the path is gone).
-        ``expected_checksum``/``verified``: the announced CRC-32 and the identity of the file
-        the controller checked it for (verify.inspect). Raises UnsafePath for a path outside
-        the staging tree."""
+        ``expected_checksum``/``verified``/``adler32``: the announced CRC-32, the identity of
+        the file the controller checked it for (verify.inspect) and the writer's Adler-32.
+        Raises UnsafePath for a path outside the staging tree."""
         path = entry_within(self.staging, path)
         running = self._busy.get(path)
         if running is not None:
@@ -123,7 +124,7 @@ class Ingester:
         self._busy[path] = fut
         try:
             try:
-                status = await self._ingest(path, expected_checksum, verified)
+                status = await self._ingest(path, expected_checksum, verified, adler32)
             except Exception as exc:
                 if is_environmental(exc):
                     self.storage_failed(f"{path}: {exc}")
@@ -138,7 +139,8 @@ class Ingester:
         finally:
             del self._busy[path]
 
-    async def _ingest(self, path: Path, expected_checksum: str | None, verified: str | None = None) -> int:
+    async def _ingest(self, path: Path, expected_checksum: str | None, verified: str | None = None,
+                      adler32: str | None = None) -> int:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -147,7 +149,7 @@ class Ingester:
             await self._quarantine(path, STATUS_INGEST_FAILURE, f"not a regular file: {_kind(path, st)}", None)
             return STATUS_INGEST_FAILURE
         try:
-            info = await asyncio.to_thread(inspect, path, expected_checksum, verified)
+            info = await asyncio.to_thread(inspect, path, expected_checksum, verified, adler32)
             self.stats.trusted += info.trusted
         except BadFile as bad:
             await self._quarantine(path, bad.status, bad.reason, None)
@@ -182,7 +184,7 @@ class Ingester:
                     raise
         fsync_dir(target.parent)
         if new:
-            self.registry.add(info.data_id, str(target.relative_to(self.repo)), info.size, info.checksum)
+            self.registry.add(info.data_id, str(target.relative_to(self.repo)), info.size, info.checksum, info.adler32)
         os.unlink(path)
         fsync_dir(path.parent)
 

@@ -37,6 +37,7 @@ def files_table(metadata: MetaData, name: str) -> Table:
         Column("checksum", String(80), nullable=False),
         Column("ingested_at", DateTime(timezone=True), nullable=False, index=True),
         Column("protected", Boolean, nullable=False, default=False),
+        Column("adler32", String(8), nullable=True),  # as the file's writer summed it (NULL: unknown)
         UniqueConstraint("instrument", "image", "raft", "sensor", name=f"{name}_data_id"),
     )
 
@@ -49,6 +50,7 @@ class Entry:
     checksum: str
     ingested_at: dt.datetime
     protected: bool
+    adler32: str | None = None
 
 
 class Registry(SiteStore):
@@ -67,12 +69,13 @@ class Registry(SiteStore):
                                                t.c.raft == data_id["raft"], t.c.sensor == data_id["sensor"])).first()
         return _entry(row) if row is not None else None
 
-    def add(self, data_id: dict[str, Any], path: str, size: int, checksum: str) -> bool:
-        """Record a file; False if its data ID is there already (nothing changed)."""
+    def add(self, data_id: dict[str, Any], path: str, size: int, checksum: str, adler32: str | None = None) -> bool:
+        """Record a file (``adler32``: 8 hex digits, if known); False if its data ID is there
+        already (nothing changed)."""
         values = {"instrument": data_id["instrument"], "image": data_id["image"], "group_id": data_id["group"],
                   "snap": int(data_id["snap"]), "raft": data_id["raft"], "sensor": data_id["sensor"],
                   "obs_day": data_id["obs_day"], "path": path, "size": size, "checksum": checksum,
-                  "ingested_at": dt.datetime.now(dt.timezone.utc), "protected": False}
+                  "adler32": adler32, "ingested_at": dt.datetime.now(dt.timezone.utc), "protected": False}
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(self.table).values(**values))
@@ -121,4 +124,4 @@ def _entry(row: Any) -> Entry:
     ingested = m["ingested_at"]
     if ingested.tzinfo is None:  # SQLite returns naive datetimes
         ingested = ingested.replace(tzinfo=dt.timezone.utc)
-    return Entry(data_id, m["path"], m["size"], m["checksum"], ingested, bool(m["protected"]))
+    return Entry(data_id, m["path"], m["size"], m["checksum"], ingested, bool(m["protected"]), m["adler32"])

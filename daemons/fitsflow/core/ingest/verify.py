@@ -9,7 +9,7 @@ from typing import Any
 
 from astropy.io import fits
 
-from fitsflow.core.checksum import file_crc32
+from fitsflow.core.checksum import file_crc32_adler32
 from fitsflow.core.errors import UnsafePath
 from fitsflow.core.handoff import file_identity
 from fitsflow.core.layout import COMPONENT_NAME, OBS_DAY, check_name
@@ -34,9 +34,13 @@ class Inspected:
     checksum: str
     #: the checksum was not read again: the file is the one the controller checked
     trusted: bool = False
+    #: Adler-32 (8 hex digits): summed in the verifying read, or as carried for a trusted
+    #: file; None for a trusted file whose writer did not announce one
+    adler32: str | None = None
 
 
-def inspect(path: Path, expected_checksum: str | None = None, verified: str | None = None) -> Inspected:
+def inspect(path: Path, expected_checksum: str | None = None, verified: str | None = None,
+            expected_adler32: str | None = None) -> Inspected:
     """Verify ``path`` and read its data ID; raises BadFile with the status and reason.
 
     Always: whole FITS blocks, two HDUs, the data-ID keywords. The CRC-32 of the whole file
@@ -45,15 +49,18 @@ def inspect(path: Path, expected_checksum: str | None = None, verified: str | No
     (the OODS and archive links are one inode). The FITS CHECKSUM/DATASUM pass — two more
     reads of every pixel in astropy's slow sums — only for files nobody announced (found by a
     rescan, dropped by hand): a matching announced CRC-32 already proves the bytes are the
-    very ones the forwarder wrote and summed."""
+    very ones the forwarder wrote and summed. The Adler-32 (Rucio's checksum) comes with the
+    CRC-32: carried for a trusted file, summed in the same read otherwise."""
     st = path.stat()
     trusted = bool(expected_checksum and verified and file_identity(st) == verified)
     if trusted:
-        checksum = str(expected_checksum)
+        checksum, adler32 = str(expected_checksum), expected_adler32
     else:
-        checksum = file_crc32(path)
+        checksum, adler32 = file_crc32_adler32(path)
         if expected_checksum and checksum != expected_checksum:
             raise BadFile(STATUS_INGEST_FAILURE, f"checksum {checksum} differs from the announced {expected_checksum}")
+        if expected_adler32 and adler32 != expected_adler32:
+            raise BadFile(STATUS_INGEST_FAILURE, f"Adler-32 {adler32} differs from the announced {expected_adler32}")
         st = path.stat()
     size = st.st_size
     if size == 0 or size % BLOCK:
@@ -85,7 +92,7 @@ def inspect(path: Path, expected_checksum: str | None = None, verified: str | No
         check_name(data_id["instrument"], "instrument")
     except (KeyError, ValueError, TypeError, UnsafePath) as exc:
         raise BadFile(STATUS_METADATA_FAILURE, f"metadata: {exc}") from None
-    return Inspected(data_id, size, checksum, trusted)
+    return Inspected(data_id, size, checksum, trusted, adler32)
 
 
 def _text(header: fits.Header, key: str) -> str:
