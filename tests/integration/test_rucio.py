@@ -46,7 +46,8 @@ def rucio() -> Iterator[PrivateRucio]:
     r.stop()
 
 
-def site(tmp_path: Path, broker: PrivateBroker, rucio: PrivateRucio, enabled: bool = True, md5: bool = False) -> Config:
+def site(tmp_path: Path, broker: PrivateBroker, rucio: PrivateRucio, enabled: bool = True, md5: bool = False,
+         **more: object) -> Config:
     creds = tmp_path / "rucio-credentials.toml"
     creds.write_text(f'username = "{USERNAME}"\npassword = "{PASSWORD}"\n')
     creds.chmod(0o600)
@@ -54,7 +55,7 @@ def site(tmp_path: Path, broker: PrivateBroker, rucio: PrivateRucio, enabled: bo
         "archive_ingest": {"rescan_s": 2.0},
         "rucio": {"enabled": enabled, "url": rucio.url, "account": "root", "credentials_file": str(creds),
                   "rse": RSE, "batch": 4, "retry_max_s": 2.0, "timeout_s": 10.0, "md5": md5,
-                  "rules": [{"copies": 1, "rse_expression": OTHER_RSE}]}})
+                  "rules": [{"copies": 1, "rse_expression": OTHER_RSE}], **more}})
     cfg = load_config(path)
     if not enabled:
         return cfg
@@ -89,7 +90,8 @@ def registered(listen: Listener) -> set[str]:
 
 def test_a_stream_is_registered_through_a_rucio_crash(tmp_path: Path, broker: PrivateBroker,
                                                        rucio: PrivateRucio) -> None:
-    cfg = site(tmp_path, broker, rucio, md5=True)  # as Rubin registers: adler32 and md5
+    # As Rubin registers: adler32 and md5, a dataset per 3 images (Rubin: 100)
+    cfg = site(tmp_path, broker, rucio, md5=True, dataset="{instrument}_{obs_day}_{block}", dataset_images=3)
     repo = cfg.paths.resolved().archive_repo
 
     async def main() -> None:
@@ -116,17 +118,23 @@ def test_a_stream_is_registered_through_a_rucio_crash(tmp_path: Path, broker: Pr
             assert panics and all(f"{arch.ident}: rucio: " in p and "not registered" not in p for p in panics), panics
 
         c = rucio.client()
-        files = {f["name"]: f for f in c.list_files("testcam", f"TESTCAM_{DAY}")}
+        datasets = [f"TESTCAM_{DAY}_{b:04d}" for b in range(3)]  # 7 images, 3 per dataset
+        files = {f["name"]: f for d in datasets for f in c.list_files("testcam", d)}
         assert set(files) == set(first + second)  # 0 lost, and a name is one DID (0 duplicates)
-        replicas = {r["name"]: r for r in c.list_replicas([{"scope": "testcam", "name": f"TESTCAM_{DAY}"}])}
+        assert sum(len(list(c.list_files("testcam", d))) for d in datasets) == len(files)  # one dataset each
+        images_of = [{n.split("_R22_")[0] for n in (f["name"] for f in c.list_files("testcam", d))} for d in datasets]
+        assert [len(i) for i in images_of] == [3, 3, 1]  # whole images, in the order they were archived
+        assert images_of[0] == {n.split("_R22_")[0] for n in first}
+        replicas = {r["name"]: r for d in datasets for r in c.list_replicas([{"scope": "testcam", "name": d}])}
         for name, f in files.items():
             path = next(repo.rglob(name))
             adler32, md5 = file_adler32_md5(path)
             assert (f["adler32"], replicas[name]["md5"], f["bytes"]) == (adler32, md5, path.stat().st_size)
             assert replicas[name]["rses"][RSE] == [f"file://{path}"]  # the archive's own file: nothing copied
-        assert [d["name"] for d in c.list_content("testcam", "TESTCAM")] == [f"TESTCAM_{DAY}"]
-        rules = list(c.list_did_rules("testcam", f"TESTCAM_{DAY}"))
-        assert [(r["copies"], r["rse_expression"]) for r in rules] == [(1, OTHER_RSE)]
+        assert sorted(d["name"] for d in c.list_content("testcam", "TESTCAM")) == datasets
+        for d in datasets:
+            rules = list(c.list_did_rules("testcam", d))
+            assert [(r["copies"], r["rse_expression"]) for r in rules] == [(1, OTHER_RSE)]
 
     run(main(), 600)
 

@@ -285,3 +285,23 @@ def test_every_destination_of_fitsflow_is_a_reserved_target_name() -> None:
              if t.destination.split("/")[2].startswith("fitsflow.")}
     words.discard("{target}")
     assert words <= RESERVED_TARGET_NAMES
+
+
+@pytest.mark.parametrize("rucio,words", [
+    ('dataset = "{instrument}_{obs_day}_{block}"', "go together"),
+    ("dataset_images = 100", "go together"),
+    ('scope = "{block}"', "dataset names only"),
+    ('dataset = "{instrument}_{obs_day}_{block}"\ndataset_images = 100', None),
+])
+def test_rucio_datasets_per_n_images(cfg_file: Path, rucio: str, words: str | None) -> None:
+    """A dataset per N images: {block} in the dataset name and dataset_images > 0 together."""
+    cfg_file.write_text(cfg_file.read_text() + f"\n[rucio]\n{rucio}\n")
+    if words is None:
+        from fitsflow.archive_ingest.rucio_config import RucioConfig
+        rcfg: RucioConfig = load_config(cfg_file).section("rucio")
+        data_id = {"instrument": "LATISS", "obs_day": "20261121"}
+        assert rcfg.names(data_id, rank=0)[2] == "LATISS_20261121_0000"
+        assert [rcfg.names(data_id, rank=r)[2][-4:] for r in (99, 100, 250)] == ["0000", "0001", "0002"]
+        return
+    err = error_of(cfg_file)
+    assert err.key.startswith("rucio.") and words in err.problem

@@ -134,6 +134,17 @@ class RucioBook(SiteStore):
             c.execute(update(registrations).where(registrations.c.file_id.in_(file_ids))
                       .values(attempts=registrations.c.attempts + 1, last_error=error[:4000]))
 
+    def image_rank(self, instrument: str, obs_day: str, image: str) -> int:
+        """How many of the night's images were archived before ``image`` (by the first file of
+        each): its place, which later images cannot change (ids only grow)."""
+        a = archive_files
+        first = (select(func.min(a.c.id)).where(a.c.instrument == instrument, a.c.image == image)
+                 .scalar_subquery())
+        firsts = (select(func.min(a.c.id).label("first")).where(a.c.instrument == instrument, a.c.obs_day == obs_day)
+                  .group_by(a.c.image).subquery())
+        with self.engine.connect() as c:
+            return int(c.execute(select(func.count()).select_from(firsts).where(firsts.c.first < first)).scalar_one())
+
     def counts(self) -> dict[str, int]:
         """Registrations per state, and ``unregistered``: archived files not yet taken on."""
         a, r = archive_files, registrations

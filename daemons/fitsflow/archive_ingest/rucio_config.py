@@ -6,8 +6,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: Fields a name template may use; the values come from the file's data ID.
-TEMPLATE_FIELDS = ("instrument", "instrument_lower", "obs_day")
+#: Fields a name template may use; the values come from the file's data ID, except
+#: ``block``: the image's block of ``dataset_images`` within its night (0000, 0001, ...).
+TEMPLATE_FIELDS = ("instrument", "instrument_lower", "obs_day", "block")
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,13 @@ class RucioConfig:
     #: the site's RSE: its file protocol's prefix is paths.archive_repo, so a replica's path
     #: is the archive's own file (nothing copied); non-deterministic (the path is given)
     rse: str = ""
-    #: templates over the data ID: {instrument}, {instrument_lower}, {obs_day}
+    #: templates over the data ID: {instrument}, {instrument_lower}, {obs_day}, and {block}
     scope: str = "{instrument_lower}"
     container: str = "{instrument}"
     dataset: str = "{instrument}_{obs_day}"
+    #: a dataset per N images rather than per night: with dataset = "..._{block}", the
+    #: night's images in the order they were archived, N per block; 0: no blocks
+    dataset_images: int = 0
     rules: tuple[RucioRule, ...] = field(default_factory=tuple)
     #: files per registration call; a Rucio outage is retried with back-off up to retry_max_s
     batch: int = 100
@@ -59,6 +63,14 @@ class RucioConfig:
             for name in re.findall(r"{(\w*)}", getattr(self, key)):
                 if name not in TEMPLATE_FIELDS:
                     check.fail(f"rucio.{key}", f"unknown field {{{name}}}; known: {', '.join(TEMPLATE_FIELDS)}")
+        if self.dataset_images < 0:
+            check.fail("rucio.dataset_images", "must be >= 0")
+        if ("{block}" in self.dataset) != (self.dataset_images > 0):
+            check.fail("rucio.dataset", "{block} in the dataset name and dataset_images > 0 go together "
+                                        f"(dataset {self.dataset!r}, dataset_images {self.dataset_images})")
+        for key in ("scope", "container"):
+            if "{block}" in getattr(self, key):
+                check.fail(f"rucio.{key}", "{block} is for dataset names only")
         for i, rule in enumerate(self.rules):
             check.positive(f"rucio.rules[{i}].copies", rule.copies)
             if not rule.rse_expression:
@@ -75,8 +87,10 @@ class RucioConfig:
         if check.check_dirs:
             check.secret_file("rucio.credentials_file", self.credentials_file)
 
-    def names(self, data_id: dict[str, str]) -> tuple[str, str, str]:
-        """(scope, container, dataset) of a file."""
+    def names(self, data_id: dict[str, str], rank: int = 0) -> tuple[str, str, str]:
+        """(scope, container, dataset) of a file; ``rank``: its image's place among the night's
+        images in archive order (for {block})."""
         values = {"instrument": data_id["instrument"], "instrument_lower": data_id["instrument"].lower(),
-                  "obs_day": data_id["obs_day"]}
+                  "obs_day": data_id["obs_day"],
+                  "block": f"{rank // self.dataset_images:04d}" if self.dataset_images else ""}
         return self.scope.format(**values), self.container.format(**values), self.dataset.format(**values)

@@ -171,6 +171,8 @@ class RucioRegistrar:
         #: searched in full; None: not yet since start
         self._taken_to = 0
         self._full_scan_at: float | None = None
+        #: (instrument, obs_day, image) → the image's place in its night (for {block})
+        self._ranks: dict[tuple[str, str, str], int] = {}
         #: since start: registered, set aside, files read for their checksums
         self.registered = self.conflicts = self.summed = 0
 
@@ -250,7 +252,7 @@ class RucioRegistrar:
         from what its writer summed."""
         rows, problems = [], []
         for f in new:
-            scope, container, dataset = self.cfg.names(f.data_id)
+            scope, container, dataset = self.cfg.names(f.data_id, self._rank(f.data_id))
             reg = Registration(f.file_id, scope, container=container, dataset=dataset, size=f.size,
                                adler32=f.adler32 or "0" * 8, md5="", state="pending", path=f.path,
                                data_id=f.data_id, name=Path(f.path).name)
@@ -261,6 +263,16 @@ class RucioRegistrar:
             rows.append(reg)
         self.book.start(rows)
         return problems
+
+    def _rank(self, data_id: dict[str, Any]) -> int:
+        if not self.cfg.dataset_images:
+            return 0
+        key = (data_id["instrument"], data_id["obs_day"], data_id["image"])
+        if key not in self._ranks:
+            if len(self._ranks) > 10000:
+                self._ranks.clear()  # bounded; a rank is the same when asked again
+            self._ranks[key] = self.book.image_rank(*key)
+        return self._ranks[key]
 
     def _resum(self, rows: list[Registration]) -> list[tuple[Registration, str]]:
         """Registrations a person asked for again: their checksums read again, then pending;
