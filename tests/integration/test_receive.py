@@ -131,7 +131,9 @@ class HarnessFactory:
 
     async def __call__(self, **receiver: object) -> Harness:
         port = free_udp_port()
-        settings = {"streams": [f"127.0.0.1:{port}"], "image_timeout_s": 2.0, "socket_buffer_bytes": 4 << 20,
+        # image_timeout_s: long, so that a loaded machine never cuts an image short; the tests
+        # that need the deadline to pass set their own
+        settings = {"streams": [f"127.0.0.1:{port}"], "image_timeout_s": 20.0, "socket_buffer_bytes": 4 << 20,
                     "stats_interval_s": 0.5, "max_heap_bytes": 1 << 20}
         settings.update(receiver)
         cfg = load_config(make_site(self.tmp_path, [self.broker.url], extra={"receiver": settings}))
@@ -205,7 +207,7 @@ def test_receiver_started_late_decodes(harness_factory: HarnessFactory) -> None:
 def test_packet_loss_gives_partial_sensors_with_exact_missing_rows(
         harness_factory: HarnessFactory) -> None:
     async def main() -> None:
-        h = await harness_factory(loss_alert_fraction=0.001)
+        h = await harness_factory(loss_alert_fraction=0.001, image_timeout_s=5.0)
         await h.start_receiver()
         # 200 rows in 4 stripes: 50 rows each. Heap counters run 1, 2, ... in send order:
         # heap 3 = sensor 0 stripe 2 (rows 100-150); heap 10 = sensor 2 stripe 1 (rows 50-100).

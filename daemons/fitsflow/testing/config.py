@@ -31,6 +31,15 @@ def to_toml(sections: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def make_data_tree(root: Path, extra_staging: dict[str, str] | None = None) -> None:
+    """Create the default data directories under ``root`` (and the extra staging ones)."""
+    for f in dataclasses.fields(PathsConfig):
+        if isinstance(f.default, Path) and f.name != "root":
+            (root / f.default).mkdir(parents=True, exist_ok=True)
+    for staging in (extra_staging or {}).values():
+        (root / staging).mkdir(parents=True, exist_ok=True)
+
+
 def make_site(base: Path, brokers: list[str], *, instrument: str = "TESTCAM",
               extra: dict[str, dict[str, Any]] | None = None) -> Path:
     """Create the data tree and state dir under ``base`` and write ``base/fitsflow.toml``.
@@ -40,12 +49,7 @@ def make_site(base: Path, brokers: list[str], *, instrument: str = "TESTCAM",
     """
     base = Path(base)
     root = base / "data"
-    extra_staging = (extra or {}).get("paths", {}).get("extra_staging", {})
-    for f in dataclasses.fields(PathsConfig):
-        if isinstance(f.default, Path) and f.name != "root":
-            (root / f.default).mkdir(parents=True, exist_ok=True)
-    for staging in extra_staging.values():
-        (root / staging).mkdir(parents=True, exist_ok=True)
+    make_data_tree(root, (extra or {}).get("paths", {}).get("extra_staging", {}))
     state = base / "state"
     state.mkdir(parents=True, exist_ok=True)
     sections: dict[str, dict[str, Any]] = {

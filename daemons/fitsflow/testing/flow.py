@@ -6,7 +6,6 @@ dead, panics counted). Used by the tests of bad input and of machine faults."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -20,11 +19,11 @@ from fitsflow.camera_sim.sender import SpeadSender
 from fitsflow.camera_sim.simulator import CameraSimulator, SimSettings
 from fitsflow.camera_sim.store import ImageRecipe, ImageStore
 from fitsflow.core.bus import MessageBus
-from fitsflow.core.config import Config, PathsConfig, load_config
+from fitsflow.core.config import Config, load_config
 from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.messages import Message, destination_of
 from fitsflow.testing.broker import PrivateBroker, free_port
-from fitsflow.testing.config import make_site
+from fitsflow.testing.config import make_data_tree, make_site
 from fitsflow.testing.pipeline import Pipeline
 from fitsflow.testing.stomp_tools import drain
 from fitsflow.testing.udp import free_udp_port
@@ -65,9 +64,7 @@ class Flow:
             sections.setdefault(name, {}).update(values)
         site = make_site(base, [broker.url], extra=sections)
         if data_root is not None:  # make_site made the tree under base/data: make it where it lives
-            for f in dataclasses.fields(PathsConfig):
-                if f.name != "root":
-                    (data_root / f.default).mkdir(parents=True, exist_ok=True)
+            make_data_tree(data_root)
         self.cfg: Config = load_config(site)
         self.pipeline = Pipeline(self.cfg.source, base / "logs")
         self.states: dict[str, str] = {}
