@@ -17,7 +17,7 @@ import json
 import sys
 
 from fitsflow import __version__
-from fitsflow.core.config import DAEMON_NAMES, TOOL_ROLES, load_config
+from fitsflow.core.config import DAEMON_NAMES, TOOL_ROLES, load_config, toml_value
 from fitsflow.core.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, ConfigError, FitsflowError
 
 #: sysexits.h
@@ -58,7 +58,7 @@ def _config_check(args: argparse.Namespace) -> int:
         for section, values in described.items():
             print(f"\n[{section}]")
             for key, value in values.items():
-                print(f"# {key} is not set" if value is None else f"{key} = {json.dumps(value)}")
+                print(f"# {key} is not set" if value is None else f"{key} = {toml_value(value)}")
     return EX_OK
 
 

@@ -305,3 +305,19 @@ def test_rucio_datasets_per_n_images(cfg_file: Path, rucio: str, words: str | No
         return
     err = error_of(cfg_file)
     assert err.key.startswith("rucio.") and words in err.problem
+
+
+def test_config_check_prints_toml_that_reads_back(cfg_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The resolved configuration an operator is shown is TOML (tables, arrays of tables and
+    all), the same values the file gives."""
+    import tomllib
+    root = load_config(cfg_file).paths.root
+    (root / "prompt" / "staging").mkdir(parents=True)
+    rewrite(cfg_file, f'root = "{root}"', f'root = "{root}"\nextra_staging = {{ prompt = "prompt/staging" }}')
+    cfg_file.write_text(cfg_file.read_text() + '\n[metrics]\nports = { "receiver@r1" = 9101 }\n'
+                        '\n[rucio]\nrules = [{copies = 2, rse_expression = "A|B"}]\n')
+    assert cli_main(["config", "check", "--config", str(cfg_file)]) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert shown["paths"]["extra_staging"] == {"prompt": str(root / "prompt" / "staging")}
+    assert shown["metrics"]["ports"] == {"receiver@r1": 9101}
+    assert shown["rucio"]["rules"] == [{"copies": 2, "rse_expression": "A|B", "lifetime_days": 0.0}]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import ipaddress
+import json
 import os
 import re
 import stat
@@ -266,7 +267,8 @@ class Config:
         """The resolved configuration as plain data, secrets masked (for ``config check``)."""
         out: dict[str, Any] = {"source": str(self.source)}
         out.update({name: _plain(sec) for name, sec in self.sections.items()})
-        out["paths"].update({k: str(v) for k, v in self.paths.data_dirs().items()})
+        out["paths"].update({k: str(v) for k, v in self.paths.data_dirs().items() if "." not in k})
+        out["paths"]["extra_staging"] = {k: str(v) for k, v in self.paths.resolved().extra_staging.items()}
         out["site"]["database_url"] = mask_url(self.site.database_url)
         out["bus"]["brokers"] = [mask_url(u) for u in self.bus.brokers]
         return out
@@ -488,6 +490,20 @@ def _convert(tp: Any, value: Any, where: str, check: _Checker) -> Any:
             check.fail(where, f"must be {'a string' if tp is str else 'true or false'}, not {_tname(value)}")
         return value
     raise TypeError(f"config type {tp!r} of {where} is not supported")  # a bug in a dataclass
+
+
+def toml_value(value: Any) -> str:
+    """A value as TOML writes it (scalars, arrays, inline tables): for ``config check``'s
+    output, which must read back as the file it describes."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
 
 
 def _tname(value: Any) -> str:

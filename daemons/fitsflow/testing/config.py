@@ -6,19 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from fitsflow.core.config import PathsConfig
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + "}"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+from fitsflow.core.config import PathsConfig, toml_value
 
 
 def to_toml(sections: dict[str, dict[str, Any]]) -> str:
@@ -26,7 +14,7 @@ def to_toml(sections: dict[str, dict[str, Any]]) -> str:
     out = []
     for name, values in sections.items():
         out.append(f"[{name}]")
-        out.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+        out.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
         out.append("")
     return "\n".join(out)
 
