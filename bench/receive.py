@@ -84,6 +84,19 @@ def write_baseline(directory: Path, sensors: int = 9) -> float:
     return sensors * data.nbytes / elapsed
 
 
+def udp_receive_errors() -> int:
+    """The kernel's count of UDP datagrams dropped for a full socket buffer (all sockets)."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
+    return int(lines[1][lines[0].index("RcvbufErrors")])
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """A process's (user, system) CPU seconds so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -125,9 +138,9 @@ class ReceiverUnderTest:
         self.proc.wait(30)
 
 
-def send_images(port: int, images: int, rate: float, pixels: list[np.ndarray]) -> float:
+def send_images(port: int, images: int, rate: float, pixels: list[np.ndarray]) -> tuple[float, float]:
     """Send ``images`` images of pre-generated sensors (the sender must not be the bottleneck);
-    returns the wall-clock time the first heap went out."""
+    returns the wall-clock times the first heap went out and the last one was sent."""
     with SpeadSender([("127.0.0.1", port)], rate_bytes_s=rate, packet_size=PACKET) as sender:
         t0 = time.time()
         for n in range(1, images + 1):
@@ -135,7 +148,7 @@ def send_images(port: int, images: int, rate: float, pixels: list[np.ndarray]) -
             for index, name in enumerate(SENSOR_NAMES):
                 raft, sensor = name.split("_")
                 sender.send_sensor(info, index, raft, sensor, pixels[index], 4096 * 4096 * 4 // HEAP)
-    return t0
+    return t0, time.time()
 
 
 async def fitsflow_run(base: Path, broker: PrivateBroker, images: int, rate: float,
@@ -143,10 +156,13 @@ async def fitsflow_run(base: Path, broker: PrivateBroker, images: int, rate: flo
     rx = ReceiverUnderTest(base, broker, expected=SENSOR_NAMES)
     bus = await rx.listen()
     await asyncio.sleep(3.0)  # the receiver process starts
-    t0 = await asyncio.to_thread(send_images, rx.port, images, rate, pixels)
+    drops0 = udp_receive_errors()
+    cpu0 = cpu_seconds(rx.proc.pid)
+    t0, t_sent = await asyncio.to_thread(send_images, rx.port, images, rate, pixels)
     deadline = time.monotonic() + 60
     while len(rx.readouts) < images and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+    cpu = [b - a for a, b in zip(cpu0, cpu_seconds(rx.proc.pid))]
     await asyncio.sleep(2.5)  # a last RECEIVER_STATS
     # Receiver-side timing: from the first heap sent to the last sensor stored (its metadata),
     # so image timeouts of incomplete images do not count.
@@ -154,11 +170,17 @@ async def fitsflow_run(base: Path, broker: PrivateBroker, images: int, rate: flo
     stored_bytes = sum(len(m["stripes_received"]) * HEAP for m in metas)
     t_last = max((m["received_at"] for m in metas), default=t0 + 1)
     sent_heaps = images * len(SENSOR_NAMES) * (4096 * 4096 * 4 // HEAP)
-    result = {"bytes_per_s": stored_bytes / (t_last - t0), "sensors_whole": sum(not m["partial"] for m in metas),
+    result = {"bytes_per_s": stored_bytes / (t_last - t0), "sent_per_s": len(pixels) * pixels[0].nbytes * images /
+              (t_sent - t0), "cpu_user_per_gb": cpu[0] / (stored_bytes / 1e9 or 1),
+              "cpu_sys_per_gb": cpu[1] / (stored_bytes / 1e9 or 1), "sensors_whole": sum(not m["partial"] for m in metas),
               "sensors_sent": images * len(SENSOR_NAMES), "heaps_sent": sent_heaps,
               "heaps_stored": rx.stats.get("stripes_stored", 0),
               "heaps_lost": sent_heaps - rx.stats.get("stripes_stored", 0),
-              "incomplete": rx.stats.get("heaps_incomplete", 0)}
+              "incomplete": rx.stats.get("heaps_incomplete", 0),
+              # Where packets were lost: in the kernel (socket buffer full: nobody read in
+              # time) or while spead2's worker waited for the ring (Python behind).
+              "kernel_drops": udp_receive_errors() - drops0,
+              "ring_full": rx.stats.get("spead2", {}).get("worker_blocked", 0)}
     await bus.stop()
     rx.stop()
     shutil.rmtree(base / "data", ignore_errors=True)
@@ -194,7 +216,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10, help="64 MiB x 9 images per throughput run")
     parser.add_argument("--rate-gbs", type=float, default=1.0, help="the fixed rate, GB/s")
-    parser.add_argument("--memory-images", type=int, default=1000)
+    parser.add_argument("--memory-images", type=int, default=1000, help="0: no memory run")
+    parser.add_argument("--no-unlimited", action="store_true", help="only the fixed-rate run")
     args = parser.parse_args()
     with RaisedCaps(BUFFER) as caps:
         for note in caps.notes:
@@ -208,14 +231,20 @@ def main() -> int:
             print(f"numpy.tofile + fsync, 9 x 64 MiB: {write_rate / 1e9:.2f} GB/s", flush=True)
             with PrivateBroker(base / "amq") as broker:
                 pixels = [sensor_pixels(1, 1, i, 4096, 4096) for i in range(len(SENSOR_NAMES))]
-                for label, rate in (("unlimited", 0.0), (f"{args.rate_gbs:g} GB/s", args.rate_gbs * 1e9)):
+                runs = [("unlimited", 0.0)] * (not args.no_unlimited) + [(f"{args.rate_gbs:g} GB/s", args.rate_gbs * 1e9)]
+                for label, rate in runs:
                     r = asyncio.run(fitsflow_run(base / label.replace(" ", "").replace("/", ""), broker,
                                                  args.images, rate, pixels))
-                    print(f"fitsflow receiver, {label}: {r['bytes_per_s'] / 1e9:.2f} GB/s stored "
+                    print(f"fitsflow receiver, {label} (the camera sent at {r['sent_per_s'] / 1e9:.2f} GB/s): "
+                          f"{r['bytes_per_s'] / 1e9:.2f} GB/s stored "
                           f"({r['bytes_per_s'] / spead2_rate:.0%} of spead2_bench, "
                           f"{r['bytes_per_s'] / write_rate:.0%} of the raw write); heaps lost {r['heaps_lost']} "
                           f"of {r['heaps_sent']} ({r['incomplete']} incomplete); whole sensors "
-                          f"{r['sensors_whole']}/{r['sensors_sent']}", flush=True)
+                          f"{r['sensors_whole']}/{r['sensors_sent']}; packets dropped by the kernel {r['kernel_drops']}, "
+                          f"spead2 waited on a full ring {r['ring_full']} times; receiver CPU per GB stored: "
+                          f"{r['cpu_user_per_gb']:.2f} s user, {r['cpu_sys_per_gb']:.2f} s system", flush=True)
+                if not args.memory_images:
+                    return 0
                 samples = asyncio.run(memory_run(base / "mem", broker, args.memory_images))
                 (i0, r0), (i1, r1) = samples[0], samples[-1]
                 print(f"receiver RSS: {r0 / 1024:.1f} MiB after {i0} images, {r1 / 1024:.1f} MiB after {i1} "

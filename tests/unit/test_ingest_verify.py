@@ -57,3 +57,49 @@ def test_the_inode_the_controller_checked_is_not_read_again(tmp_path: Path) -> N
     f.path.write_bytes(bytes(raw))
     with pytest.raises(BadFile, match="differs from the announced"):
         inspect(f.path, announced, checked)
+
+
+def test_announced_files_are_read_by_their_headers_alone(tmp_path: Path) -> None:
+    """With an announced CRC-32 the ingest reads only the two headers (read_headers): the
+    same data ID as the full open; a file cut short, one without an extension and a header
+    without END are refused although their bytes match what was announced."""
+    f, data_id = make_sensor_file(tmp_path, IMAGE, rows=40, cols=40)
+    assert inspect(f.path, file_crc32(f.path)).data_id == inspect(f.path).data_id == data_id
+    raw = f.path.read_bytes()
+
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(raw[:-2880])
+    with pytest.raises(BadFile, match="truncated"):
+        inspect(cut, file_crc32(cut))
+
+    primary_only = tmp_path / "primary.fits"
+    end = raw.index(b"END".ljust(80)) // 2880 * 2880 + 2880
+    primary_only.write_bytes(raw[:end])
+    with pytest.raises(BadFile, match="no END card"):
+        inspect(primary_only, file_crc32(primary_only))
+
+    no_end = tmp_path / "noend.fits"
+    no_end.write_bytes(b"".join(f"KEY{i:05d}= {i:20d}".ljust(80).encode() for i in range(36 * 101)))
+    with pytest.raises(BadFile, match="without END"):
+        inspect(no_end, file_crc32(no_end))
+
+
+def test_header_reading_refuses_what_is_not_a_sensor_file(tmp_path: Path) -> None:
+    """A second HDU that is a table, and a primary HDU with data, are refused as metadata
+    failures (status 2), whichever way the file is read."""
+    import numpy as np
+    from astropy.io import fits
+
+    from fitsflow.core.ingest.verify import STATUS_METADATA_FAILURE
+
+    table = tmp_path / "table.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([fits.Column("a", "J", array=[1])])]) \
+        .writeto(table, checksum=True)
+    with pytest.raises(BadFile, match="not an IMAGE extension") as exc:
+        inspect(table, file_crc32(table))
+    assert exc.value.status == STATUS_METADATA_FAILURE
+    with_data = tmp_path / "data.fits"
+    fits.HDUList([fits.PrimaryHDU(np.zeros((4, 4), np.int32)), fits.ImageHDU(np.zeros((4, 4), np.int32))]) \
+        .writeto(with_data, checksum=True)
+    with pytest.raises(BadFile, match="primary HDU has data"):
+        inspect(with_data, file_crc32(with_data))
