@@ -126,6 +126,14 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
             while not set(pipeline.daemons) <= ready and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             await asyncio.sleep(3)
+            # Idle: every process's CPU with the pipeline up and no image (heart-beats,
+            # states, telemetry, the broker's own housekeeping): what an image's figure
+            # carries that is not the image's.
+            idle_pids = {**{name: proc.pid for name, proc in pipeline.procs.items()},
+                         "activemq (broker)": broker.proc.pid if broker.proc else 0}
+            idle_first = {name: cpu_s(pid) for name, pid in idle_pids.items()}
+            await asyncio.sleep(args.idle_s)
+            idle = {name: (cpu_s(pid) - idle_first[name]) / args.idle_s for name, pid in idle_pids.items()}
             settings = SimSettings(instrument="BENCH", sensors=sensors, rows=rows, cols=cols,
                                    stripe_rows=max(1, (4 << 20) // (cols * 4)))
             stop = asyncio.Event()
@@ -156,7 +164,7 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
     result = {"mib": mib, "images": args.images, "whole": len(whole), "lat": lat, "raw_write": raw_write,
               "throughput": len(whole) * image_bytes / (t_last - t_first), "rss": rss,
               "camera": len(ends) * image_bytes / (max(ends.values()) - t_first) if ends else 0.0,
-              "cpu": cpu, "wall": t_last - t_first}
+              "cpu": cpu, "wall": t_last - t_first, "idle": idle}
     if profile:
         result["profile"] = profile
     try:
@@ -233,6 +241,7 @@ def main() -> int:
     ap.add_argument("--sensors", type=int, default=4)
     ap.add_argument("--rate", type=float, default=300e6, help="UDP send rate, bytes/s")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--idle-s", type=float, default=5.0, help="seconds of the idle measurement before the images")
     ap.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite",
                     help="the site database: one SQLite file (the default configuration) or a private "
                          "PostgreSQL (what a site with several daemons should use)")
@@ -280,10 +289,13 @@ def main() -> int:
                       f"{r['throughput'] / spead2:.2f} x spead2 loopback, {r['throughput'] / args.rate:.2f} x send rate")
             print(f"  the camera sent at {r['camera'] / 1e6:.0f} MB/s on average (pixels, first start to last "
                   f"END_READOUT; {args.rate / 1e6:.0f} MB/s while a readout is on the wire)")
-            print(f"  CPU per image (s; this machine has {os.cpu_count()} cores, "
-                  f"{r['wall'] / max(1, r['images']):.2f} s of wall time per image):")
+            wall_per_image = r['wall'] / max(1, r['images'])
+            print(f"  CPU per image (s; this machine has {os.cpu_count()} cores, {wall_per_image:.2f} s of wall "
+                  f"time per image), and what the same process burns idle in that time:")
             for name, seconds in sorted(r["cpu"].items(), key=lambda kv: -kv[1]):
-                print(f"    {name:24s} {seconds / max(1, r['images']):7.3f}")
+                idle = r["idle"].get(name)
+                print(f"    {name:24s} {seconds / max(1, r['images']):7.3f}" +
+                      (f"   idle {idle * wall_per_image:6.3f}" if idle is not None else ""))
             if r.get("messages"):
                 per = {t: n / max(1, r["images"]) for t, n in r["messages"].items()}
                 print(f"  messages per image: {sum(per.values()):.1f} (" +
