@@ -55,8 +55,16 @@ def test_a_stalled_header_service_writes_complete_headers(tmp_path: Path, fresh_
                 stalled = [await sim.take_image() for _ in range(STALLED_IMAGES)]
                 await asyncio.sleep(STALL_S)  # the fault's duration, not a wait for a result
                 pipeline.resume("header-service@h1")
-                await async_wait_for(lambda: all(r.image in ready for r in stalled), 60,
-                                     what="headers of the images taken during the stall")
+                try:
+                    await async_wait_for(lambda: all(r.image in ready for r in stalled), 60,
+                                         what="headers of the images taken during the stall")
+                except TimeoutError:
+                    # Say which images and what the service was doing (a CI run once timed
+                    # out here and left nothing to read).
+                    missing = [r.image for r in stalled if r.image not in ready]
+                    pytest.fail(f"no HEADER_READY for {len(missing)} of {len(stalled)} images {missing[:5]}...; "
+                                f"dead: {pipeline.dead()}; header service log:\n"
+                                f"{pipeline.log_tail('header-service@h1', 80)}")
             assert pipeline.dead() == [], pipeline.log_tail("header-service@h1")
         partial = {i: m.data["missing_keywords"] for i, m in ready.items() if m.data["partial"]}
         assert partial == {}, f"written before their queued telemetry was read: {partial}"
