@@ -183,7 +183,13 @@ class StompLink(BrokerLink):
         return fut
 
     def ack(self, frame: Frame, sub_id: str) -> None:
-        self._require().ack(frame.headers["message-id"], sub_id)
+        conn = self._require()
+        try:
+            conn.ack(frame.headers["message-id"], sub_id)
+        except (stomp.exception.StompException, OSError) as exc:
+            # The connection broke under the ACK (reset by the broker after a stall): the
+            # same outcome as not connected — the broker redelivers, the bus drops it as seen.
+            raise Disconnected(f"{self.address}: ack failed: {exc}") from None
 
     def _require(self) -> stomp.Connection:
         conn = self._conn
