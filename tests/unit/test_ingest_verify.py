@@ -103,3 +103,26 @@ def test_header_reading_refuses_what_is_not_a_sensor_file(tmp_path: Path) -> Non
         .writeto(with_data, checksum=True)
     with pytest.raises(BadFile, match="primary HDU has data"):
         inspect(with_data, file_crc32(with_data))
+
+
+def test_unparsable_cards_are_a_bad_file_not_a_crash(tmp_path: Path) -> None:
+    """A card astropy cannot parse (VerifyError when read) makes the file a BadFile — an axis
+    card an ingest failure, a data-ID card a metadata failure — on both reading paths."""
+    from fitsflow.core.ingest.verify import STATUS_METADATA_FAILURE
+
+    f, _ = make_sensor_file(tmp_path, IMAGE, rows=40, cols=40)
+    raw = f.path.read_bytes()
+    ext_start = raw.index(b"XTENSION")
+    naxis = raw.index(b"NAXIS   =", ext_start)
+    bad_axis = tmp_path / "axis.fits"
+    bad_axis.write_bytes(raw[:naxis] + b"NAXIS   = 'two".ljust(80) + raw[naxis + 80:])
+    with pytest.raises(BadFile, match="not a valid FITS file"):
+        inspect(bad_axis, file_crc32(bad_axis))
+    snap = raw.index(b"SNAP    =")
+    bad_snap = tmp_path / "snap.fits"
+    bad_snap.write_bytes(raw[:snap] + b"SNAP    = 12x4".ljust(80) + raw[snap + 80:])
+    with pytest.raises(BadFile, match="metadata") as exc:
+        inspect(bad_snap, file_crc32(bad_snap))
+    assert exc.value.status == STATUS_METADATA_FAILURE
+    with pytest.raises(BadFile, match="CHECKSUM"):  # unannounced: its changed card fails the HDU's CHECKSUM first
+        inspect(bad_snap)

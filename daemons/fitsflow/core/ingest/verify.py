@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyError
 
 from fitsflow.core.checksum import file_crc32_adler32
 from fitsflow.core.errors import UnsafePath
@@ -84,7 +85,7 @@ def inspect(path: Path, expected_checksum: str | None = None, verified: str | No
                    "sensor": check_name(_text(ext, "CCDSLOT"), "sensor", COMPONENT_NAME),
                    "obs_day": check_name(_text(primary, "OBSDAY"), "obs-day", OBS_DAY)}
         check_name(data_id["instrument"], "instrument")
-    except (KeyError, ValueError, TypeError, UnsafePath) as exc:
+    except (KeyError, ValueError, TypeError, UnsafePath, VerifyError) as exc:  # VerifyError: an unparsable card
         raise BadFile(STATUS_METADATA_FAILURE, f"metadata: {exc}") from None
     return Inspected(data_id, size, checksum, trusted, adler32)
 
@@ -127,11 +128,9 @@ def read_headers(path: Path, size: int) -> tuple[fits.Header, fits.Header]:
             naxes = [ext[f"NAXIS{i}"] for i in range(1, ext["NAXIS"] + 1)]
             data = abs(ext["BITPIX"]) // 8 * ext.get("GCOUNT", 1) * (ext.get("PCOUNT", 0) + _product(naxes))
             end = fh.tell() + -(-data // BLOCK) * BLOCK
-    except BadFile:
-        raise
-    except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
-        if isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, IsADirectoryError)):
-            raise  # the machine (EIO...), not the file: the ingest waits and retries
+    except (BadFile, OSError):
+        raise  # OSError: the machine (EIO...), not the file: the ingest waits and retries
+    except Exception as exc:  # noqa: BLE001 - astropy raises many types (VerifyError...) for bad cards
         raise BadFile(STATUS_INGEST_FAILURE, f"not a valid FITS file: {type(exc).__name__}: {exc}") from None
     if size < end:
         raise BadFile(STATUS_INGEST_FAILURE, f"truncated: {size} bytes, its headers describe {end}")
