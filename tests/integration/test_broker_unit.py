@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 
 from fitsflow.core.bus.stomp_link import StompLink, TlsSettings
-from fitsflow.testing.broker import ACTIVEMQ_HOME, free_port, identities
+from fitsflow.testing.broker import ACTIVEMQ_HOME, free_ports, identities
 from fitsflow.testing.nspawn import Container
 from fitsflow.testing.pki import TestPKI
 from fitsflow.testing.stomp_tools import drain
@@ -65,7 +65,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     stores = pki.server("localhost", "127.0.0.1", name="broker")
     passwords = {ident: f"pw-{ident}-{secrets.token_hex(8)}" for ident in identities(
         REPO / "etc/activemq/fitsflow/groups.properties")}
-    stomp_port, openwire_port = free_port(), free_port()
+    stomp_port, openwire_port = free_ports(2)
     # The container's /etc is fresh: Debian's JRE reads its settings from /etc (java.security),
     # and /usr/bin/java is an alternative; the host's, read-only, as any Debian host has them.
     c = Container(binds_ro=[p for p in ("/etc/alternatives", "/etc/java-17-openjdk", "/etc/ssl/certs/java")

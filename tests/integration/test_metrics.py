@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from fitsflow.testing.broker import PrivateBroker, free_port
+from fitsflow.testing.broker import PrivateBroker, free_ports
 from fitsflow.testing.flow import Flow, run_flow
 from fitsflow.testing.pipeline import DAEMONS, daemon_name
 from fitsflow.testing.wait import async_wait_for
@@ -40,7 +40,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 
 def test_every_daemon_serves_its_metrics(tmp_path: Path, fresh_broker: PrivateBroker) -> None:
-    ports = {daemon_name(m, i).replace("_", "-"): free_port() for m, i in DAEMONS}
+    ports = dict(zip((daemon_name(m, i).replace("_", "-") for m, i in DAEMONS), free_ports(len(DAEMONS))))
     # The receiver, header service... by name; the two forwarders by name@instance.
     by_key = {(k if k.startswith("forwarder") else k.split("@")[0]): p for k, p in ports.items()}
 

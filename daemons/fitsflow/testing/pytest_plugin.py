@@ -30,7 +30,19 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
     b = PrivateBroker(tmp_path_factory.mktemp("activemq"), name="session")
     b.start()
     yield b
+    _say_if_died(b)
     b.stop()
+
+
+@pytest.fixture(autouse=True)
+def _session_broker_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The session broker serves many tests: if it dies under one, that test's report says so
+    with the broker's log, and it is started again on its store: one death fails one test."""
+    yield
+    b = getattr(request.node, "funcargs", {}).get("broker")
+    if isinstance(b, PrivateBroker) and b.name == "session" and (why := b.died()) is not None:
+        print(f"\n*** the session broker died: {why}\n*** restarting it on its store")
+        b.start()
 
 
 @pytest.fixture
@@ -42,7 +54,15 @@ def fresh_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
     b = PrivateBroker(tmp_path / "activemq", name="fresh")
     b.start()
     yield b
+    _say_if_died(b)
     b.kill()  # its store is thrown away with tmp_path: no need for a clean shutdown
+
+
+def _say_if_died(b: PrivateBroker) -> None:
+    """A broker that died under a test is why its daemons saw "no broker": say so, with the
+    broker's log, in the test's report (a test that stopped it on purpose has restarted it)."""
+    if (why := b.died()) is not None:
+        print(f"\n*** the test's broker died during the test: {why}")
 
 
 @pytest.fixture
