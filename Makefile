@@ -34,13 +34,26 @@ rpm: tarball
 	rpmbuild -ba $(DEBIAN_FLAGS) $(if $(ON_DEBIAN),$(DIST_$(DIST))) $(CHECK_PYTHON) --define '_topdir $(TOP)' \
 	    --define 'fitsflow_release $(RELEASE)' rpm/fitsflow.spec
 
-# The dependencies EL10 + EPEL 10 lack (rpm/deps/python-*.spec), from their PyPI sdists.
-DEPS := inotify_simple==1.3.5
+# The dependencies EL10 + EPEL 10 lack (rpm/deps/python-*.spec), from their PyPI sdists,
+# checked against rpm/deps/sources. A compiled one (spead2) must be built by EL10's Python,
+# 3.12: on Debian a venv of python3.12 (on PATH, else pyenv's) with what its build needs.
+PYTHON_EL10 ?= $(shell for py in $$(command -v python3.12) $(HOME)/.pyenv/versions/3.12*/bin/python3.12 \
+    /root/.pyenv/versions/3.12*/bin/python3.12; do "$$py" -c '' 2>/dev/null && { echo "$$py"; break; }; done)
+EL10_BUILD_PYTHON := $(TOP)/el10-build-python/bin/python
+# spead2 4.5.1's pyproject.toml [build-system] (pybind11 pinned there), numpy for its %check,
+# setuptools and wheel for the pure-Python ones
+EL10_BUILD_REQS := meson-python meson ninja pybind11==3.1.0 jinja2 pycparser packaging numpy setuptools wheel
 deps-rpm:
-	mkdir -p $(TOP)/SOURCES
-	python3 -m pip download --quiet --no-deps --no-binary :all: --dest $(TOP)/SOURCES $(DEPS)
+	rpm/fetch-sources rpm/deps/sources $(TOP)/SOURCES
+ifneq ($(ON_DEBIAN),)
+	@test -n "$(PYTHON_EL10)" || { echo "deps-rpm: EL10's spead2 is built by Python 3.12:" \
+	    "put python3.12 on PATH or set PYTHON_EL10" >&2; exit 1; }
+	test -x $(EL10_BUILD_PYTHON) || $(PYTHON_EL10) -m venv $(TOP)/el10-build-python
+	$(EL10_BUILD_PYTHON) -m pip install --quiet $(EL10_BUILD_REQS)
+endif
 	for spec in rpm/deps/python-*.spec; do \
-	    rpmbuild -ba $(DEBIAN_FLAGS) $(if $(ON_DEBIAN),$(DIST_el10)) --define '_topdir $(TOP)' $$spec || exit 1; done
+	    rpmbuild -ba $(DEBIAN_FLAGS) $(if $(ON_DEBIAN),$(DIST_el10) --define 'fitsflow_build_python $(EL10_BUILD_PYTHON)') \
+	        --define '_topdir $(TOP)' $$spec || exit 1; done
 
 # EL9's fitsflow-runtime (rpm/deps/fitsflow-runtime.spec): the files of the lock, downloaded and
 # checked against its hashes, for EL9's python3.11 and glibc (2.34) whatever the build host.

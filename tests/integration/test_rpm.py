@@ -77,7 +77,7 @@ def scratch_dnf(tmp_path: Path, packages: list[Path], rhel: int) -> tuple[list[s
 
 def test_one_package_per_daemon_and_files_where_fedora_puts_them(built: Path) -> None:
     names = {name_of(p) for p in rpms(built)}
-    assert names == {"python3-inotify_simple", "python3-fitsflow", "fitsflow-broker", "fitsflow-receiver", "fitsflow-header-service", "fitsflow-forwarder",
+    assert names == {"python3-inotify_simple", "python3-spead2", "python3-fitsflow", "fitsflow-broker", "fitsflow-receiver", "fitsflow-header-service", "fitsflow-forwarder",
                      "fitsflow-archive-controller", "fitsflow-oods", "fitsflow-archive-ingest",
                      "fitsflow-panic-mailer", "fitsflow-recorder", "fitsflow-pacemaker", "fitsflow-demo"}
     files = {name_of(p): run("rpm", "-qlp", p).stdout.split() for p in rpms(built)}
@@ -86,6 +86,9 @@ def test_one_package_per_daemon_and_files_where_fedora_puts_them(built: Path) ->
     assert any(f.startswith("/usr/lib/python3.12/site-packages/fitsflow/core/") for f in lib), lib[:20]
     requires = run("rpm", "-qp", "--requires", *rpms(built)).stdout.splitlines()
     assert {r for r in requires if r.startswith("python(abi)")} == {"python(abi) = 3.12"}
+    # spead2 is compiled for EL10's Python: its extension module is named for CPython 3.12
+    spead2 = files["python3-spead2"]
+    assert "/usr/lib64/python3.12/site-packages/spead2/_spead2.cpython-312-x86_64-linux-gnu.so" in spead2, spead2
     assert "/etc/fitsflow/fitsflow.toml" in lib and "/usr/bin/fitsflow" in lib
     assert "/usr/lib/sysusers.d/fitsflow.conf" in lib and "/usr/lib/tmpfiles.d/fitsflow.conf" in lib
     assert "/usr/share/doc/fitsflow/operations.md" in lib  # the units' Documentation=
@@ -112,17 +115,24 @@ def test_one_package_per_daemon_and_files_where_fedora_puts_them(built: Path) ->
     assert set(flags["/etc/fitsflow/fitsflow.toml"]) >= {"c", "n"}  # %config(noreplace)
 
 
+def built_from(top: Path, spec: str) -> list[Path]:
+    """The source and binary packages of ``spec`` (by its source package's name)."""
+    srpms = [p for p in (top / "SRPMS").glob("*.rpm") if name_of(p) == Path(spec).stem]
+    binaries = [p for p in rpms(top) if run("rpm", "-qp", "--qf", "%{SOURCERPM}", p).stdout in {s.name for s in srpms}]
+    return [*srpms, *binaries]
+
+
 @pytest.mark.parametrize("release, spec, rpmlintrc", [
     ("el10", "rpm/fitsflow.spec", "rpm/rpmlintrc"),
+    ("el10", "rpm/deps/python-spead2.spec", "rpm/deps/python-deps.rpmlintrc"),
+    ("el10", "rpm/deps/python-inotify_simple.spec", "rpm/deps/python-deps.rpmlintrc"),
     ("el9", "rpm/fitsflow.spec", "rpm/rpmlintrc"),
     ("el9", "rpm/deps/fitsflow-runtime.spec", "rpm/deps/fitsflow-runtime.rpmlintrc"),
 ])
 def test_rpmlint_finds_no_error(release: str, spec: str, rpmlintrc: str, request: pytest.FixtureRequest) -> None:
     top = request.getfixturevalue("built" if release == "el10" else "built_el9")
-    name = Path(spec).stem
-    mine = [p for p in [*rpms(top), *(top / "SRPMS").glob("*.rpm")]
-            if (name_of(p) == "fitsflow-runtime") == (name == "fitsflow-runtime") and "fitsflow" in p.name]
-    assert mine
+    mine = built_from(top, spec)
+    assert len(mine) >= 2, mine
     lint = run("rpmlint", "-r", REPO / rpmlintrc, REPO / spec, *mine, check=False)
     assert " 0 errors" in lint.stdout, lint.stdout[-4000:]
 
@@ -142,6 +152,9 @@ def test_dnf_installs_upgrades_and_removes_in_a_scratch_root(built: Path, tmp_pa
     assert sorted(r for r in roles if r not in rpmq("-qa")) == [], rpmq("-qa")
     assert (root / "usr/lib/systemd/system/fitsflow-.service.d/10-fitsflow.conf").is_file()
     assert "python3-fitsflow-0.1.0-1.el10" in rpmq("-qa") and "python3-inotify_simple-1.3.5-1" in rpmq("-qa")
+    # The receiver's spead2 is fitsflow's package (EL10 + EPEL 10 have none), and works as installed.
+    assert "python3-spead2-4.5.1-1.el10" in rpmq("-qa")
+    udp_loopback_through(root / "usr/lib64/python3.12/site-packages", built / "el10-build-python" / "bin" / "python")
     calls = root / "var/log/fitsflow-test-scriptlets.log"
     # On EL10 rpm (>= 4.19) makes the service user from the sysusers.d file itself: no %pre
     # (Debian's rpm 4.18 does not, so the user is not checked here; the EL9 test checks %pre).
@@ -177,6 +190,34 @@ def test_dnf_installs_upgrades_and_removes_in_a_scratch_root(built: Path, tmp_pa
     assert (root / "etc/fitsflow/fitsflow.toml.rpmsave").read_text().endswith("# site edit\n")
     log = calls.read_text().splitlines()
     assert "systemd-update-helper remove-system-units fitsflow-forwarder@*.service" in log, log
+
+
+def udp_loopback_through(site: Path, python: Path) -> None:
+    """A heap sent and received over UDP on loopback by the spead2 installed under ``site``,
+    run by a Python of the package's version (``-I``: nothing from this machine's spead2)."""
+    script = """
+import asyncio, socket, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np, spead2, spead2.recv.asyncio, spead2.send.asyncio
+assert spead2.__file__.startswith(sys.argv[1]), spead2.__file__
+async def run():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rx = spead2.recv.asyncio.Stream(spead2.ThreadPool())
+    rx.add_udp_reader(port, bind_hostname="127.0.0.1")
+    tx = spead2.send.asyncio.UdpStream(spead2.ThreadPool(), [("127.0.0.1", port)])
+    items = spead2.send.ItemGroup()
+    items.add_item(0x1000, "pixels", "", shape=(1000,), dtype=np.uint16, value=np.arange(1000, dtype=np.uint16))
+    await tx.async_send_heap(items.get_heap())
+    got = spead2.ItemGroup()
+    got.update(await rx.get())
+    assert (got["pixels"].value == np.arange(1000)).all()
+    print("ok", spead2.__version__)
+asyncio.run(asyncio.wait_for(run(), 30))
+"""
+    out = run(python, "-I", "-c", script, site)
+    assert out.stdout.split() == ["ok", "4.5.1"], out.stdout + out.stderr
 
 
 def test_el9_runs_on_python311_with_fitsflow_runtime(built_el9: Path, tmp_path: Path) -> None:

@@ -79,3 +79,21 @@ def test_el9_runtime_pins_every_dependency_within_setup_py_bounds_and_the_spec_b
     bundled = {normalized(m.group(1)): m.group(2)
                for m in re.finditer(r"^Provides:\s*bundled\(python3\.11dist\(([^)]+)\)\)\s*=\s*(\S+)", spec, re.MULTILINE)}
     assert bundled == pins, "rpm/deps/fitsflow-runtime.spec's bundled() Provides and the lock differ"
+
+
+def test_el10_dependency_specs_package_what_setup_py_accepts_from_checked_sources() -> None:
+    """What fitsflow's repository adds to EL10 (rpm/deps/python-*.spec): each a dependency of
+    setup.py at a version its bound accepts, its sdist named in rpm/deps/sources with a SHA-256."""
+    setup = setup_requirements()
+    sources = (REPO / "rpm" / "deps" / "sources").read_text()
+    specs = sorted((REPO / "rpm" / "deps").glob("python-*.spec"))
+    assert specs
+    for spec in specs:
+        text = spec.read_text()
+        pypi_name = re.search(r"^%global pypi_name (\S+)", text, re.MULTILINE).group(1)
+        version = re.search(r"^Version:\s*(\S+)", text, re.MULTILINE).group(1)
+        name = normalized(pypi_name)
+        assert name in setup, f"{spec.name}: {name} is not in setup.py's install_requires"
+        assert version_tuple(version) >= version_tuple(setup[name] or "0"), (spec.name, version, setup[name])
+        line = rf"^SHA256 \({re.escape(pypi_name)}-{re.escape(version)}\.tar\.gz\) = [0-9a-f]{{64}}$"
+        assert re.search(line, sources, re.MULTILINE), f"{spec.name}: no SHA256 line for its sdist in rpm/deps/sources"
