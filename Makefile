@@ -41,8 +41,8 @@ PYTHON_EL10 ?= $(shell for py in $$(command -v python3.12) $(HOME)/.pyenv/versio
     /root/.pyenv/versions/3.12*/bin/python3.12; do "$$py" -c '' 2>/dev/null && { echo "$$py"; break; }; done)
 EL10_BUILD_PYTHON := $(TOP)/el10-build-python/bin/python
 # spead2 4.5.1's pyproject.toml [build-system] (pybind11 pinned there), numpy for its %check,
-# setuptools and wheel for the pure-Python ones
-EL10_BUILD_REQS := meson-python meson ninja pybind11==3.1.0 jinja2 pycparser packaging numpy setuptools wheel
+# and EL10's setuptools (69.0.3) with wheel for the others: what EL10 builds them with
+EL10_BUILD_REQS := meson-python meson ninja pybind11==3.1.0 jinja2 pycparser packaging numpy setuptools==69.0.3 wheel
 deps-rpm:
 	rpm/fetch-sources rpm/deps/sources $(TOP)/SOURCES
 ifneq ($(ON_DEBIAN),)

@@ -32,12 +32,13 @@ system_packages() {
         # pacemaker, corosync, resource-agents, dbus, iproute2: tests/ha builds a 3-node cluster
         # libsystemd-dev, pkg-config, gcc, python3-dev: pip builds systemd-python (sd_notify, journal)
         # groff-base: the man pages built from the parsers are rendered in a test
-        # g++, libboost-dev, libdivide-dev: EL10's python3-spead2 is compiled from its sdist (rpm/deps)
+        # g++, libboost-dev, libdivide-dev, nasm: EL10's python3-spead2 and python3-isal are compiled
+        # from their sdists (rpm/deps)
         local want=(activemq fitsverify postgresql systemd python3-venv chromium openssl
                     pcs pacemaker-cli-utils rpm rpmlint createrepo-c dnf busybox-static
                     systemd-container pacemaker corosync resource-agents dbus iproute2
                     libsystemd-dev pkg-config gcc python3-dev groff-base
-                    python3-pip python3-setuptools python3-wheel g++ libboost-dev libdivide-dev)
+                    python3-pip python3-setuptools python3-wheel g++ libboost-dev libdivide-dev nasm)
         local missing=()
         for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
         if [ "${#missing[@]}" -gt 0 ]; then

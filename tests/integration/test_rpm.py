@@ -77,7 +77,7 @@ def scratch_dnf(tmp_path: Path, packages: list[Path], rhel: int) -> tuple[list[s
 
 def test_one_package_per_daemon_and_files_where_fedora_puts_them(built: Path) -> None:
     names = {name_of(p) for p in rpms(built)}
-    assert names == {"python3-inotify_simple", "python3-spead2", "python3-fitsflow", "fitsflow-broker", "fitsflow-receiver", "fitsflow-header-service", "fitsflow-forwarder",
+    assert names == {"python3-inotify_simple", "python3-spead2", "python3-msgspec", "python3-isal", "python3-fitsflow", "fitsflow-broker", "fitsflow-receiver", "fitsflow-header-service", "fitsflow-forwarder",
                      "fitsflow-archive-controller", "fitsflow-oods", "fitsflow-archive-ingest",
                      "fitsflow-panic-mailer", "fitsflow-recorder", "fitsflow-pacemaker", "fitsflow-demo"}
     files = {name_of(p): run("rpm", "-qlp", p).stdout.split() for p in rpms(built)}
@@ -126,6 +126,8 @@ def built_from(top: Path, spec: str) -> list[Path]:
     ("el10", "rpm/fitsflow.spec", "rpm/rpmlintrc"),
     ("el10", "rpm/deps/python-spead2.spec", "rpm/deps/python-deps.rpmlintrc"),
     ("el10", "rpm/deps/python-inotify_simple.spec", "rpm/deps/python-deps.rpmlintrc"),
+    ("el10", "rpm/deps/python-msgspec.spec", "rpm/deps/python-deps.rpmlintrc"),
+    ("el10", "rpm/deps/python-isal.spec", "rpm/deps/python-deps.rpmlintrc"),
     ("el9", "rpm/fitsflow.spec", "rpm/rpmlintrc"),
     ("el9", "rpm/deps/fitsflow-runtime.spec", "rpm/deps/fitsflow-runtime.rpmlintrc"),
 ])
