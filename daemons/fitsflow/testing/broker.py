@@ -116,10 +116,10 @@ class PrivateBroker:
         self.base = Path(base)
         self.name = name
         self._own_ports = stomp_port is None  # chosen here: may be chosen again if taken meanwhile
-        self.stomp_port, self.openwire_port = free_ports(2)
-        if stomp_port is not None:
-            self.stomp_port = stomp_port
-            self.openwire_port = next(p for p in free_ports(2) if p != stomp_port)
+        if stomp_port is None:
+            self.stomp_port, self.openwire_port = free_ports(2)
+        else:
+            self.stomp_port, self.openwire_port = stomp_port, next(p for p in free_ports(2) if p != stomp_port)
         self.heap_mb = heap_mb
         self.conf_dir = self.base / "conf"
         self.data_dir = self.base / "data"
@@ -159,18 +159,20 @@ class PrivateBroker:
         choice and the broker's bind is chosen again (nobody has the URL yet)."""
         if self.proc is not None and self.proc.poll() is None:
             return self
-        for attempt in range(3):
+        attempts = 3 if self._own_ports and self.starts == 0 else 1
+        for attempt in range(attempts):
             try:
-                return self._start_once(timeout)
+                self._start_once(timeout)
+                self.starts += 1
+                return self
             except _PortTaken:
-                if not (self._own_ports and self.starts == 1) or attempt == 2:
+                if attempt == attempts - 1:
                     raise BrokerUnavailable(f"ActiveMQ could not bind its ports ({self.stomp_port}, "
                                             f"{self.openwire_port}); see {self.log_path}:\n" + self.log_tail())
-                self.starts = 0
                 self.stomp_port, self.openwire_port = free_ports(2)
         raise AssertionError("unreachable")
 
-    def _start_once(self, timeout: float) -> PrivateBroker:
+    def _start_once(self, timeout: float) -> None:
         self._prepare()
         cmd = broker_command(self.base, self.conf_dir, self.data_dir, name=self.name, stomp_port=self.stomp_port,
                              openwire_port=self.openwire_port, heap_mb=self.heap_mb, properties=self.properties)
@@ -179,20 +181,19 @@ class PrivateBroker:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=self.base, start_new_session=True)
         log.close()
-        self.starts += 1
         # A TLS connector (maybe demanding client certificates) is only probed for a listener.
         ready = (lambda: port_open(self.stomp_port)) if self.tls else (lambda: stomp_answers(self.stomp_port))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if (rc := self.proc.poll()) is not None:
                 self.proc = None
                 with open(self.log_path, "rb") as f:
                     f.seek(log_start)
                     if b"Address already in use" in f.read():
                         raise _PortTaken()
-                raise BrokerUnavailable(f"ActiveMQ exited; see {self.log_path}:\n" + self.log_tail())
+                raise BrokerUnavailable(f"ActiveMQ exited with {rc}; see {self.log_path}:\n" + self.log_tail())
             if ready():
-                return self
+                return
             time.sleep(0.05)
         self.kill()
         raise BrokerUnavailable(f"ActiveMQ did not answer on port {self.stomp_port} in {timeout} s; "
