@@ -8,10 +8,10 @@ same run on the same machine:
 
 - latency per image, last packet → its last sensor announced in the OODS (IMAGE_IN_OODS):
   p50 / p99 / max, and the same minus the raw write time of that image's bytes
-  (numpy.tofile + fsync at the rate measured here) — the goal is p50 < 100 ms and
-  p99 < 300 ms above it;
+  at the disk's rate measured here: the faster of numpy.tofile + fsync and an O_DIRECT
+  write + fsync) — issue 18's goal is p50 <= 50 ms and p99 <= 150 ms above it;
 - sustained throughput (bytes of pixels / s, first START → last IMAGE_IN_OODS) as a ratio of
-  the raw write rate (the disk) and of spead2's own loopback rate (spead2_bench);
+  the disk's rate (goal >= 0.8) and of spead2's own loopback rate (spead2_bench);
 - the bare hand-off (2 link + unlink + directory fsyncs) as a floor;
 - the camera's own average send rate (it generates each image's pixels and pauses for its
   events between readouts: the pipeline cannot be faster than it), and the CPU seconds per
@@ -41,7 +41,7 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).parent))
 from handoff import bare_handoff  # noqa: E402 - the bare hand-off of bench/handoff.py
-from receive import spead2_baseline, write_baseline  # noqa: E402 - the baselines of bench/receive.py
+from receive import disk_baselines, spead2_baseline  # noqa: E402 - the baselines of bench/receive.py
 
 from fitsflow.camera_sim.sender import SpeadSender  # noqa: E402
 from fitsflow.camera_sim.simulator import CameraSimulator, SimSettings, default_sensors  # noqa: E402
@@ -253,7 +253,7 @@ def main() -> int:
         base = Path(tmp)
         print("baselines (same machine, same run):", flush=True)
         spead2 = spead2_baseline()
-        write = write_baseline(base, sensors=args.sensors)
+        write, disk_line = disk_baselines(base, sensors=args.sensors)
         src, a, b = base / "h.fits", base / "a" / "h.fits", base / "b" / "h.fits"
         a.parent.mkdir(), b.parent.mkdir()
         hand = []
@@ -261,7 +261,7 @@ def main() -> int:
             src.write_bytes(b"x" * 2880)
             hand.append(bare_handoff(src, a, b))
             a.unlink(), b.unlink()
-        print(f"  spead2_bench loopback: {spead2 / 1e9:.2f} GB/s; tofile+fsync: {write / 1e9:.2f} GB/s; "
+        print(f"  spead2_bench loopback: {spead2 / 1e9:.2f} GB/s; {disk_line} (the faster is the disk here); "
               f"bare hand-off: {statistics.median(hand) * 1e3:.2f} ms", flush=True)
         postgres = None
         if args.database == "postgresql":
@@ -283,9 +283,9 @@ def main() -> int:
                 above = [x - r["raw_write"] for x in lat]
                 print(f"  last packet -> IMAGE_IN_OODS: p50 {pct(lat, .5) * 1e3:.0f} ms, p99 {pct(lat, .99) * 1e3:.0f} ms, "
                       f"max {max(lat) * 1e3:.0f} ms; raw write of an image here {r['raw_write'] * 1e3:.0f} ms")
-                print(f"  above the raw write: p50 {pct(above, .5) * 1e3:.0f} ms (goal < 100), "
-                      f"p99 {pct(above, .99) * 1e3:.0f} ms (goal < 300)")
-                print(f"  sustained: {r['throughput'] / 1e6:.0f} MB/s = {r['throughput'] / write:.2f} x disk write, "
+                print(f"  above the raw write: p50 {pct(above, .5) * 1e3:.0f} ms (goal <= 50), "
+                      f"p99 {pct(above, .99) * 1e3:.0f} ms (goal <= 150)")
+                print(f"  sustained: {r['throughput'] / 1e6:.0f} MB/s = {r['throughput'] / write:.2f} x the disk (goal >= 0.8), "
                       f"{r['throughput'] / spead2:.2f} x spead2 loopback, {r['throughput'] / args.rate:.2f} x send rate")
             print(f"  the camera sent at {r['camera'] / 1e6:.0f} MB/s on average (pixels, first start to last "
                   f"END_READOUT; {args.rate / 1e6:.0f} MB/s while a readout is on the wire)")

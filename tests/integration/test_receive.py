@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
+import os
 import random
 import socket
 import struct
@@ -24,6 +26,7 @@ from fitsflow.camera_sim.store import ImageStore
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.config import Config, load_config
 from fitsflow.core.messages import Message, make
+from fitsflow.core import rawstore
 from fitsflow.core.rawstore import read_meta, read_pixels
 from fitsflow.core.states import State
 from fitsflow.core.spead_format import HEAP_ADDRESS_BITS, ITEMS, encode_name
@@ -165,9 +168,23 @@ def harness_factory(tmp_path: Path, broker: PrivateBroker) -> HarnessFactory:
     return HarnessFactory(tmp_path, broker)
 
 
-def test_bit_exact_round_trip(harness_factory: HarnessFactory) -> None:
+@pytest.mark.parametrize("direct_io", [True, False])
+def test_bit_exact_round_trip(harness_factory: HarnessFactory, monkeypatch: pytest.MonkeyPatch,
+                              direct_io: bool) -> None:
+    """Bit-exact over real UDP, with the stripes' whole blocks written with O_DIRECT (the
+    default, where the raw buffer's filesystem takes it) and through the page cache."""
+    direct_writes: list[int] = []
+    real = rawstore._pwrite_all
+
+    def counting(fd: int, data: memoryview, offset: int) -> None:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            direct_writes.append(len(data))
+        real(fd, data, offset)
+
+    monkeypatch.setattr(rawstore, "_pwrite_all", counting)
+
     async def main() -> None:
-        h = await harness_factory()
+        h = await harness_factory(direct_io=direct_io)
         await h.start_receiver()
         with SpeadSender([("127.0.0.1", h.port)], rate_bytes_s=200e6) as sender:
             sim = h.simulator(sender)
@@ -178,6 +195,10 @@ def test_bit_exact_round_trip(harness_factory: HarnessFactory) -> None:
             assert done.data == {"present": SENSORS, "missing": [], "partial": [], "timed_out": False}
             h.assert_bit_exact(r.image, r.image_seq, SENSORS)
         assert recipes[0].rows % 64 != 0  # the short last stripe was exercised
+        if direct_io and rawstore.direct_io_supported(h.raw_root):
+            assert direct_writes, "no stripe was written with O_DIRECT"
+        elif not direct_io:
+            assert not direct_writes
         c = h.receiver.streams[0].counters
         assert c.heaps_incomplete == 0 and c.heaps_bad == 0 and c.bytes_lost == 0
         # A RECEIVER_STATS sent after the last heap (an earlier one may arrive late on a loaded machine).

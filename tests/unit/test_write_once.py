@@ -4,6 +4,7 @@ and links it, or writes the same bytes as a copy where it must."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import warnings
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from fitsflow.core import rawstore
 from fitsflow.core.checksum import file_crc32, file_crc32_adler32
 from fitsflow.core.headerstore import ImageHeader
 from fitsflow.core.rawstore import DATA_OFFSET, SensorMeta, SensorWriter, raw_path, read_pixels
@@ -32,15 +34,16 @@ def pixels(dtype: str) -> np.ndarray:
     return rng.integers(info.min, info.max, size=(ROWS, COLS), endpoint=True).astype(dtype)
 
 
-def store(root: Path, data: np.ndarray, skip: tuple[int, ...] = (), restart_after: int = 2) -> SensorMeta:
+def store(root: Path, data: np.ndarray, skip: tuple[int, ...] = (), restart_after: int = 2,
+          direct_io: bool = False) -> SensorMeta:
     """Store ``data`` stripe by stripe, out of order, with a restart (journal resume) midway."""
     meta = SensorMeta("IMG_1", 1, "G", 0, "R22", "S00", ROWS, COLS, data.dtype.str, 0.0, 0.0, STRIPES,
                       received_at=1.7e9, data_offset=DATA_OFFSET)
-    writer = SensorWriter(root, meta)
+    writer = SensorWriter(root, meta, direct_io=direct_io)
     for n, i in enumerate(i for i in (3, 0, 4, 1, 2) if i not in skip):
         if n == restart_after:
             writer.close()
-            writer = SensorWriter(root, SensorMeta(**{**meta.__dict__}))
+            writer = SensorWriter(root, SensorMeta(**{**meta.__dict__}), direct_io=direct_io)
         start, end = stripe_bounds(ROWS, STRIPES, i)
         assert writer.write_stripe(i, start, data[start:end].reshape(-1))
     return writer.finish()
@@ -134,10 +137,10 @@ def test_what_cannot_be_linked_is_copied_with_a_reason(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dtype", ["<u2", "<i4"])
 def test_stripes_written_in_chunks_sum_as_a_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   dtype: str) -> None:
-    """A stripe is encoded and summed a chunk at a time: chunks that split 32-bit words (2-byte
-    pixels, odd row lengths) still add up to the data unit's DATASUM and CRC."""
-    from fitsflow.core import rawstore
-    monkeypatch.setattr(rawstore, "ENCODE_CHUNK_BYTES", 1002)
+    """A stripe is encoded and summed a chunk at a time, chunks ending on 4 KiB boundaries of
+    the file: stripes that start inside a 32-bit word (2-byte pixels, odd row lengths) still
+    add up to the data unit's DATASUM and CRC."""
+    monkeypatch.setattr(rawstore, "ENCODE_CHUNK_BYTES", 1002)  # the smallest chunk: one block
     data = pixels(dtype)
     meta = store(tmp_path, data)
     (tmp_path / "in").mkdir()
@@ -195,3 +198,107 @@ def test_encoding_into_a_reused_buffer_gives_the_fits_bytes(dtype: str) -> None:
     assert np.shares_memory(out, buffer)
     square = pixels(dtype.replace(">", "<").replace("|", "<")).astype(dtype)  # 2-D, as readouts are
     assert fits_encoded(square).tobytes() == fits_encode_into(square.reshape(-1), buffer).tobytes()
+
+
+@pytest.mark.parametrize("dtype", sorted(PIXEL_DTYPES))
+def test_direct_io_writes_whole_blocks_aligned_and_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 dtype: str) -> None:
+    """With direct_io, each stripe's whole 4 KiB blocks go through O_DIRECT, aligned in the
+    file and in memory (the kernel refuses anything else with EINVAL, which would turn the
+    writer back to the page cache), and only the partial blocks at a stripe's two ends go
+    through the page cache. The file is the one the page cache path writes, byte for byte
+    and sum for sum, and becomes a valid FITS file. Stripes here start inside blocks and
+    inside 32-bit words (odd row lengths)."""
+    if not rawstore.direct_io_supported(tmp_path):
+        pytest.skip(f"the filesystem of {tmp_path} refuses O_DIRECT")
+    writes: list[tuple[bool, int, int, int]] = []  # (direct, offset, length, address)
+    real = rawstore._pwrite_all
+
+    def recording(fd: int, data: memoryview, offset: int) -> None:
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        writes.append((direct, offset, len(data), np.frombuffer(data, np.uint8).ctypes.data))
+        real(fd, data, offset)
+
+    monkeypatch.setattr(rawstore, "_pwrite_all", recording)
+    data = pixels(dtype)
+    (tmp_path / "direct").mkdir(), (tmp_path / "cached").mkdir()
+    direct = store(tmp_path / "direct", data, direct_io=True)
+    direct_writes, writes[:] = list(writes), []
+    cached = store(tmp_path / "cached", data)
+    assert not any(d for d, *_ in writes)  # the page cache path never writes directly
+    blocks = [(off, n, addr) for d, off, n, addr in direct_writes if d]
+    assert blocks, "no stripe was written with O_DIRECT"
+    assert all(off % 4096 == 0 and n % 4096 == 0 and addr % 4096 == 0 for off, n, addr in blocks)
+    cached_bytes = sum(n for d, _, n, _ in direct_writes if not d)
+    assert cached_bytes < 2 * STRIPES * 4096  # at most the two partial blocks of each stripe
+    assert sum(n for _, n, _ in blocks) + cached_bytes == data.nbytes
+    assert raw_path(tmp_path / "direct", direct).read_bytes() == raw_path(tmp_path / "cached", cached).read_bytes()
+    assert (direct.datasum, direct.data_crc, direct.data_adler32) == (cached.datasum, cached.data_crc,
+                                                                      cached.data_adler32)
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    written = write_linked(raw_path(tmp_path / "direct", direct), incoming, "f.fits",
+                           build_hdus(HEADER, direct, shape_only(direct), "f.fits", DATA_ID), direct)
+    check(written.path, written, data)
+
+
+def test_direct_io_refused_falls_back_to_the_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem that refuses O_DIRECT at open (EINVAL), or a device that refuses our
+    alignment at write (EINVAL): the stripes go through the page cache, and the file is
+    whole and right. Another error of a direct write (a full disk) is the caller's, as any."""
+    import errno
+
+    data = pixels("<u2")
+    real_open, real_pwrite = os.open, os.pwrite
+
+    def no_direct_open(path, flags, *args):  # type: ignore[no-untyped-def]
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "open", no_direct_open)
+        (tmp_path / "a").mkdir()
+        at_open = store(tmp_path / "a", data, direct_io=True)
+
+    refused: list[int] = []
+
+    def misaligned(fd: int, buf, offset: int) -> int:  # type: ignore[no-untyped-def]
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, buf, offset)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "pwrite", misaligned)
+        (tmp_path / "b").mkdir()
+        at_write = store(tmp_path / "b", data, direct_io=True)
+    if rawstore.direct_io_supported(tmp_path):
+        assert refused, "no direct write was tried"
+        assert len(refused) <= 2  # once per writer (store() restarts it once), then the page cache
+    (tmp_path / "c").mkdir()
+    cached = store(tmp_path / "c", data)
+    expected = raw_path(tmp_path / "c", cached).read_bytes()
+    assert raw_path(tmp_path / "a", at_open).read_bytes() == expected
+    assert raw_path(tmp_path / "b", at_write).read_bytes() == expected
+    assert at_write.data_crc == at_open.data_crc == cached.data_crc
+
+    if not rawstore.direct_io_supported(tmp_path):
+        return
+
+    def full(fd: int, buf, offset: int) -> int:  # type: ignore[no-untyped-def]
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, buf, offset)
+
+    meta = SensorMeta("IMG_2", 2, "G", 0, "R22", "S00", ROWS, COLS, data.dtype.str, 0.0, 0.0, STRIPES,
+                      data_offset=DATA_OFFSET)
+    writer = SensorWriter(tmp_path, meta, direct_io=True)
+    start, end = stripe_bounds(ROWS, STRIPES, 0)
+    with monkeypatch.context() as m:
+        m.setattr(os, "pwrite", full)
+        with pytest.raises(OSError, match="No space"):
+            writer.write_stripe(0, start, data[start:end].reshape(-1))
+    assert writer.write_stripe(0, start, data[start:end].reshape(-1))  # the space is back: stored, directly
+    assert writer._direct
+    writer.close()

@@ -21,6 +21,14 @@ hand-off carries, the Adler-32 the archive registers in Rucio) without reading t
 are written once. A .raw with ``data_offset`` 0 (written by an earlier fitsflow) holds the
 pixels row-major in the readout's own dtype; the forwarder copies those.
 
+With ``direct_io`` (``receiver.direct_io``), a stripe's whole 4 KiB blocks are written with
+``O_DIRECT``, from the page-aligned encoding buffer straight to the device, and only the
+partial blocks at its two ends through the page cache: nobody on this host reads the pixels
+again, and the kernel's copy into the page cache was the largest part of the receiver's CPU
+(bench/stripe_store --dir on a disk shows the difference). Where the filesystem refuses
+O_DIRECT (tmpfs before Linux 6.6, some network filesystems), or a device wants another
+alignment, the writes go through the page cache as before.
+
 Metadata fields: image, image_seq, group, snap, raft, sensor, rows, cols, dtype (the
 readout's, as the camera sent it), t_start, t_end, stripe_count, stripes_received,
 missing_rows ([[start, end), ...]), partial (bool), received_at, data_offset, datasum,
@@ -31,7 +39,10 @@ they describe).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
+import mmap
 import os
 import shutil
 import threading
@@ -49,6 +60,8 @@ from fitsflow.core.handoff import atomic_write_bytes, fsync_dir
 from fitsflow.core.layout import COMPONENT_NAME, check_name, inside
 from fitsflow.core.poison import load_file
 from fitsflow.core.spead_format import stripe_bounds
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,6 +110,9 @@ HEADER_ROOM_BLOCKS = (10, 3)
 DATA_OFFSET = sum(HEADER_ROOM_BLOCKS) * BLOCK
 #: A stripe is encoded in chunks of this size (fits in a core's cache; no stripe-sized copy).
 ENCODE_CHUNK_BYTES = 1 << 20
+#: What O_DIRECT writes are aligned to: file offset, length and memory address. 4 KiB
+#: satisfies devices with 512-byte and with 4 KiB logical blocks.
+DIRECT_ALIGN = 4096
 
 
 def padded(nbytes: int) -> int:
@@ -139,14 +155,38 @@ def fits_encode_into(pixels: np.ndarray, out: np.ndarray) -> np.ndarray:
 _encode_buffers = threading.local()
 
 
-def _encode_buffer(dtype: np.dtype, count: int) -> np.ndarray:
-    """This thread's buffer for ``count`` encoded pixels of ``dtype``."""
-    encoded = encoded_dtype(dtype)
-    need = count * encoded.itemsize
+def _encode_buffer(need: int) -> np.ndarray:
+    """This thread's encoding buffer of at least ``need`` bytes, page-aligned (anonymous
+    memory), so that its DIRECT_ALIGN-aligned offsets can be handed to O_DIRECT writes."""
     raw = getattr(_encode_buffers, "raw", None)
     if raw is None or raw.size < need:
-        raw = _encode_buffers.raw = np.empty(need, dtype=np.uint8)
-    return raw[:need].view(encoded)
+        raw = _encode_buffers.raw = np.frombuffer(mmap.mmap(-1, need), dtype=np.uint8)
+    return raw
+
+
+def direct_io_supported(directory: Path) -> bool:
+    """Whether files in ``directory`` can be opened with O_DIRECT (probed with a scratch file)."""
+    probe = Path(directory) / f".direct-io-probe.{os.getpid()}.{threading.get_ident()}"
+    probe.touch()
+    try:
+        fd = open_direct(probe, quiet=True)
+        if fd >= 0:
+            os.close(fd)
+        return fd >= 0
+    finally:
+        probe.unlink()
+
+
+def open_direct(path: Path, quiet: bool = False) -> int:
+    """A write-only O_DIRECT descriptor of ``path``, or -1 where its filesystem refuses one."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_DIRECT)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        if not quiet:
+            _log.info("%s: the filesystem refuses O_DIRECT; stripes go through the page cache", path)
+        return -1
 
 
 def fits_decoded(stored: np.ndarray, dtype: str) -> np.ndarray:
@@ -172,7 +212,8 @@ class SensorWriter:
     """Assembles one sensor readout from its stripes, bounded in memory (each stripe is
     written where it belongs as it arrives) and resumable (a journal lists the stripes)."""
 
-    def __init__(self, root: Path, meta: SensorMeta) -> None:
+    def __init__(self, root: Path, meta: SensorMeta, *, direct_io: bool = False) -> None:
+        """``direct_io``: write the stripes' whole blocks with O_DIRECT (module docstring)."""
         self.meta = meta
         self.dir = image_dir(root, meta.image)
         self.dir.mkdir(exist_ok=True)
@@ -191,6 +232,9 @@ class SensorWriter:
         self._fd = os.open(self.temp, os.O_RDWR | os.O_CREAT, 0o644)
         if os.fstat(self._fd).st_size != nbytes:
             os.ftruncate(self._fd, nbytes)  # sparse: never-written rows read as zeros
+        #: O_DIRECT descriptor of the same file, -1 for none (the stripes' whole blocks)
+        self._dfd = open_direct(self.temp) if direct_io and meta.fits_layout else -1
+        self._direct = self._dfd >= 0  # False again if the device refuses our alignment
         self.received: set[int] = set()
         #: Each stored stripe's (DATASUM part, CRC-32, Adler-32), when known (not after a
         #: refill; Adler-32 None from a journal of an older fitsflow).
@@ -219,7 +263,7 @@ class SensorWriter:
                 self.sums[int(fields[0])] = _sums_of_line(fields)
 
     @classmethod
-    def refill(cls, root: Path, meta: SensorMeta) -> SensorWriter:
+    def refill(cls, root: Path, meta: SensorMeta, *, direct_io: bool = False) -> SensorWriter:
         """Reopen a published *partial* sensor to add the stripes it lacks (a re-send by the
         camera): the published .raw stays readable until ``finish`` replaces it atomically."""
         writer_dir = image_dir(root, meta.image)
@@ -229,7 +273,7 @@ class SensorWriter:
             shutil.copyfile(writer_dir / f"{key}.raw", temp)
             atomic_write_bytes(journal, "".join(f"{i}\n" for i in meta.stripes_received).encode())
         fresh = SensorMeta(**{**asdict(meta), "stripes_received": [], "missing_rows": [], "partial": False})
-        return cls(root, fresh)
+        return cls(root, fresh, direct_io=direct_io)
 
     def claim(self, index: int) -> bool:
         """Reserve stripe ``index`` for writing; False if it is stored or being written
@@ -244,13 +288,13 @@ class SensorWriter:
         with self._lock:
             if index in self.received or self._fd < 0:
                 return False  # a duplicate, or the sensor was finished meanwhile (a late stripe)
-            fd = self._fd
+            fd, dfd = self._fd, self._dfd if self._direct else -1
             self._inflight += 1
         try:
             at = row_start * self.meta.cols * self.itemsize  # into the pixels
             try:
                 if self.meta.fits_layout:
-                    line = self._write_encoded(fd, index, at, np.ascontiguousarray(pixels).reshape(-1))
+                    line = self._write_encoded(fd, dfd, index, at, np.ascontiguousarray(pixels).reshape(-1))
                 else:
                     _pwrite_all(fd, memoryview(np.ascontiguousarray(pixels)).cast("B"), at)
                     line = f"{index}\n"
@@ -274,21 +318,56 @@ class SensorWriter:
                 self._idle.notify_all()
         return True
 
-    def _write_encoded(self, fd: int, index: int, at: int, flat: np.ndarray) -> str:
+    def _write_encoded(self, fd: int, dfd: int, index: int, at: int, flat: np.ndarray) -> str:
         """Write a stripe in the FITS layout, ``at`` bytes into the data unit; its journal
         line. Encoded, summed and written a chunk at a time, while the chunk is in cache:
-        nobody reads these bytes again."""
-        total, crc, adler, done = 0, 0, 1, 0
-        step = ENCODE_CHUNK_BYTES // flat.itemsize
-        buffer = _encode_buffer(flat.dtype, step)
-        for start in range(0, flat.size, step):
-            chunk = memoryview(fits_encode_into(flat[start:start + step], buffer)).cast("B")
-            total += ones_sum(chunk, at + done)
+        nobody reads these bytes again.
+
+        Chunks end on DIRECT_ALIGN boundaries of the file (but for the stripe's last), and
+        each is encoded at the same offset modulo DIRECT_ALIGN in the page-aligned buffer: its
+        whole blocks are then aligned in the file and in memory, as O_DIRECT wants them."""
+        total, crc, adler = 0, 0, 1
+        itemsize = flat.itemsize
+        encoded = encoded_dtype(flat.dtype)
+        step = max(DIRECT_ALIGN, ENCODE_CHUNK_BYTES - ENCODE_CHUNK_BYTES % DIRECT_ALIGN)
+        buffer = _encode_buffer(step + DIRECT_ALIGN)
+        first = self.meta.data_offset + at  # the stripe's place in the file
+        pos, end = first, first + flat.nbytes
+        while pos < end:
+            lead = pos % DIRECT_ALIGN  # a multiple of the pixel size, as is the data offset (2880 k)
+            nxt = min(end, pos - lead + step)
+            out = buffer[lead:lead + nxt - pos].view(encoded)
+            chunk = memoryview(fits_encode_into(flat[(pos - first) // itemsize:(nxt - first) // itemsize],
+                                                out)).cast("B")
+            total += ones_sum(chunk, pos - self.meta.data_offset)
             crc = crc32(chunk, crc)
             adler = adler32(chunk, adler)
-            _pwrite_all(fd, chunk, self.meta.data_offset + at + done)
-            done += len(chunk)
+            self._store_chunk(fd, dfd, chunk, pos)
+            pos = nxt
         return f"{index} {total} {crc} {adler}\n"
+
+    def _store_chunk(self, fd: int, dfd: int, chunk: memoryview, pos: int) -> None:
+        """Write ``chunk`` at ``pos``: its whole aligned blocks through ``dfd`` (O_DIRECT, if
+        open), the partial ones at its ends through ``fd``."""
+        lo = -(-pos // DIRECT_ALIGN) * DIRECT_ALIGN
+        hi = (pos + len(chunk)) // DIRECT_ALIGN * DIRECT_ALIGN
+        if dfd < 0 or hi <= lo:
+            _pwrite_all(fd, chunk, pos)
+            return
+        if lo > pos:
+            _pwrite_all(fd, chunk[:lo - pos], pos)
+        try:
+            _pwrite_all(dfd, chunk[lo - pos:hi - pos], lo)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise  # a full disk, an I/O error: the caller's business, as for any write
+            # The device wants a larger alignment than DIRECT_ALIGN: the page cache from now on.
+            _log.warning("%s: O_DIRECT write refused (%s); this sensor's stripes go through the page cache",
+                         self.temp, exc, extra={"IMAGE": self.meta.image})
+            self._direct = False
+            _pwrite_all(fd, chunk[lo - pos:hi - pos], lo)
+        if pos + len(chunk) > hi:
+            _pwrite_all(fd, chunk[hi - pos:], hi)
 
     def _close_fd(self) -> bool:
         """Close the pixel file once no write is in flight; False if already closed."""
@@ -298,8 +377,13 @@ class SensorWriter:
             if self._fd < 0:
                 return False
             fd, self._fd = self._fd, -1
-        os.fsync(fd)
-        os.close(fd)
+            dfd, self._dfd = self._dfd, -1
+        try:
+            os.fsync(fd)  # the inode's: the O_DIRECT writes' block allocations too
+        finally:
+            os.close(fd)
+            if dfd >= 0:
+                os.close(dfd)
         return True
 
     @property

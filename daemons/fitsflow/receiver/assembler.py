@@ -55,8 +55,10 @@ class ImageAssembler:
 
     def __init__(self, root: Path, timeout_s: float, default_expected: set[str], announce: Announce,
                  *, spawn: Spawn, storage_failed: Callable[[str], object] = lambda detail: None,
-                 keep_announced_s: float = 600.0) -> None:
+                 keep_announced_s: float = 600.0, direct_io: bool = False) -> None:
+        """``direct_io``: stripes written with O_DIRECT where the store allows it (core.rawstore)."""
         self._spawn = spawn
+        self.direct_io = direct_io
         self.storage_failed = storage_failed
         self.root = Path(root)
         self.timeout_s = timeout_s
@@ -114,7 +116,7 @@ class ImageAssembler:
                 continue
             meta = load_file(meta_path, parse_meta, self.rejected)  # None: never started, or unreadable
             if meta is not None:  # incl. a refill of a partial sensor
-                state.writers[key] = SensorWriter(self.root, meta)
+                state.writers[key] = SensorWriter(self.root, meta, direct_io=self.direct_io)
         remove_stale_temps(d)
         return state
 
@@ -155,7 +157,7 @@ class ImageAssembler:
             # A stripe a partial sensor lacks (the camera re-sends it): fill the gaps.
             _log.info("image %s sensor %s: refilling a partial sensor", stripe.image, key,
                       extra={"IMAGE": stripe.image})
-            writer = SensorWriter.refill(self.root, done)
+            writer = SensorWriter.refill(self.root, done, direct_io=self.direct_io)
             atomic_write_bytes(writer.dir / f".{key}.meta", json.dumps(writer.meta.__dict__).encode())
             state.writers[key] = writer
         if writer is None:
@@ -185,7 +187,7 @@ class ImageAssembler:
         return True
 
     def _open_writer(self, meta: SensorMeta) -> SensorWriter:
-        writer = SensorWriter(self.root, meta)
+        writer = SensorWriter(self.root, meta, direct_io=self.direct_io)
         # The sensor's identity, beside its journal, so a restart can resume it.
         # Atomic: a full disk must not leave a 0-byte .meta that a restart cannot read.
         atomic_write_bytes(writer.dir / f".{meta.name}.meta", json.dumps(meta.__dict__).encode())

@@ -30,6 +30,11 @@ class ReceiverConfig:
     ring_heaps: int = 8
     #: Stripes written at once per stream (in threads, while the next heaps arrive).
     writers: int = 2
+    #: Write the stripes' whole 4 KiB blocks with O_DIRECT (core.rawstore): no copy into the
+    #: page cache, whose CPU was the largest part of the receiver's; ignored where the raw
+    #: buffer's filesystem refuses it. Off: bursts faster than the disk are absorbed by the
+    #: page cache (up to vm.dirty_ratio) instead of by the ring and the socket buffer.
+    direct_io: bool = True
     #: After its first heap (or its START_INTEGRATION + exposure time), an image gets this
     #: long to arrive whole; then READOUT_COMPLETE lists what is missing.
     image_timeout_s: float = 10.0

@@ -14,6 +14,7 @@ from fitsflow.core.errors import FitsflowError, Reject, UnsafePath
 from fitsflow.core.faults import MachineFault
 from fitsflow.core.messages import CAMERA_EVENTS, Message, destination_of, make
 from fitsflow.core.runtime import Daemon
+from fitsflow.core.rawstore import direct_io_supported
 from fitsflow.core.sockbuf import cap_warning
 from fitsflow.receiver.assembler import ImageAssembler
 from fitsflow.receiver.config import ReceiverConfig
@@ -36,7 +37,7 @@ class ReceiverDaemon(Daemon):
         self.raw_root = cfg.paths.resolved().raw_buffer
         self.assembler = ImageAssembler(self.raw_root, self.rcfg.image_timeout_s,
                                         set(self.rcfg.expected_sensors), self._announce, spawn=self.spawn,
-                                        storage_failed=self._storage_failed)
+                                        storage_failed=self._storage_failed, direct_io=self.rcfg.direct_io)
         self.streams = [SpeadStreamReceiver(addr, self.rcfg, self.assembler.add_stripe, self._storage_failed,
                                             self._storage_ok, spawn=self.spawn, socket_failed=self._socket_failed,
                                             socket_ok=self._socket_ok)
@@ -60,6 +61,7 @@ class ReceiverDaemon(Daemon):
         warning = cap_warning("rmem", self.rcfg.socket_buffer_bytes, f"{self.ident} UDP receive buffer")
         if warning:  # the package ships /usr/lib/sysctl.d/90-fitsflow-receiver.conf
             _log.warning(warning)
+        await self._say_how_stripes_are_written()
         self._loop = asyncio.get_running_loop()
         self.rejected.install()
         await super().start()
@@ -70,6 +72,23 @@ class ReceiverDaemon(Daemon):
     async def stop(self) -> None:
         await super().stop()
         self.rejected.uninstall()
+
+    async def _say_how_stripes_are_written(self) -> None:
+        """Tell the operator whether the raw buffer takes O_DIRECT writes (receiver.direct_io)."""
+        if not self.rcfg.direct_io:
+            _log.info("raw buffer %s: stripes written through the page cache (receiver.direct_io = false)",
+                      self.raw_root)
+            return
+        try:
+            direct = await asyncio.to_thread(direct_io_supported, self.raw_root)
+        except OSError as exc:  # not there or not writable yet: the store's own fault path says so
+            _log.info("raw buffer %s: O_DIRECT not probed (%s)", self.raw_root, exc)
+            return
+        if direct:
+            _log.info("raw buffer %s: stripes' whole blocks written with O_DIRECT", self.raw_root)
+        else:
+            _log.warning("raw buffer %s: its filesystem refuses O_DIRECT; stripes written through the page cache",
+                         self.raw_root)
 
     def unreadable_state(self) -> list[str]:
         return self.assembler.rejected
