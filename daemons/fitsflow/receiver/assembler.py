@@ -79,6 +79,8 @@ class ImageAssembler:
 
     async def start(self) -> None:
         await asyncio.to_thread(self._resume)
+        for state in list(self.images.values()):
+            await self._publish_complete(state)
         self._task = self._spawn(self._deadlines(), "assembler deadlines", forever=True)
 
     async def stop(self) -> None:
@@ -93,7 +95,11 @@ class ImageAssembler:
 
     def _resume(self) -> None:
         for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            if IMAGE_NAME.fullmatch(d.name) and read_readout_summary(self.root, d.name, self.rejected) is None:
+            if not IMAGE_NAME.fullmatch(d.name):
+                continue
+            # Images not announced yet, and announced ones with a sensor still being assembled
+            # (a re-send, or a sensor whose last stripe was stored just before a crash).
+            if read_readout_summary(self.root, d.name, self.rejected) is None or any(d.glob(".*.stripes")):
                 state = self._load(d)
                 self.images[d.name] = state
                 _log.info("resuming image %s: %d sensors stored, %d being assembled", d.name, len(state.done),
@@ -175,6 +181,8 @@ class ImageAssembler:
                          writer.meta.cols, writer.meta.stripe_count, extra={"IMAGE": stripe.image})
             return False
         if not writer.claim(stripe.index):
+            if writer.complete and state.writers.get(key) is writer:
+                await self._publish_complete(state)  # stored whole, never published (see there)
             return False  # a duplicate, or the same stripe being written right now
         # Stripes are independent pwrites at their own offsets: several may be written at once
         # (the stream keeps up to `writers` in flight), in threads, while the next heaps arrive.
@@ -192,6 +200,28 @@ class ImageAssembler:
         # Atomic: a full disk must not leave a 0-byte .meta that a restart cannot read.
         atomic_write_bytes(writer.dir / f".{meta.name}.meta", json.dumps(meta.__dict__).encode())
         return writer
+
+    async def _publish_complete(self, state: ImageState) -> None:
+        """Publish the sensors of ``state`` that have every stripe but were never published: a
+        crash (or a full disk at the finish) came between the last stripe and the .json. Their
+        stripes are all in the journal, so a re-send is refused as duplicates: without this
+        they would wait for ever. Announces the image if that makes it whole, or again if it
+        was announced already."""
+        for key, writer in list(state.writers.items()):
+            if not writer.complete or state.writers.get(key) is not writer:
+                continue
+            del state.writers[key]
+            _log.info("image %s sensor %s: every stripe stored before the last stop; publishing it", state.image,
+                      key, extra={"IMAGE": state.image})
+            try:
+                await self._finish_sensor(state, key, writer)
+            except OSError as exc:  # kept: the next start or a re-sent stripe tries again
+                self.storage_errors += 1
+                _log.error("image %s sensor %s cannot be stored: %s", state.image, key, exc,
+                           extra={"IMAGE": state.image})
+                continue
+        if not state.announced and state.expected is not None and state.expected <= set(state.done):
+            await self._announce(state)
 
     async def _finish_sensor(self, state: ImageState, key: str, writer: SensorWriter | None = None) -> None:
         writer = writer or state.writers.pop(key)
