@@ -62,24 +62,30 @@ def stored_whole(root: Path, name: str, n: int) -> bool:
     return meta is not None and not meta.partial and np.array_equal(read_pixels(root, meta), pixels(n))
 
 
-def crash_after_last_stripe(root: Path) -> None:
+async def started_with_s00(h: Harness) -> ImageAssembler:
+    """An assembler started on ``h``'s raw buffer, with sensor S00 stored and published."""
+    asm = h.assembler()
+    await asm.start()
+    for s in stripes("R22_S00", 0):
+        await asm.add_stripe(s)
+    return asm
+
+
+def crash_after_last_stripe(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """S00 published; S01's stripes all stored, then the receiver dies before publishing it."""
+    def killed(self):  # type: ignore[no-untyped-def]
+        raise SystemExit("killed")
+
     async def main() -> None:
         h = Harness(root)
-        asm = h.assembler()
-        await asm.start()
-        for s in stripes("R22_S00", 0):
-            await asm.add_stripe(s)
-        real_finish = rawstore.SensorWriter.finish
-        rawstore.SensorWriter.finish = lambda self: (_ for _ in ()).throw(SystemExit("killed"))  # type: ignore
-        try:
+        asm = await started_with_s00(h)
+        with monkeypatch.context() as m:
+            m.setattr(rawstore.SensorWriter, "finish", killed)
             for s in stripes("R22_S01", 1):
                 try:
                     await asm.add_stripe(s)
                 except SystemExit:
                     pass
-        finally:
-            rawstore.SensorWriter.finish = real_finish  # type: ignore[method-assign]
         for state in asm.images.values():  # what a kill leaves: open files, journals, no .json
             for writer in state.writers.values():
                 writer.close()
@@ -90,11 +96,12 @@ def crash_after_last_stripe(root: Path) -> None:
 
 
 @pytest.mark.parametrize("announced", [False, True])
-def test_a_sensor_stored_whole_before_a_crash_is_published_at_start(tmp_path: Path, announced: bool) -> None:
+def test_a_sensor_stored_whole_before_a_crash_is_published_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    announced: bool) -> None:
     """Not announced yet: the restart publishes the sensor and announces the image whole at
     once (not at its deadline). Announced already with the sensor missing (the image timed
     out): the restart publishes it and announces the image again."""
-    crash_after_last_stripe(tmp_path)
+    crash_after_last_stripe(tmp_path, monkeypatch)
     if announced:
         write_readout_summary(tmp_path, IMAGE, {"present": ["R22_S00"], "missing": ["R22_S01"], "partial": [],
                                                 "timed_out": True})
@@ -119,20 +126,15 @@ def test_a_resent_stripe_publishes_a_sensor_whose_finish_failed(tmp_path: Path,
     them publishes the sensor (the pixels are those stored the first time)."""
     async def main() -> Harness:
         h = Harness(tmp_path)
-        asm = h.assembler()
-        await asm.start()
-        for s in stripes("R22_S00", 0):
-            await asm.add_stripe(s)
-        real_finish = rawstore.SensorWriter.finish
+        asm = await started_with_s00(h)
 
         def full(self):  # type: ignore[no-untyped-def]
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(rawstore.SensorWriter, "finish", full)
-        with pytest.raises(OSError):
+        with monkeypatch.context() as m, pytest.raises(OSError):
+            m.setattr(rawstore.SensorWriter, "finish", full)
             for s in stripes("R22_S01", 1):
                 await asm.add_stripe(s)
-        monkeypatch.setattr(rawstore.SensorWriter, "finish", real_finish)
         assert read_meta(tmp_path, IMAGE, "R22", "S01") is None
         assert not h.announced
         resent = stripes("R22_S01", 1)[0]
