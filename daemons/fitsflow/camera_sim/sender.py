@@ -62,6 +62,8 @@ class SpeadSender:
         self.bytes_sent = 0
 
     def stream_of(self, sensor_index: int) -> int:
+        if not self._streams:  # a RESEND_IMAGE after the camera stopped sending (seen in bench/e2e)
+            raise RuntimeError("the camera's SPEAD sender is closed: nothing can be sent")
         return sensor_index % len(self._streams)
 
     def send_sensor(self, info: ReadoutInfo, sensor_index: int, raft: str, sensor: str, pixels: np.ndarray,
