@@ -178,7 +178,8 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
 
 #: (label, from, to): stages of an image between message types, timed by each message's own
 #: "sent" stamp (all senders share this machine's clock). A "last"/"first" picks among the
-#: image's several messages of that type (one per sensor); INGEST_REQUEST: the OODS's.
+#: image's several messages of that type (one per assignment, or per sensor for the
+#: ingests' answers); INGEST_REQUEST: the OODS's.
 STAGES = [
     ("camera END_READOUT -> READOUT_COMPLETE (receiver)", ("first", "END_READOUT"), ("last", "READOUT_COMPLETE")),
     ("camera END_READOUT -> HEADER_READY (header service)", ("first", "END_READOUT"), ("last", "HEADER_READY")),

@@ -74,9 +74,9 @@ async def measure(base: Path, broker: PrivateBroker, files: int) -> None:
                     file_crc32(written.path)
                     crc.append(time.perf_counter() - t_crc)
                     t0 = time.perf_counter()
-                    await listen.bus.send(make("FILE_DELIVERED", f"HO_{n:06d}", path=str(written.path),
-                                               size=written.size, checksum=written.checksum, data_id=data_id,
-                                               assignment="bench"))
+                    await listen.bus.send(make("FILE_DELIVERED", f"HO_{n:06d}", assignment="bench", files=[
+                        {"path": str(written.path), "size": written.size, "checksum": written.checksum,
+                         "data_id": data_id}]))
                     while written.path.name not in got:
                         await asyncio.sleep(0.001)
                     latencies.append(got[written.path.name] - t0)

@@ -28,6 +28,7 @@ from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.messages import make
 from fitsflow.core.rawstore import DATA_OFFSET, SensorMeta, SensorWriter, write_readout_summary
 from fitsflow.forwarder.daemon import ForwarderDaemon
+from fitsflow.forwarder.fitswriter import WrittenFile
 from fitsflow.oods.daemon import OodsDaemon
 from fitsflow.testing.broker import PrivateBroker
 from fitsflow.testing.config import make_site
@@ -157,20 +158,22 @@ def test_a_site_target_gets_its_link_and_its_own_ingest_request(tmp_path: Path, 
                 Listener(cfg, "arch-l4", OUT) as listen:
             await async_wait_for(lambda: "f1" in ctl.pool.live(), 30, what="heartbeat")
             await listen.bus.send(readout(image))
-            await async_wait_for(lambda: len(prompt.of("INGEST_REQUEST")) >= 3 and
+            await async_wait_for(lambda: len(prompt.files("INGEST_REQUEST")) >= 3 and
                                  len(listen.of("IMAGE_IN_ARCHIVE")) >= 3, 90,
-                                 what="3 INGEST_REQUESTs for the prompt target and 3 archived files")
+                                 what="3 files requested for the prompt target and 3 archived files")
             assert f1.files_linked == 3
-            requests.extend(prompt.of("INGEST_REQUEST"))
+            # One assignment, one delivery: one request for the site's target holds its 3 files.
+            assert len(prompt.of("INGEST_REQUEST")) == 1 and prompt.of("INGEST_REQUEST")[0].image == image
+            requests.extend(prompt.files("INGEST_REQUEST"))
     requests: list = []
     run(main())
     paths = cfg.paths.resolved()
     staging = paths.root / "prompt" / "staging"
     archived = {p.name: p for p in paths.archive_repo.rglob("*.fits")}
-    assert sorted(m.data["data_id"]["sensor"] for m in requests) == ["S00", "S01", "S02"]
-    for m in requests:
-        staged = Path(m.data["path"])
-        assert staged.parent == staging / "20261120" and m.image == image
+    assert sorted(f["data_id"]["sensor"] for f in requests) == ["S00", "S01", "S02"]
+    for f in requests:
+        staged = Path(f["path"])
+        assert staged.parent == staging / "20261120"
         assert os.path.samefile(staged, archived[staged.name]), f"{staged} is not the archived file"
     assert list(paths.incoming.iterdir()) == []
 
@@ -246,37 +249,50 @@ def test_no_false_pool_alarm_after_a_reconnect(tmp_path: Path, broker: PrivateBr
 CUT_POINTS = ["handoff.verified", "handoff.linked", "handoff.unlinked", "handoff.sent"]
 
 
+def delivered(written: WrittenFile, data_id: dict) -> dict:
+    """A FILE_DELIVERED entry for a file written here."""
+    return {"path": str(written.path), "size": written.size, "checksum": written.checksum, "data_id": data_id}
+
+
 @pytest.mark.parametrize("cut", CUT_POINTS)
 def test_handoff_completes_once_after_kill_at(cut: str, tmp_path: Path, broker: PrivateBroker) -> None:
+    """Two files delivered together go through each step together: a kill -9 at any step
+    leaves both recorded at the same state, and the restart completes both, once."""
     cfg = site(tmp_path, broker)
     paths = cfg.paths.resolved()
     image = f"TESTCAM_O_20261121_0001{CUT_POINTS.index(cut):02d}"
-    written, data_id = make_sensor_file(paths.incoming, image, rows=ROWS, cols=COLS)
+    files = [make_sensor_file(paths.incoming, image, sensor=s, rows=ROWS, cols=COLS, index=i)
+             for i, s in enumerate(("S00", "S01"))]
     env = dict(os.environ, FITSFLOW_CONFIG=str(cfg.source))
 
     async def deliver() -> None:
         async with Listener(cfg, f"arch-cut-{cut}", []) as listen:
-            await listen.bus.send(make("FILE_DELIVERED", image, path=str(written.path), size=written.size,
-                                       checksum=written.checksum, data_id=data_id, assignment="cut1"))
+            await listen.bus.send(make("FILE_DELIVERED", image, assignment="cut1",
+                                       files=[delivered(w, d) for w, d in files]))
     run(deliver())
     crashed = subprocess.run([sys.executable, "-m", "fitsflow.archive_controller", "--instance", "cut"],
                              env=dict(env, FITSFLOW_FAILPOINT=cut), capture_output=True, text=True, timeout=120)
     assert crashed.returncode == 137, crashed.stderr[-2000:]
     assert f"failpoint {cut} reached" in crashed.stderr
+    book = Book(cfg.site.database_url)
+    keys = [f"{image}/R22_S00", f"{image}/R22_S01"]
+    assert len({book.handoff(k).state for k in keys}) == 1, "the two files stopped at different steps"
     again = subprocess.Popen([sys.executable, "-m", "fitsflow.archive_controller", "--instance", "cut"], env=env)
     try:
-        book = Book(cfg.site.database_url)
-        key = f"{image}/R22_S00"
-        wait_for(lambda: (row := book.handoff(key)) is not None and row.state == "requested", 60,
-                 what="the hand-off to finish after the restart")
+        wait_for(lambda: all((row := book.handoff(k)) is not None and row.state == "requested" for k in keys), 60,
+                 what="the hand-offs to finish after the restart")
         book.close()
     finally:
         again.terminate()
         again.wait(30)
-    staged = [paths.oods_staging / "20261121" / written.path.name, paths.archive_staging / "20261121" / written.path.name]
-    assert all(p.exists() for p in staged) and os.path.samefile(*staged)
-    assert not written.path.exists(), "the incoming name must be gone"
-    assert os.stat(staged[0]).st_nlink == 2, "exactly the two staged names, no copies"
+    staged = {}
+    for written, _ in files:
+        names = [paths.oods_staging / "20261121" / written.path.name,
+                 paths.archive_staging / "20261121" / written.path.name]
+        assert all(p.exists() for p in names) and os.path.samefile(*names)
+        assert not written.path.exists(), "the incoming name must be gone"
+        assert os.stat(names[0]).st_nlink == 2, "exactly the two staged names, no copies"
+        staged[written.path.name] = names
     for target in ("oods", "archive"):
         requests = drain(broker.url, f"/queue/fitsflow.{target}.ingest", timeout=3)
         mine = [f for f in requests if json.loads(f.body)["image"] == image]
@@ -285,29 +301,40 @@ def test_handoff_completes_once_after_kill_at(cut: str, tmp_path: Path, broker: 
         # is sent again from the outbox) carry its id and are dropped by the consumer.
         decided = {f.headers["MsgId"] for f in mine}
         assert 1 <= len(decided) <= (2 if cut == "handoff.sent" else 1), (target, len(mine), decided)
-        assert json.loads(mine[0].body)["data"]["path"] == str(staged[0] if target == "oods" else staged[1])
+        # One request per target holds both files.
+        asked = {e["path"] for e in json.loads(mine[0].body)["data"]["files"]}
+        assert asked == {str(names[0 if target == "oods" else 1]) for names in staged.values()}
 
 
 def test_link_failure_is_an_error_event_not_a_request(tmp_path: Path, broker: PrivateBroker) -> None:
+    """One file of a delivery cannot be linked (another file has its staged name): the other
+    file of the same message is handed off all the same; the blocked one stays where it is,
+    with an ALERT, and the message is dead-lettered for it."""
     cfg = site(tmp_path, broker)
     paths = cfg.paths.resolved()
     image = "TESTCAM_O_20261121_000200"
     written, data_id = make_sensor_file(paths.incoming, image)
+    other, other_id = make_sensor_file(paths.incoming, image, sensor="S01", index=1)
     blocker = paths.oods_staging / "20261121" / written.path.name
     blocker.parent.mkdir(parents=True)
     blocker.write_bytes(b"another file with this name")
 
     async def main() -> None:
         async with running(ArchiveControllerDaemon, cfg), Listener(cfg, "arch-l5", ["/topic/fitsflow.alerts"]) as listen:
-            await listen.bus.send(make("FILE_DELIVERED", image, path=str(written.path), size=written.size,
-                                       checksum=written.checksum, data_id=data_id, assignment="x"))
+            await listen.bus.send(make("FILE_DELIVERED", image, assignment="x",
+                                       files=[delivered(written, data_id), delivered(other, other_id)]))
             await async_wait_for(lambda: listen.of("ALERT"), 20)
             assert "cannot link" in listen.of("ALERT")[0].data["message"]
+            assert written.path.name in listen.of("ALERT")[0].data["message"]
     run(main())
     assert written.path.exists(), "the original must stay when a link failed"
-    assert drain(broker.url, "/queue/fitsflow.oods.ingest", timeout=2) == []
+    assert not other.path.exists(), "the other file of the delivery is handed off"
+    for target in ("oods", "archive"):
+        asked = [e["path"] for f in drain(broker.url, f"/queue/fitsflow.{target}.ingest", expect=1, timeout=10)
+                 for e in json.loads(f.body)["data"]["files"]]
+        assert [Path(a).name for a in asked] == [other.path.name], (target, asked)
     dead = drain(broker.url, "/queue/DLQ.fitsflow.archive.delivered", expect=1, timeout=10)
-    assert dead and "cannot link" in dead[0].headers["DLQReason"]
+    assert dead and "cannot link" in dead[0].headers["DLQReason"] and "R22_S00" in dead[0].headers["DLQReason"]
 
 
 def test_a_delivery_replaced_by_a_later_one_is_not_dead_lettered(tmp_path: Path, broker: PrivateBroker) -> None:

@@ -179,14 +179,16 @@ def test_forwarder_join_both_orders_bit_exact_and_valid(tmp_path: Path, broker: 
                 await async_wait_for(lambda: "a2" in fwd.book.items, 10)
                 second = await sim.take_image()
                 assert second.image == second_name
-            await async_wait_for(lambda: len(listen.of("FILE_DELIVERED")) == 6, 60, what="6 files delivered")
+            await async_wait_for(lambda: len(listen.files("FILE_DELIVERED")) == 6, 60, what="6 files delivered")
             for recipe in (first, second):
+                # One delivery per assignment, each file in it once.
+                assert len(listen.of("FILE_DELIVERED", recipe.image)) == 1
                 for index, name in enumerate(SENSORS):
                     raft, sensor = name.split("_")
-                    delivered = [m for m in listen.of("FILE_DELIVERED", recipe.image)
-                                 if m.data["data_id"]["sensor"] == sensor]
+                    delivered = [f for f in listen.files("FILE_DELIVERED", recipe.image)
+                                 if f["data_id"]["sensor"] == sensor]
                     assert len(delivered) == 1
-                    d = delivered[0].data
+                    d = delivered[0]
                     path = Path(d["path"])
                     assert path.parent == incoming and path.name == f"TESTCAM_{recipe.image}_{raft}_{sensor}.fits"
                     assert d["size"] == path.stat().st_size and d["checksum"].startswith("crc32:")
@@ -205,7 +207,7 @@ def test_forwarder_join_both_orders_bit_exact_and_valid(tmp_path: Path, broker: 
                                   "/queue/fitsflow.forwarder.f1")
             await async_wait_for(lambda: fwd.bus.stats.handled > handled, 30, what="the repeated assignment handled")
             await async_wait_for(lambda: not fwd.book.open_items(), 30, what="the forwarder idle")
-            assert fwd.files_written == 6 and len(listen.of("FILE_DELIVERED")) == 6  # 2 images x 3 sensors
+            assert fwd.files_written == 6 and len(listen.files("FILE_DELIVERED")) == 6  # 2 images x 3 sensors
     run(main())
 
 
@@ -230,7 +232,7 @@ def test_forwarder_without_header_writes_flagged_file(tmp_path: Path, broker: Pr
             await listen.bus.send(make("FORWARD_IMAGE", image, sensors=["R22_S00"], assignment="nh1"),
                                   "/queue/fitsflow.forwarder.f2")
             await async_wait_for(lambda: listen.of("FILE_DELIVERED", image), 30)
-        path = Path(listen.of("FILE_DELIVERED", image)[0].data["path"])
+        path = Path(listen.files("FILE_DELIVERED", image)[0]["path"])
         with fits.open(path, checksum=True) as hdul:
             assert hdul[0].header["HDRPART"] is True and "no header" in hdul[0].header["HDRMISS"]
         # Flagged, and still ingestable: the data ID keywords come from the forwarder itself.

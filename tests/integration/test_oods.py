@@ -18,6 +18,7 @@ import pytest
 from astropy.io import fits
 
 from fitsflow.core.config import Config, load_config
+from fitsflow.core.handoff import file_identity
 from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.messages import make
 from fitsflow.oods.daemon import OodsDaemon
@@ -159,6 +160,34 @@ def test_bad_files_are_quarantined_with_their_path(tmp_path: Path, broker: Priva
     run(main())
     dead = drain(broker.url, "/queue/DLQ.fitsflow.oods.ingest", expect=2, timeout=15)
     assert len(dead) == 2 and all("outside" in f.headers["DLQReason"] for f in dead)
+
+
+def test_one_request_ingests_its_files_and_dead_letters_only_for_its_bad_one(tmp_path: Path,
+                                                                              broker: PrivateBroker) -> None:
+    """An INGEST_REQUEST carries the files of one hand-off. A path outside staging among them
+    does not hold the others back: they are ingested (trusted by the identity the request
+    carries, so by this request and not by the watcher), each announced, and only then is the
+    message dead-lettered, naming the bad path."""
+    cfg = site(tmp_path, broker)
+    paths = cfg.paths.resolved()
+    image = "TESTCAM_O_20261121_000010"
+    day = paths.oods_staging / "20261121"
+    day.mkdir(parents=True)
+    staged = [make_sensor_file(day, image, sensor=s, index=i) for i, s in enumerate(("S00", "S01"))]
+    entries = [{"path": str(w.path), "checksum": w.checksum, "data_id": d, "verified": file_identity(w.path.stat())}
+               for w, d in staged]
+    bad = {"path": "/etc/passwd", "checksum": "crc32:00000000", "data_id": {**staged[0][1], "sensor": "S02"}}
+
+    async def main() -> None:
+        async with running(OodsDaemon, cfg) as oods, Listener(cfg, "oods-batch", ["/topic/fitsflow.oods"]) as listen:
+            await listen.bus.send(make("INGEST_REQUEST", image, files=[bad, *entries]), "/queue/fitsflow.oods.ingest")
+            await async_wait_for(lambda: oods.bus.stats.dead_lettered >= 1, 30, what="the request dead-lettered")
+            assert oods.registry.count() == 2 and oods.ingester.stats.trusted == 2, oods.status()
+            await async_wait_for(lambda: len(listen.of("IMAGE_IN_OODS", image)) == 2, 30, what="2 announcements")
+            assert all(m.data["status"] == 0 for m in listen.of("IMAGE_IN_OODS", image))
+    run(main())
+    dead = drain(broker.url, "/queue/DLQ.fitsflow.oods.ingest", expect=1, timeout=15)
+    assert len(dead) == 1 and "/etc/passwd" in dead[0].headers["DLQReason"], dead[0].headers
 
 
 def test_expiry_spares_protected_files(tmp_path: Path, broker: PrivateBroker) -> None:

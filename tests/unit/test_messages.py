@@ -66,11 +66,42 @@ HEARTBEAT = {"forwarder": "f1", "load": 0, "capacity": 1}
     (body("FILE_DELIVERED", {"path": "/x", "size": 1, "checksum": "crc32:00000000", "assignment": "a",
                              "data_id": {"image": "I", "raft": "R22", "sensor": "S/../00"}}, image="I"),
      "at `$.data_id.sensor`"),
+    (body("FILE_DELIVERED", {"assignment": "a", "files": [
+        {"path": "/x", "size": 1, "checksum": "crc32:00000000", "data_id": {"image": "I", "raft": "R22", "sensor": "S00"}},
+        {"path": "/y", "size": 1, "checksum": "crc32:00000000", "data_id": {"image": "I", "raft": "R22", "sensor": "S/"}}]},
+          image="I"), "at `$.files[1].data_id.sensor`"),
+    (body("INGEST_REQUEST", {"files": []}, image="I"), "length >= 1 - at `$.files`"),
+    (body("INGEST_REQUEST", {"files": [{"path": "/x", "checksum": "crc32:00000000",
+                                        "data_id": {"image": "I", "raft": "R22", "sensor": "S00"}}] * 33}, image="I"),
+     "length <= 32 - at `$.files`"),
+    (body("INGEST_REQUEST", {"files": [{"path": "/x", "checksum": "crc32:00000000",
+                                        "data_id": {"image": "OTHER", "raft": "R22", "sensor": "S00"}}]}, image="I"),
+     "a file of another image (OTHER)"),
     (body(image="../etc"), "at `$.image`"),
 ])
 def test_bad_bodies_rejected_with_reason(raw: str, words: str) -> None:
     with pytest.raises(MessageError, match=re.escape(words)):
         m.decode(raw)
+
+
+def test_a_one_file_body_of_before_the_batches_is_read_as_a_batch_of_one() -> None:
+    """FILE_DELIVERED and INGEST_REQUEST carried one file each before they carried ``files``:
+    such a message (queued in the broker or an outbox across an upgrade) is still handled."""
+    data_id = {"image": "I", "raft": "R22", "sensor": "S00", "instrument": "TC", "obs_day": "20261121"}
+    old = m.decode(body("FILE_DELIVERED", {"path": "/in/a.fits", "size": 5, "checksum": "crc32:0000abcd",
+                                           "data_id": data_id, "assignment": "a1", "written_on": "node1",
+                                           "identity": "1:2:3", "adler32": "0000abcd"}, image="I"))
+    assert old.data == {"assignment": "a1", "written_on": "node1", "files": [
+        {"path": "/in/a.fits", "size": 5, "checksum": "crc32:0000abcd", "data_id": data_id, "identity": "1:2:3",
+         "adler32": "0000abcd"}]}
+    assert m.decode(old.encode()) == old  # sent on as the current shape
+    request = m.decode(body("INGEST_REQUEST", {"path": "/s/a.fits", "data_id": data_id, "checksum": "crc32:0000abcd",
+                                               "verified": "1:2:3"}, image="I"), "/queue/fitsflow.oods.ingest")
+    assert request.data == {"files": [{"path": "/s/a.fits", "data_id": data_id, "checksum": "crc32:0000abcd",
+                                       "verified": "1:2:3"}]}
+    # An old body that is wrong is refused with its own field named, not the new shape's.
+    with pytest.raises(MessageError, match=re.escape("at `$.checksum`")):
+        m.decode(body("INGEST_REQUEST", {"path": "/s/a.fits", "data_id": data_id, "checksum": "md5:1"}, image="I"))
 
 
 def test_a_body_must_match_its_headers_and_destination() -> None:

@@ -174,9 +174,36 @@ class Book(SiteStore):
         except IntegrityError:
             return False
 
+    def handoffs(self, keys: list[str]) -> dict[str, HandOffRow]:
+        """The recorded hand-offs among ``keys``, by key."""
+        with self.engine.connect() as c:
+            rows = c.execute(select(handoffs).where(handoffs.c.key.in_(keys))).all()
+        return {r.key: _row(r) for r in rows}
+
+    def start_handoffs(self, rows: list[HandOffRow]) -> None:
+        """Record verified deliveries, in one transaction (the caller checked none is
+        recorded yet; one that is after all is left as it is)."""
+        values = [dict(key=row.key, image=row.image, incoming=row.incoming, oods=row.oods, archive=row.archive,
+                       size=str(row.size), checksum=row.checksum, inode=row.inode, data_id=json.dumps(row.data_id),
+                       state=row.state, extra_targets=json.dumps(row.extra) if row.extra else None,
+                       adler32=row.adler32, updated_at=_now()) for row in rows]
+        try:
+            with self.engine.begin() as c:
+                c.execute(insert(handoffs), values)
+        except IntegrityError:  # another instance recorded one meanwhile (a fail-over): one by one
+            for row in rows:
+                self.start_handoff(row)
+
     def set_handoff_state(self, key: str, state: str, **values: Any) -> None:
         with self.engine.begin() as c:
             c.execute(update(handoffs).where(handoffs.c.key == key).values(state=state, updated_at=_now(), **values))
+
+    def set_handoff_states(self, rows: list[HandOffRow], state: str) -> None:
+        """Record that ``rows`` reached ``state`` (and each row's inode), in one transaction."""
+        with self.engine.begin() as c:
+            for row in rows:
+                c.execute(update(handoffs).where(handoffs.c.key == row.key)
+                          .values(state=state, inode=row.inode, updated_at=_now()))
 
     def unfinished_handoffs(self) -> list[HandOffRow]:
         with self.engine.connect() as c:

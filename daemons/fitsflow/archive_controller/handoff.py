@@ -1,6 +1,8 @@
-"""The hand-off of one delivered file, as resumable steps. The state is committed after each
-step, and each step is safe to repeat, so a crash (or kill -9) between any two steps is
-completed exactly once by the next attempt:
+"""The hand-off of delivered files, as resumable steps. Each file has its own recorded state,
+committed after each step, and each step is safe to repeat, so a crash (or kill -9) between
+any two steps is completed exactly once by the next attempt. The files of one delivery go
+through the steps together (:func:`run_handoff`): one fsync per directory, one transaction
+and one INGEST_REQUEST per target for all of them.
 
     verified  the file in incoming/ has the announced size and checksum (row inserted)
     linked    hard links in oods/staging/<obs-day>/, archive/staging/<obs-day>/ and each of the
@@ -19,6 +21,7 @@ from typing import Awaitable, Callable
 from fitsflow.archive_controller.book import Book, HandOffRow
 from fitsflow.core.checksum import file_crc32
 from fitsflow.core.failpoints import failpoint
+from fitsflow.core.faults import is_environmental
 from fitsflow.core.handoff import file_identity, fsync_dir, link_into
 
 _log = logging.getLogger(__name__)
@@ -71,7 +74,9 @@ def redelivered_copy(row: HandOffRow) -> bool:
     return not _same_file(src, row.inode)
 
 
-def link_step(row: HandOffRow, dir_mode: int) -> None:
+def link_step(row: HandOffRow, dir_mode: int, sync: bool = True) -> set[Path]:
+    """Link the verified file into every target's staging directory; returns those
+    directories (fsynced here unless ``sync`` is False: :func:`link_rows` syncs each once)."""
     src = Path(row.incoming)
     targets = [Path(p) for p in row.staged().values()]
     if not _same_file(src, row.inode):
@@ -84,11 +89,14 @@ def link_step(row: HandOffRow, dir_mode: int) -> None:
             link_into(src, target)
         except OSError as exc:  # EXDEV (another filesystem), EEXIST (a different file), EACCES...
             raise HandOffError(f"cannot link {src} to {target}: {exc}") from exc
-    for d in {t.parent for t in targets}:
-        fsync_dir(d)
+    dirs = {t.parent for t in targets}
+    if sync:
+        for d in dirs:
+            fsync_dir(d)
+    return dirs
 
 
-def unlink_step(row: HandOffRow) -> None:
+def unlink_step(row: HandOffRow, sync: bool = True) -> None:
     """Remove the incoming name, if it is still the verified file (a repeat after a crash
     finds it gone). The staged names may already be consumed by the ingesters: not checked."""
     src = Path(row.incoming)
@@ -96,24 +104,69 @@ def unlink_step(row: HandOffRow) -> None:
         if not _same_file(src, row.inode) and not redelivered_copy(row):
             raise HandOffError(f"{src} is not the file verified for this hand-off ({row.inode}); not removed")
         os.unlink(src)
-    fsync_dir(src.parent)
+    if sync:
+        fsync_dir(src.parent)
 
 
-async def run_handoff(book: Book, row: HandOffRow, request: Callable[[HandOffRow], Awaitable[None]],
-                      dir_mode: int, to_thread: Callable) -> None:  # type: ignore[type-arg]
-    """Take ``row`` from its recorded state to ``requested``."""
-    if row.state == "verified":
-        await to_thread(link_step, row, dir_mode)
-        await to_thread(book.set_handoff_state, row.key, "linked", inode=row.inode)
-        row.state = "linked"
-        failpoint("handoff.linked")
-    if row.state == "linked":
-        await to_thread(unlink_step, row)
-        await to_thread(book.set_handoff_state, row.key, "unlinked")
-        row.state = "unlinked"
-        failpoint("handoff.unlinked")
-    if row.state == "unlinked":
-        await request(row)
+Failures = list[tuple[HandOffRow, HandOffError]]
+
+
+def _each(rows: list[HandOffRow], step: Callable[[HandOffRow], set[Path] | None]) -> tuple[Failures, set[Path]]:
+    """Run ``step`` on every row: a row whose step cannot succeed is set aside with its error
+    and the others go on; a fault of the machine stops the batch (raised)."""
+    failed: Failures = []
+    dirs: set[Path] = set()
+    for row in rows:
+        try:
+            dirs |= step(row) or set()
+        except HandOffError as exc:
+            if is_environmental(exc):
+                raise
+            failed.append((row, exc))
+    return failed, dirs
+
+
+def link_rows(rows: list[HandOffRow], dir_mode: int) -> Failures:
+    """:func:`link_step` for a batch, each staging directory fsynced once."""
+    failed, dirs = _each(rows, lambda row: link_step(row, dir_mode, sync=False))
+    for d in dirs:
+        fsync_dir(d)
+    return failed
+
+
+def unlink_rows(rows: list[HandOffRow]) -> Failures:
+    """:func:`unlink_step` for a batch, each incoming directory fsynced once."""
+    failed, _ = _each(rows, lambda row: unlink_step(row, sync=False))
+    for d in {Path(row.incoming).parent for row in rows}:
+        fsync_dir(d)
+    return failed
+
+
+async def run_handoff(book: Book, rows: list[HandOffRow], request: Callable[[list[HandOffRow]], Awaitable[None]],
+                      dir_mode: int, to_thread: Callable) -> Failures:  # type: ignore[type-arg]
+    """Take ``rows`` from their recorded states to ``requested``, together: each step once
+    for the batch (one fsync per directory, one transaction, one INGEST_REQUEST per target).
+    Returns the rows that cannot go on, each with why (they stay at their state); a fault of
+    the machine raises, every row at its last recorded state."""
+    failed: Failures = []
+    for state, step, after, point in (("verified", lambda rs: link_rows(rs, dir_mode), "linked", "handoff.linked"),
+                                      ("linked", unlink_rows, "unlinked", "handoff.unlinked")):
+        batch = [r for r in rows if r.state == state]
+        if not batch:
+            continue
+        stopped = await to_thread(step, batch)
+        failed += stopped
+        moved = [r for r in batch if all(r is not f for f, _ in stopped)]
+        if moved:
+            await to_thread(book.set_handoff_states, moved, after)
+            for r in moved:
+                r.state = after
+            failpoint(point)
+    batch = [r for r in rows if r.state == "unlinked"]
+    if batch:
+        await request(batch)
         failpoint("handoff.sent")
-        await to_thread(book.set_handoff_state, row.key, "requested")
-        row.state = "requested"
+        await to_thread(book.set_handoff_states, batch, "requested")
+        for r in batch:
+            r.state = "requested"
+    return failed

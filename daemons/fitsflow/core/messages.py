@@ -50,6 +50,9 @@ class MessageType:
     schema: type[sc.Body]
     has_image: bool = True
     doc: str = ""
+    #: An earlier shape of ``data`` still accepted (it has ``upgraded()`` → ``schema``):
+    #: messages queued or outboxed by the previous release are not lost at an upgrade.
+    legacy: type[sc.Body] | None = None
 
     @property
     def required(self) -> list[str]:
@@ -65,8 +68,9 @@ class MessageType:
         return re.fullmatch(pattern, destination) is not None
 
 
-def _t(name: str, destination: str, doc: str, schema: type[sc.Body], has_image: bool = True) -> MessageType:
-    return MessageType(name, destination, schema, has_image, doc)
+def _t(name: str, destination: str, doc: str, schema: type[sc.Body], has_image: bool = True,
+       legacy: type[sc.Body] | None = None) -> MessageType:
+    return MessageType(name, destination, schema, has_image, doc, legacy)
 
 
 CAMERA_EVENTS = "/topic/fitsflow.camera.events"
@@ -93,9 +97,11 @@ CATALOGUE: dict[str, MessageType] = {t.name: t for t in [
     _t("FORWARDER_HEARTBEAT", "/topic/fitsflow.forwarder.heartbeat",
        "A forwarder is alive; load = assignments in progress.", sc.ForwarderHeartbeat, has_image=False),
     _t("FILE_DELIVERED", "/queue/fitsflow.archive.delivered",
-       "A forwarder has written one sensor's FITS file into the hand-off directory.", sc.FileDelivered),
+       "A forwarder has written the FITS files of an assignment into the hand-off directory.", sc.FileDelivered,
+       legacy=sc.FileDeliveredV1),
     _t("INGEST_REQUEST", "/queue/fitsflow.{target}.ingest",
-       "The archive controller has staged a file for the OODS or the archive.", sc.IngestRequest),
+       "The archive controller has staged files for the OODS, the archive or a site's target.", sc.IngestRequest,
+       legacy=sc.IngestRequestV1),
     _t("IMAGE_IN_OODS", "/topic/fitsflow.oods",
        "OODS ingest result: status 0 ok, 1 ingest failure, 2 metadata failure.", sc.IngestResult),
     _t("IMAGE_IN_ARCHIVE", "/topic/fitsflow.archive",
@@ -179,6 +185,7 @@ def destination_of(type_: str, **params: str) -> str:
 
 _ENVELOPE = msgspec.json.Decoder(Envelope)
 _DECODERS = {name: msgspec.json.Decoder(t.schema) for name, t in CATALOGUE.items()}
+_LEGACY_DECODERS = {name: msgspec.json.Decoder(t.legacy) for name, t in CATALOGUE.items() if t.legacy}
 
 
 def decode(body: str | bytes, destination: str = "", headers: Mapping[str, str] | None = None) -> Message:
@@ -202,7 +209,7 @@ def decode(body: str | bytes, destination: str = "", headers: Mapping[str, str] 
     if spec.has_image and not env.image:
         raise MessageError(f"{where}: an image name is required")
     try:
-        typed = _DECODERS[env.type].decode(env.data)
+        typed = _decode_data(env.type, env.data)
     except msgspec.ValidationError as exc:
         raise MessageError(f"{where}: data: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
@@ -210,6 +217,9 @@ def decode(body: str | bytes, destination: str = "", headers: Mapping[str, str] 
     bad_time = sc.check_timestamps(typed)
     if bad_time:
         raise MessageError(f"{where}: data.{bad_time} is not an ISO-8601 time with a time zone")
+    stray = [f.data_id.image for f in getattr(typed, "files", ()) if f.data_id.image != env.image]
+    if stray:  # one message, one image: consumers key their work and their logs by it
+        raise MessageError(f"{where}: data.files holds a file of another image ({stray[0]})")
     if headers is not None:
         for header, value in (("MsgType", env.type), ("Image", env.image)):
             if header in headers and headers[header] != (value or ""):
@@ -219,6 +229,25 @@ def decode(body: str | bytes, destination: str = "", headers: Mapping[str, str] 
                            f"{spec.destination})")
     return Message(type=env.type, data=msgspec.to_builtins(typed), image=env.image, id=env.id, sent=env.sent,
                    sender=env.sender, version=env.version, destination=destination, body=typed)
+
+
+def _decode_data(type_: str, data: msgspec.Raw) -> sc.Body:
+    """``data`` as the type's schema; a body in the type's legacy shape is upgraded to it. A
+    body that is neither is refused with the reason of the shape it looks like (a ``files``
+    list: the current one)."""
+    try:
+        return _DECODERS[type_].decode(data)
+    except msgspec.ValidationError:
+        legacy = _LEGACY_DECODERS.get(type_)
+        if legacy is None:
+            raise
+        try:
+            return legacy.decode(data).upgraded()  # type: ignore[attr-defined, no-any-return]
+        except msgspec.ValidationError:
+            looks_current = "files" in (msgspec.json.decode(data) or {})
+            if not looks_current:
+                raise
+        raise
 
 
 def _reason(exc: BaseException) -> str:

@@ -135,21 +135,57 @@ class ForwarderHeartbeat(Body):
     capacity: Count
 
 
-class FileDelivered(Body):
+#: At most this many files in one FILE_DELIVERED or INGEST_REQUEST; a sender splits a larger
+#: batch. 32 entries with paths of the longest allowed length stay below the body limit.
+MAX_FILES = 32
+
+
+class DeliveredFile(Body):
+    """One sensor's file in a FILE_DELIVERED."""
+
     path: PathText
     size: Count
     checksum: Checksum
     data_id: DataId
-    assignment: AssignmentId
-    #: the forwarder's host and the written file's identity: on that host, a file that still
-    #: has it is the one the checksum was computed for while writing (no re-read)
-    written_on: HostName | None = None
+    #: the written file's identity: on the writer's host, a file that still has it is the one
+    #: the checksum was computed for while writing (no re-read)
     identity: FileIdentity | None = None
     #: the file's Adler-32, summed as it was written (for Rucio: no re-read to register it)
     adler32: Adler32 | None = None
 
 
-class IngestRequest(Body):
+class FileDelivered(Body):
+    """The files one forwarder wrote for one assignment (one message per assignment, not per
+    sensor: each message costs the broker and the controller more than its size)."""
+
+    assignment: AssignmentId
+    files: Annotated[list[DeliveredFile], Meta(min_length=1, max_length=MAX_FILES)]
+    #: the forwarder's host (see DeliveredFile.identity)
+    written_on: HostName | None = None
+
+
+class FileDeliveredV1(Body):
+    """FILE_DELIVERED as fitsflow sent it before files were batched (one file per message):
+    still accepted, so messages queued or outboxed across an upgrade are not lost."""
+
+    path: PathText
+    size: Count
+    checksum: Checksum
+    data_id: DataId
+    assignment: AssignmentId
+    written_on: HostName | None = None
+    identity: FileIdentity | None = None
+    adler32: Adler32 | None = None
+
+    def upgraded(self) -> FileDelivered:
+        return FileDelivered(assignment=self.assignment, written_on=self.written_on, files=[DeliveredFile(
+            path=self.path, size=self.size, checksum=self.checksum, data_id=self.data_id, identity=self.identity,
+            adler32=self.adler32)])
+
+
+class StagedFile(Body):
+    """One staged file in an INGEST_REQUEST."""
+
     path: PathText
     data_id: DataId
     checksum: Checksum
@@ -158,6 +194,26 @@ class IngestRequest(Body):
     verified: FileIdentity | None = None
     #: the file's Adler-32 as its writer summed it, carried from FILE_DELIVERED
     adler32: Adler32 | None = None
+
+
+class IngestRequest(Body):
+    """The files of one hand-off batch staged for one target."""
+
+    files: Annotated[list[StagedFile], Meta(min_length=1, max_length=MAX_FILES)]
+
+
+class IngestRequestV1(Body):
+    """INGEST_REQUEST before files were batched (one file per message): still accepted."""
+
+    path: PathText
+    data_id: DataId
+    checksum: Checksum
+    verified: FileIdentity | None = None
+    adler32: Adler32 | None = None
+
+    def upgraded(self) -> IngestRequest:
+        return IngestRequest(files=[StagedFile(path=self.path, data_id=self.data_id, checksum=self.checksum,
+                                               verified=self.verified, adler32=self.adler32)])
 
 
 class IngestResult(Body):

@@ -24,6 +24,7 @@ from fitsflow.core.fits_text import LIST_LIMIT
 from fitsflow.core.headerstore import BadHeader, ImageHeader, header_path, read_header
 from fitsflow.core.layout import check_name, obs_day, sensor_file_name
 from fitsflow.core.messages import Message, destination_of, make
+from fitsflow.core.schemas import MAX_FILES
 from fitsflow.core.rawstore import SensorMeta, raw_path, read_meta, read_pixels, read_readout_summary
 from fitsflow.core.handoff import file_identity, remove_stale_temps
 from fitsflow.core.runtime import Daemon
@@ -152,7 +153,9 @@ class ForwarderDaemon(Daemon):
     async def _process_once(self, a: Assignment) -> None:
         header = self._header(a)
         summary = read_readout_summary(self.raw_root, a.image)
-        await asyncio.gather(*(self._sensor(a, s, header, summary) for s in a.pending()))
+        names = a.pending()
+        written = await asyncio.gather(*(self._sensor(a, s, header, summary) for s in names))
+        await self._deliver(a, {name: f for name, f in zip(names, written) if f is not None})
         if not a.pending():
             a.complete = True
             await self.book.save(a)
@@ -173,7 +176,23 @@ class ForwarderDaemon(Daemon):
             return minimal_header(a.image, "no header from the header service")
         return header
 
-    async def _sensor(self, a: Assignment, name: str, header: ImageHeader, summary: dict | None) -> None:
+    async def _deliver(self, a: Assignment, files: dict[str, dict]) -> None:
+        """Announce the files written in this pass: one FILE_DELIVERED for all of them (split
+        at MAX_FILES), then book them as delivered. A crash in between delivers them again:
+        the controller drops a sensor it has handed off already."""
+        names = list(files)
+        for start in range(0, len(names), MAX_FILES):
+            batch = names[start:start + MAX_FILES]
+            await self.bus.send(make("FILE_DELIVERED", a.image, assignment=a.assignment, sender=self.ident,
+                                     written_on=self.host, files=[files[n] for n in batch]))
+            for n in batch:
+                a.delivered[n] = {k: files[n][k] for k in ("path", "size", "checksum")}
+            await self.book.save(a)
+            self.files_written += len(batch)
+
+    async def _sensor(self, a: Assignment, name: str, header: ImageHeader, summary: dict | None) -> dict | None:
+        """Write one sensor's file; its FILE_DELIVERED entry, or None if it was not written
+        (failed for good, or waiting for the machine)."""
         raft, sensor = name.split("_", 1)
         meta = read_meta(self.raw_root, a.image, raft, sensor)
         if meta is None:
@@ -182,7 +201,7 @@ class ForwarderDaemon(Daemon):
                 a.failed[name] = reason
                 await self.book.save(a)
                 await self._alert(f"{a.image} {name}: no FITS file: {reason}")
-            return
+            return None
         filename = sensor_file_name(self.cfg.site.instrument, a.image, raft, sensor)
         data_id = {"instrument": self.cfg.site.instrument, "image": a.image, "group": meta.group, "snap": meta.snap,
                    "raft": raft, "sensor": sensor, "obs_day": obs_day(_utc(meta.t_start))}
@@ -199,22 +218,17 @@ class ForwarderDaemon(Daemon):
                 # One ALARM episode for all sensors, not a panic per sensor.
                 self.faults.report(WRITE_FAULT, f"cannot write FITS files in {self.incoming}: {exc} ({free}); "
                                                 f"last: {a.image} {name}")
-                return  # stays pending: retried on the next wake-up
+                return None  # stays pending: retried on the next wake-up
             except Exception as exc:  # noqa: BLE001 - a bad input or a bug: this sensor fails, others go on
                 _log.exception("%s %s: writing %s failed", a.image, name, filename, extra={"IMAGE": a.image})
                 a.failed[name] = f"{type(exc).__name__}: {exc}"
                 await self.book.save(a)
                 await self._alert(f"{a.image} {name}: no FITS file: {type(exc).__name__}: {exc}")
-                return
+                return None
         if WRITE_FAULT in self.faults.active:
             self.faults.clear(WRITE_FAULT)
-        await self.bus.send(make("FILE_DELIVERED", a.image, path=str(written[0]), size=written[1],
-                                 checksum=written[2], data_id=data_id, assignment=a.assignment, sender=self.ident,
-                                 written_on=self.host, identity=written[3],
-                                 **({"adler32": written[4]} if written[4] else {})))
-        a.delivered[name] = {"path": str(written[0]), "size": written[1], "checksum": written[2]}
-        await self.book.save(a)
-        self.files_written += 1
+        return {"path": str(written[0]), "size": written[1], "checksum": written[2], "data_id": data_id,
+                "identity": written[3], **({"adler32": written[4]} if written[4] else {})}
 
     def _write(self, filename: str, header: ImageHeader, meta: SensorMeta,
                data_id: dict) -> tuple[Path, int, str, str, str | None]:

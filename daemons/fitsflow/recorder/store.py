@@ -185,16 +185,19 @@ class RecorderStore:
         if t == "HEADER_READY":
             self._image_first(conn, image, now, header_at=now, header_partial=bool(d.get("partial")))
             return "header"
+        if t in ("FILE_DELIVERED", "INGEST_REQUEST"):  # one entry per file in ``files``
+            if t == "FILE_DELIVERED":
+                column, stage = "delivered_at", "delivered"
+            else:
+                column = "archive_requested_at" if ".archive." in destination else "oods_requested_at"
+                stage = "handed off"
+            sensors = [s for s in map(_sensor, d.get("files") or []) if s is not None]
+            for sensor in sensors:
+                self._file_first(conn, image, sensor, column, now)
+            return stage if sensors else None
         sensor = _sensor(d)
         if sensor is None:
             return None
-        if t == "FILE_DELIVERED":
-            self._file_first(conn, image, sensor, "delivered_at", now)
-            return "delivered"
-        if t == "INGEST_REQUEST":
-            column = "archive_requested_at" if ".archive." in destination else "oods_requested_at"
-            self._file_first(conn, image, sensor, column, now)
-            return "handed off"
         if t in ("IMAGE_IN_OODS", "IMAGE_IN_ARCHIVE", "IMAGE_IN_RUCIO"):
             prefix, stage = {"IMAGE_IN_OODS": ("oods", "in OODS"), "IMAGE_IN_ARCHIVE": ("archive", "in archive"),
                              "IMAGE_IN_RUCIO": ("rucio", "in Rucio")}[t]

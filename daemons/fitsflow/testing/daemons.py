@@ -48,6 +48,10 @@ class Listener:
     def of(self, type_: str, image: str | None = None) -> list[Message]:
         return [m for m in self.messages if m.type == type_ and (image is None or m.image == image)]
 
+    def files(self, type_: str, image: str | None = None) -> list[dict]:
+        """The file entries of the FILE_DELIVERED or INGEST_REQUEST messages received."""
+        return [f for m in self.of(type_, image) for f in m.data["files"]]
+
     async def __aenter__(self) -> Listener:
         await self.bus.start()
         if not await self.bus.wait_connected(15):

@@ -4,11 +4,13 @@ watcher, an ingester, a registry, INGEST_REQUEST handling and the announcement."
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
 from fitsflow.core import schemas
@@ -87,24 +89,40 @@ class IngestDaemon(Daemon):
             self.faults.clear(STORAGE_FAULT)
 
     async def on_ingest_request(self, msg: Message) -> None:
+        """Ingest the request's files, all at once (each file on its own: one file's bad
+        path or missing staged name does not hold the others back). The message is acked
+        when every file is done; it waits for the machine (a fault), waits a while for a
+        file not staged yet, and is dead-lettered for a path outside staging — in that order,
+        after the other files are ingested."""
+        body: schemas.IngestRequest = msg.body  # checked at the door (core.schemas)
+        outcomes = await asyncio.gather(*(self._ingest_one(f) for f in body.files), return_exceptions=True)
+        for outcome in outcomes:  # a surprise is a bug: the bus retries and logs it
+            if isinstance(outcome, BaseException) and not isinstance(outcome, (Requeue, Reject)):
+                raise outcome
+        waits = [o for o in outcomes if isinstance(o, Requeue)]
+        if waits:
+            raise min(waits, key=lambda w: w.give_up_after_s is not None)  # a fault first: never given up
+        rejected = [str(o) for o in outcomes if isinstance(o, Reject)]
+        if rejected:
+            raise Reject(f"INGEST_REQUEST for {msg.image}: {'; '.join(rejected)}")
+
+    async def _ingest_one(self, f: schemas.StagedFile) -> None:
         try:
-            body: schemas.IngestRequest = msg.body  # checked at the door (core.schemas)
             with self.stage("ingest", "One requested file: verify, place, register, announce").time():
-                status = await self.ingester.ingest(Path(body.path), body.checksum, body.verified, body.adler32)
+                status = await self.ingester.ingest(Path(f.path), f.checksum, f.verified, f.adler32)
         except UnsafePath as exc:
-            raise Reject(f"INGEST_REQUEST for {msg.image}: {exc}") from None
+            raise Reject(str(exc)) from None
         except (OSError, SQLAlchemyError) as exc:
             if not is_environmental(exc):
                 raise
             # The machine (repository or registry full, unwritable): wait it out, never dead-letter.
             episode = self.faults.active.get(STORAGE_FAULT)
-            raise Requeue(f"{msg.data['path']}: {exc}", delay=retry_delay(episode.count if episode else 1)) from None
+            raise Requeue(f"{f.path}: {exc}", delay=retry_delay(episode.count if episode else 1)) from None
         if status == -1:  # not in staging: ingested by another trigger, or not there yet
-            data_id = dict(msg.data["data_id"])
-            if "instrument" in data_id and self.registry.find(data_id) is not None:
+            data_id = msgspec.to_builtins(f.data_id)
+            if "instrument" in data_id and await asyncio.to_thread(self.registry.find, data_id) is not None:
                 return
-            raise Requeue(f"{msg.data['path']} is neither staged nor registered", delay=2.0,
-                          give_up_after_s=UNSTAGED_WAIT_S)
+            raise Requeue(f"{f.path} is neither staged nor registered", delay=2.0, give_up_after_s=UNSTAGED_WAIT_S)
 
     async def _announce(self, status: int, description: str, path: str, data_id: dict[str, Any] | None,
                         image: str) -> None:
