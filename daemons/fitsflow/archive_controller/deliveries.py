@@ -168,13 +168,11 @@ class Deliveries:
         this host's forwarder wrote, unchanged since, has its checksum trusted (not read)."""
         out: list[str | HandOffError] = []
         for d in deliveries:
-            written_as = d.file.identity if local else None
             try:
-                inode = verify(d.src, d.file.size, d.file.checksum, self.cfg.verify_checksum, written_as)
+                out.append(verify(d.src, d.file.size, d.file.checksum, self.cfg.verify_checksum,
+                                  d.file.identity if local else None))
             except HandOffError as exc:
                 out.append(exc)
-                continue
-            out.append(inode)
         return out
 
     async def _drop_redelivery(self, key: str, src: Path) -> None:
