@@ -15,7 +15,7 @@ a body's nesting depth is bounded by its schema, not by the sender.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, TypeVar, Union
 
 from msgspec import Meta, Struct
 from fitsflow.core.states import State
@@ -63,6 +63,9 @@ Detail = Union[str, int, float, bool, None, list[Scalar], dict[str, Scalar]]
 
 class Body(Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
     """Base of every body: unknown fields are an error; absent optional fields stay absent."""
+
+
+_B = TypeVar("_B", bound=Body)
 
 
 class DataId(Body):
@@ -164,23 +167,17 @@ class FileDelivered(Body):
     written_on: HostName | None = None
 
 
-class FileDeliveredV1(Body):
-    """FILE_DELIVERED as fitsflow sent it before files were batched (one file per message):
-    still accepted, so messages queued or outboxed across an upgrade are not lost."""
+class FileDeliveredV1(DeliveredFile, kw_only=True):
+    """FILE_DELIVERED as fitsflow sent it before files were batched: one file, its fields
+    beside the assignment's. Still accepted, so messages queued or outboxed across an
+    upgrade are not lost."""
 
-    path: PathText
-    size: Count
-    checksum: Checksum
-    data_id: DataId
     assignment: AssignmentId
     written_on: HostName | None = None
-    identity: FileIdentity | None = None
-    adler32: Adler32 | None = None
 
     def upgraded(self) -> FileDelivered:
-        return FileDelivered(assignment=self.assignment, written_on=self.written_on, files=[DeliveredFile(
-            path=self.path, size=self.size, checksum=self.checksum, data_id=self.data_id, identity=self.identity,
-            adler32=self.adler32)])
+        return FileDelivered(assignment=self.assignment, written_on=self.written_on,
+                             files=[_as(DeliveredFile, self)])
 
 
 class StagedFile(Body):
@@ -202,18 +199,17 @@ class IngestRequest(Body):
     files: Annotated[list[StagedFile], Meta(min_length=1, max_length=MAX_FILES)]
 
 
-class IngestRequestV1(Body):
-    """INGEST_REQUEST before files were batched (one file per message): still accepted."""
-
-    path: PathText
-    data_id: DataId
-    checksum: Checksum
-    verified: FileIdentity | None = None
-    adler32: Adler32 | None = None
+class IngestRequestV1(StagedFile):
+    """INGEST_REQUEST before files were batched (one file, its fields in ``data``): still
+    accepted."""
 
     def upgraded(self) -> IngestRequest:
-        return IngestRequest(files=[StagedFile(path=self.path, data_id=self.data_id, checksum=self.checksum,
-                                               verified=self.verified, adler32=self.adler32)])
+        return IngestRequest(files=[_as(StagedFile, self)])
+
+
+def _as(kind: type[_B], body: Body) -> _B:
+    """``body``'s fields as a ``kind`` (a base of its type)."""
+    return kind(**{name: getattr(body, name) for name in kind.__struct_fields__})
 
 
 class IngestResult(Body):
