@@ -10,7 +10,6 @@ import pytest
 
 from fitsflow.archive_controller.book import Book, HandOffRow
 from fitsflow.archive_controller.handoff import HandOffError, link_step, unlink_step, verify
-from fitsflow.core.handoff import VOUCHER_XATTR, Voucher, file_identity, read_voucher, vouch
 
 
 def setup(tmp_path: Path) -> HandOffRow:
@@ -86,24 +85,3 @@ def test_a_local_write_is_trusted_only_while_unchanged(tmp_path: Path) -> None:
     src.write_bytes(b"x" * 100)  # another file under the name
     with pytest.raises(HandOffError, match="checksum"):
         verify(src, 100, "crc32:00000000", check_crc=True, written_as=written_as)
-
-
-def test_the_link_step_vouches_for_the_file_on_every_name(tmp_path: Path) -> None:
-    """The controller attaches what it verified to the inode before the first link: an
-    ingester that sees a staged name can trust it without the INGEST_REQUEST. The voucher
-    holds only while the file keeps its identity, and a malformed one is no voucher."""
-    row = setup(tmp_path)
-    row.checksum, row.adler32 = "crc32:0badcafe", "0000beef"
-    link_step(row, 0o2775)
-    for name in (row.incoming, row.oods, row.archive):
-        assert read_voucher(Path(name)) == Voucher(row.inode, "crc32:0badcafe", "0000beef")
-    st = os.stat(row.oods)
-    os.utime(row.oods, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # written since: the word no longer holds
-    assert read_voucher(Path(row.oods)) is None
-    other = tmp_path / "other.fits"
-    other.write_bytes(b"x")
-    for bad in (b"", b"1:2:3 crc32:0badcafe", b"%s crc32:XYZ -" % file_identity(other.stat()).encode(), b"\xff"):
-        os.setxattr(other, VOUCHER_XATTR, bad)
-        assert read_voucher(other) is None, bad
-    assert vouch(other, Voucher(file_identity(other.stat()), "crc32:00000001", None))
-    assert read_voucher(other) == Voucher(file_identity(other.stat()), "crc32:00000001", None)

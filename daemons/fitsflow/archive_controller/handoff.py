@@ -5,9 +5,8 @@ through the steps together (:func:`run_handoff`): one fsync per directory, one t
 and one INGEST_REQUEST per target for all of them.
 
     verified  the file in incoming/ has the announced size and checksum (row inserted)
-    linked    the file vouched for (core.handoff.vouch: what was verified, on the inode), then
-              hard links in oods/staging/<obs-day>/, archive/staging/<obs-day>/ and each of
-              the site's extra staging directories (paths.extra_staging), dirs fsynced
+    linked    hard links in oods/staging/<obs-day>/, archive/staging/<obs-day>/ and each of the
+              site's extra staging directories (paths.extra_staging), dirs fsynced
     unlinked  the incoming/ name removed (only now: every link exists), dir fsynced
     requested INGEST_REQUEST sent to every target (persistent, receipted or outboxed)
 """
@@ -23,7 +22,7 @@ from fitsflow.archive_controller.book import Book, HandOffRow
 from fitsflow.core.checksum import file_crc32
 from fitsflow.core.failpoints import failpoint
 from fitsflow.core.faults import is_environmental
-from fitsflow.core.handoff import Voucher, file_identity, fsync_dir, link_into, vouch
+from fitsflow.core.handoff import file_identity, fsync_dir, link_into
 
 _log = logging.getLogger(__name__)
 
@@ -84,8 +83,6 @@ def link_step(row: HandOffRow, dir_mode: int, sync: bool = True) -> set[Path]:
         if not redelivered_copy(row):
             raise HandOffError(f"{src} is gone or replaced since it was verified (expected file {row.inode})")
         row.inode = file_identity(src.stat())  # the identical copy takes the original's place
-    # Before the first link: an ingester that sees a staged name may trust it at once.
-    vouch(src, Voucher(row.inode, row.checksum, row.adler32))
     for target in targets:
         target.parent.mkdir(mode=dir_mode, parents=True, exist_ok=True)
         try:

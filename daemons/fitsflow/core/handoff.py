@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -26,47 +24,6 @@ def file_identity(st: os.stat_result) -> str:
     but not mtime, and nobody writes a delivered file again. A checksum computed for one
     identity vouches for any name with that identity (the OODS and archive links included)."""
     return f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
-
-
-#: The extended attribute by which the archive controller vouches for a delivered file it
-#: verified: ``<identity> <crc32:…> <adler32 or ->``. It is on the inode, so every name of
-#: the file carries it (the staged links among them), and it holds only while the file keeps
-#: that identity (any write changes the mtime).
-VOUCHER_XATTR = "user.fitsflow.verified"
-_VOUCHER = re.compile(r"([0-9]{1,20}:[0-9]{1,20}:[0-9]{1,20}) (crc32:[0-9a-f]{8}) ([0-9a-f]{8}|-)")
-
-
-@dataclass(frozen=True)
-class Voucher:
-    """What the controller verified for a file: the same as an INGEST_REQUEST carries."""
-
-    identity: str
-    checksum: str
-    adler32: str | None
-
-
-def vouch(path: Path, voucher: Voucher) -> bool:
-    """Attach ``voucher`` to the file (all its names); False where the filesystem keeps no
-    user extended attributes (tmpfs before Linux 6.6, some network filesystems) or refuses
-    this one. Never raises: a file without a voucher is still announced by INGEST_REQUEST."""
-    value = f"{voucher.identity} {voucher.checksum} {voucher.adler32 or '-'}".encode()
-    try:
-        os.setxattr(path, VOUCHER_XATTR, value)
-        return True
-    except OSError:
-        return False
-
-
-def read_voucher(path: Path) -> Voucher | None:
-    """The file's voucher, if it has one that still holds (its identity is the file's now)."""
-    try:
-        raw = os.getxattr(path, VOUCHER_XATTR, follow_symlinks=False)
-        m = _VOUCHER.fullmatch(raw.decode("ascii"))
-        if m is None or file_identity(os.lstat(path)) != m[1]:
-            return None
-    except (OSError, UnicodeDecodeError):
-        return None
-    return Voucher(m[1], m[2], None if m[3] == "-" else m[3])
 
 
 def fsync_dir(path: Path) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from fitsflow.core.handoff import fsync_dir, link_into, read_voucher
+from fitsflow.core.handoff import fsync_dir, link_into
 from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.ingest.verify import (STATUS_INGEST_FAILURE, STATUS_OK, BadFile, Inspected, inspect)
 from fitsflow.core.faults import is_environmental
@@ -89,27 +89,20 @@ class Ingester:
         return set(self._busy)
 
     def found(self, path: Path) -> None:
-        """A trigger saw ``path`` (called from the watcher; never blocks). A file the
-        controller vouched for (core.handoff.read_voucher: the checksums it verified, on the
-        inode) is queued at once and ingested on that word, without waiting for the
-        INGEST_REQUEST that says the same. Any other is queued after FOUND_DELAY_S: an
-        INGEST_REQUEST may follow and carry the CRC-32 that spares the FITS checksum pass
+        """A trigger saw ``path`` (called from the watcher; never blocks). Queued after
+        FOUND_DELAY_S: the controller's INGEST_REQUEST for a file it just linked usually
+        follows within milliseconds and carries the CRC-32 that spares the FITS checksum pass
         (verify.inspect); the path is gone by then and the delayed entry does nothing."""
         if path not in self._queued:
             self._queued.add(path)
-            delay = 0.0 if read_voucher(path) is not None else FOUND_DELAY_S
-            asyncio.get_running_loop().call_later(delay, self._queue.put_nowait, path)
+            asyncio.get_running_loop().call_later(FOUND_DELAY_S, self._queue.put_nowait, path)
 
     async def _worker(self) -> None:
         while True:
             path = await self._queue.get()
             self._queued.discard(path)
-            voucher = read_voucher(path)
             try:
-                if voucher is not None:
-                    await self.ingest(path, voucher.checksum, voucher.identity, voucher.adler32)
-                else:
-                    await self.ingest(path)
+                await self.ingest(path)
             except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the others
                 self.stats.errors += 1
                 if is_environmental(exc):  # one ALARM episode (storage_failed), not a traceback per file
