@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 from pathlib import Path
+
+import pytest
 
 from fitsflow.core.bus import MessageBus
 from fitsflow.core.bus.memory_link import MemoryBroker
@@ -28,16 +31,23 @@ def entry(n: int) -> dict:
                         "obs_day": "20261121"}}
 
 
-def test_one_message_per_pass_split_at_the_limit_and_each_file_booked(tmp_path: Path) -> None:
+def forwarder(tmp_path: Path) -> tuple[ForwarderDaemon, list[tuple[Message, str | None]]]:
+    """A forwarder whose sends are kept (decoded as a consumer would read them)."""
     cfg = load_config(make_site(tmp_path, ["stomp://127.0.0.1:61613"]))
     bus = MessageBus(cfg.bus, "forwarder-test", BusStore(tmp_path / "bus.sqlite"), [MemoryBroker().link("memory://0")])
     daemon = ForwarderDaemon(cfg, bus, argparse.Namespace(instance="f1"))
     sent: list[tuple[Message, str | None]] = []
 
     async def send(msg: Message, destination: str | None = None) -> None:
-        sent.append((decode(msg.encode()), destination))  # what a consumer would read
+        sent.append((decode(msg.encode()), destination))
 
     daemon.bus.send = send  # type: ignore[method-assign]
+    return daemon, sent
+
+
+def test_one_message_per_pass_split_at_the_limit_and_each_file_booked(tmp_path: Path) -> None:
+    daemon, sent = forwarder(tmp_path)
+    bus, cfg = daemon.bus, daemon.cfg
     names = [f"R22_S{n:03d}" for n in range(2 * MAX_FILES + 6)]
     files = {name: entry(n) for n, name in enumerate(names)}
     a = Assignment("a1", IMAGE, names)
@@ -52,3 +62,25 @@ def test_one_message_per_pass_split_at_the_limit_and_each_file_booked(tmp_path: 
     assert a.pending() == [] and daemon.files_written == len(names)
     booked = AssignmentBook(Path(cfg.site.state_dir) / "forwarder-f1").items["a1"]
     assert booked.delivered == {n: {k: files[n][k] for k in ("path", "size", "checksum")} for n in names}
+
+
+def test_the_files_written_are_announced_when_another_sensor_raises(tmp_path: Path) -> None:
+    """A sensor whose attempt raises (the raw buffer unreadable: the pass is retried) does not
+    keep the files written in the same pass from being announced and booked."""
+    daemon, sent = forwarder(tmp_path)
+    names = ["R22_S000", "R22_S001", "R22_S002"]
+    a = Assignment("a2", IMAGE, names)
+
+    async def sensor(a: Assignment, name: str, header: object, summary: object) -> dict:
+        if name == "R22_S001":
+            raise OSError(errno.EIO, "Input/output error")
+        return entry(names.index(name))
+
+    daemon._sensor = sensor  # type: ignore[method-assign]
+    try:
+        with pytest.raises(OSError, match="Input/output"):
+            asyncio.run(daemon._process_once(a))
+    finally:
+        daemon.bus.store.close()
+    assert [f["data_id"]["sensor"] for m, _ in sent for f in m.data["files"]] == ["S000", "S002"]
+    assert a.pending() == ["R22_S001"] and not a.complete

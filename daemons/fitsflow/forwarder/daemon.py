@@ -154,8 +154,12 @@ class ForwarderDaemon(Daemon):
         header = self._header(a)
         summary = read_readout_summary(self.raw_root, a.image)
         names = a.pending()
-        written = await asyncio.gather(*(self._sensor(a, s, header, summary) for s in names))
-        await self._deliver(a, {name: f for name, f in zip(names, written) if f is not None})
+        written = await asyncio.gather(*(self._sensor(a, s, header, summary) for s in names), return_exceptions=True)
+        # What was written is announced even if another sensor's attempt raised (then raised on).
+        await self._deliver(a, {name: f for name, f in zip(names, written) if isinstance(f, dict)})
+        for outcome in written:
+            if isinstance(outcome, BaseException):
+                raise outcome
         if not a.pending():
             a.complete = True
             await self.book.save(a)
