@@ -179,7 +179,7 @@ class StompLink(BrokerLink):
             action(conn, receipt)
         except (stomp.exception.StompException, OSError) as exc:
             self._pending.pop(receipt, None)
-            fut.set_exception(Disconnected(f"{self.address}: {what} failed: {exc}"))
+            _settle(fut, Disconnected(f"{self.address}: {what} failed: {exc}"))
         return fut
 
     def ack(self, frame: Frame, sub_id: str) -> None:
@@ -201,17 +201,27 @@ class StompLink(BrokerLink):
 
     def _receipt(self, receipt_id: str, error: str | None) -> None:
         fut = self._pending.pop(receipt_id, None)
-        if fut is not None and not fut.done():
-            if error is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(Refused(f"{self.address}: broker refused: {error}"))
+        if fut is not None:
+            _settle(fut, None if error is None else Refused(f"{self.address}: broker refused: {error}"))
 
     def _fail_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
         for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(Disconnected(reason))
+            _settle(fut, Disconnected(reason))
+
+
+def _settle(fut: concurrent.futures.Future[None], error: BaseException | None) -> None:
+    """Complete ``fut`` (with ``error``, if any) unless another thread did first. A broken
+    connection fails every pending receipt from stomp.py's thread while the send that met
+    the broken socket fails its own in the caller's: whichever comes second must not raise
+    (it did: InvalidStateError ended the chaos test's camera when the broker was killed)."""
+    try:
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 class _Listener(stomp.ConnectionListener):
