@@ -71,6 +71,8 @@ HEARTBEAT = {"forwarder": "f1", "load": 0, "capacity": 1}
         {"path": "/y", "size": 1, "checksum": "crc32:00000000", "data_id": {"image": "I", "raft": "R22", "sensor": "S/"}}]},
           image="I"), "at `$.files[1].data_id.sensor`"),
     (body("INGEST_REQUEST", {"files": []}, image="I"), "length >= 1 - at `$.files`"),
+    (body("INGEST_REQUEST", 5, image="I"), "Expected `object`, got `int`"),
+    (body("FILE_DELIVERED", True, image="I"), "Expected `object`, got `bool`"),
     (body("INGEST_REQUEST", {"files": [{"path": "/x", "checksum": "crc32:00000000",
                                         "data_id": {"image": "I", "raft": "R22", "sensor": "S00"}}] * 33}, image="I"),
      "length <= 32 - at `$.files`"),

@@ -244,8 +244,8 @@ def _decode_data(type_: str, data: msgspec.Raw) -> sc.Body:
         try:
             return legacy.decode(data).upgraded()  # type: ignore[attr-defined, no-any-return]
         except msgspec.ValidationError:
-            looks_current = "files" in (msgspec.json.decode(data) or {})
-            if not looks_current:
+            parsed = msgspec.json.decode(data)
+            if not (isinstance(parsed, dict) and "files" in parsed):  # looks like the legacy shape
                 raise
         raise
 
