@@ -164,12 +164,7 @@ class Book(SiteStore):
         """Record a verified delivery; False if it was recorded already."""
         try:
             with self.engine.begin() as c:
-                c.execute(insert(handoffs).values(key=row.key, image=row.image, incoming=row.incoming, oods=row.oods,
-                                                  archive=row.archive, size=str(row.size), checksum=row.checksum,
-                                                  inode=row.inode, data_id=json.dumps(row.data_id), state=row.state,
-                                                  extra_targets=json.dumps(row.extra) if row.extra else None,
-                                                  adler32=row.adler32,
-                                                  updated_at=_now()))
+                c.execute(insert(handoffs).values(**_columns(row)))
             return True
         except IntegrityError:
             return False
@@ -183,13 +178,9 @@ class Book(SiteStore):
     def start_handoffs(self, rows: list[HandOffRow]) -> None:
         """Record verified deliveries, in one transaction (the caller checked none is
         recorded yet; one that is after all is left as it is)."""
-        values = [dict(key=row.key, image=row.image, incoming=row.incoming, oods=row.oods, archive=row.archive,
-                       size=str(row.size), checksum=row.checksum, inode=row.inode, data_id=json.dumps(row.data_id),
-                       state=row.state, extra_targets=json.dumps(row.extra) if row.extra else None,
-                       adler32=row.adler32, updated_at=_now()) for row in rows]
         try:
             with self.engine.begin() as c:
-                c.execute(insert(handoffs), values)
+                c.execute(insert(handoffs), [_columns(row) for row in rows])
         except IntegrityError:  # another instance recorded one meanwhile (a fail-over): one by one
             for row in rows:
                 self.start_handoff(row)
@@ -209,6 +200,14 @@ class Book(SiteStore):
         with self.engine.connect() as c:
             rows = c.execute(select(handoffs).where(handoffs.c.state != "requested")).all()
         return [_row(r) for r in rows]
+
+
+def _columns(row: HandOffRow) -> dict[str, Any]:
+    """A hand-off row as the table's columns."""
+    return dict(key=row.key, image=row.image, incoming=row.incoming, oods=row.oods, archive=row.archive,
+                size=str(row.size), checksum=row.checksum, inode=row.inode, data_id=json.dumps(row.data_id),
+                state=row.state, extra_targets=json.dumps(row.extra) if row.extra else None, adler32=row.adler32,
+                updated_at=_now())
 
 
 def _row(r: Any) -> HandOffRow:

@@ -160,7 +160,7 @@ class Deliveries:
                 failpoint("handoff.verified")
             for d in deliveries:
                 if d.key in known:
-                    await self._drop_redelivery(d.key, d.src)
+                    await self._drop_redelivery(known[d.key], d.src)
         return replaced
 
     def _verify(self, deliveries: list[_Delivery], local: bool) -> list[str | HandOffError]:
@@ -175,12 +175,12 @@ class Deliveries:
                 out.append(exc)
         return out
 
-    async def _drop_redelivery(self, key: str, src: Path) -> None:
-        """The sensor was handed off already; a second delivery (a reassignment after a
-        forwarder hang, a forwarder restarted mid-assignment) left an identical copy at the
-        incoming name: remove it, or refuse it if it is not identical."""
-        row = await asyncio.to_thread(self.book.handoff, key)
-        if row is None or row.state not in ("unlinked", "requested") or not src.exists():
+    async def _drop_redelivery(self, row: HandOffRow, src: Path) -> None:
+        """The sensor was handed off already (``row``, read under its lock); a second delivery
+        (a reassignment after a forwarder hang, a forwarder restarted mid-assignment) left an
+        identical copy at the incoming name: remove it, or refuse it if it is not identical."""
+        key = row.key
+        if row.state not in ("unlinked", "requested") or not src.exists():
             return
         if await asyncio.to_thread(redelivered_copy, row):
             await asyncio.to_thread(src.unlink)
@@ -287,8 +287,8 @@ class Deliveries:
                                for i in range(0, len(files), MAX_FILES)))
         for image in {row.image for row in rows}:
             names = [Path(row.oods).name for row in rows if row.image == image]
-            _log.info("%s handed off to %s", ", ".join(names), ", ".join(sorted({t for i, t in by_target if i == image})),
-                      extra={"IMAGE": image})
+            targets = sorted(target for img, target in by_target if img == image)
+            _log.info("%s handed off to %s", ", ".join(names), ", ".join(targets), extra={"IMAGE": image})
 
     async def error(self, problem: str) -> None:
         """A refused delivery or hand-off (it also ends in a dead letter, which panics)."""
