@@ -182,11 +182,16 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
 #: ingests' answers); INGEST_REQUEST: the OODS's.
 STAGES = [
     ("camera END_READOUT -> READOUT_COMPLETE (receiver)", ("first", "END_READOUT"), ("last", "READOUT_COMPLETE")),
-    ("camera END_READOUT -> HEADER_READY (header service)", ("first", "END_READOUT"), ("last", "HEADER_READY")),
+    ("camera END_READOUT -> END_OF_IMAGE_TELEMETRY (camera)", ("first", "END_READOUT"),
+     ("last", "END_OF_IMAGE_TELEMETRY")),
+    ("END_OF_IMAGE_TELEMETRY -> HEADER_READY (header service)", ("last", "END_OF_IMAGE_TELEMETRY"),
+     ("last", "HEADER_READY")),
+    ("camera END_READOUT -> HEADER_READY", ("first", "END_READOUT"), ("last", "HEADER_READY")),
     ("READOUT_COMPLETE -> FORWARD_IMAGE (controller assigns)", ("last", "READOUT_COMPLETE"),
      ("first", "FORWARD_IMAGE")),
     ("FORWARD_IMAGE -> last FILE_DELIVERED (forwarder: join, FITS write)", ("first", "FORWARD_IMAGE"),
      ("last", "FILE_DELIVERED")),
+    ("HEADER_READY -> last FILE_DELIVERED", ("last", "HEADER_READY"), ("last", "FILE_DELIVERED")),
     ("last FILE_DELIVERED -> last INGEST_REQUEST (controller hand-off)", ("last", "FILE_DELIVERED"),
      ("last", "INGEST_REQUEST")),
     ("last INGEST_REQUEST -> last IMAGE_IN_OODS (OODS ingest)", ("last", "INGEST_REQUEST"),
