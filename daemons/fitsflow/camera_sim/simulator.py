@@ -118,13 +118,10 @@ class CameraSimulator:
         _log.info("re-sent %s (%s)", msg.image, msg.data.get("reason", ""))
 
     async def _telemetry(self, image: str, after: bool = False) -> None:
-        """A plausible set of telemetry samples (the header service samples them). Sent all
-        at once, as an observatory's subsystems publish on their own, not one after another's
-        receipt (which cost the header ~30 ms per image on two loaded cores)."""
+        """A plausible set of telemetry samples (the header service samples them)."""
         ts = dt.datetime.now(dt.timezone.utc).isoformat()
-        samples = telemetry_samples(random.Random(f"{self.settings.seed}-{image}-{after}"))
-        await asyncio.gather(*(self.bus.send(make("TELEMETRY", topic=topic, timestamp=ts, values=values))
-                               for topic, values in samples.items()))
+        for topic, values in telemetry_samples(random.Random(f"{self.settings.seed}-{image}-{after}")).items():
+            await self.bus.send(make("TELEMETRY", topic=topic, timestamp=ts, values=values))
 
 
 def telemetry_samples(rng: random.Random) -> dict[str, dict[str, object]]:
