@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from fitsflow.core import rawstore
-from fitsflow.core.rawstore import DATA_OFFSET, SensorMeta, SensorWriter
+from fitsflow.core.rawstore import DATA_OFFSET, DirectIO, SensorMeta, SensorWriter
 from fitsflow.core.spead_format import PIXEL_DTYPES
 
 
@@ -39,7 +39,7 @@ def store(root: Path, data: np.ndarray, stripes: int, n: int, *, direct_io: bool
     rows, cols = data.shape
     meta = SensorMeta(f"IMG_{n}", n, "G", 0, "R22", "S00", rows, cols, data.dtype.str, 0.0, 0.0, stripes,
                       data_offset=DATA_OFFSET)
-    writer = SensorWriter(root, meta, direct_io=direct_io)
+    writer = SensorWriter(root, meta, direct_io=DirectIO() if direct_io else None)
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(stripes):
         start, end = i * rows // stripes, (i + 1) * rows // stripes

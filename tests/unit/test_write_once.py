@@ -5,6 +5,7 @@ and links it, or writes the same bytes as a copy where it must."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import subprocess
 import warnings
@@ -17,7 +18,7 @@ from astropy.io import fits
 from fitsflow.core import rawstore
 from fitsflow.core.checksum import file_crc32, file_crc32_adler32
 from fitsflow.core.headerstore import ImageHeader
-from fitsflow.core.rawstore import DATA_OFFSET, SensorMeta, SensorWriter, raw_path, read_pixels
+from fitsflow.core.rawstore import DATA_OFFSET, DirectIO, SensorMeta, SensorWriter, raw_path, read_pixels
 from fitsflow.core.spead_format import PIXEL_DTYPES, stripe_bounds
 from fitsflow.forwarder.fitswriter import NotLinkable, build_hdus, shape_only, write_copy, write_linked
 
@@ -39,11 +40,12 @@ def store(root: Path, data: np.ndarray, skip: tuple[int, ...] = (), restart_afte
     """Store ``data`` stripe by stripe, out of order, with a restart (journal resume) midway."""
     meta = SensorMeta("IMG_1", 1, "G", 0, "R22", "S00", ROWS, COLS, data.dtype.str, 0.0, 0.0, STRIPES,
                       received_at=1.7e9, data_offset=DATA_OFFSET)
-    writer = SensorWriter(root, meta, direct_io=direct_io)
+    policy = DirectIO() if direct_io else None  # the receiver's: shared by its writers
+    writer = SensorWriter(root, meta, direct_io=policy)
     for n, i in enumerate(i for i in (3, 0, 4, 1, 2) if i not in skip):
         if n == restart_after:
             writer.close()
-            writer = SensorWriter(root, SensorMeta(**{**meta.__dict__}), direct_io=direct_io)
+            writer = SensorWriter(root, SensorMeta(**{**meta.__dict__}), direct_io=policy)
         start, end = stripe_bounds(ROWS, STRIPES, i)
         assert writer.write_stripe(i, start, data[start:end].reshape(-1))
     return writer.finish()
@@ -242,17 +244,23 @@ def test_direct_io_writes_whole_blocks_aligned_and_the_same_bytes(tmp_path: Path
     check(written.path, written, data)
 
 
-def test_direct_io_refused_falls_back_to_the_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_direct_io_refused_falls_back_to_the_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     """A filesystem that refuses O_DIRECT at open (EINVAL), or a device that refuses our
     alignment at write (EINVAL): the stripes go through the page cache, and the file is
-    whole and right. Another error of a direct write (a full disk) is the caller's, as any."""
+    whole and right. The refusal is asked and told once per filesystem, not per writer.
+    Another error of a direct write (a full disk) is the caller's, as any."""
     import errno
+
+    caplog.set_level(logging.WARNING, logger=rawstore.__name__)
+    opened: list[str] = []
 
     data = pixels("<u2")
     real_open, real_pwrite = os.open, os.pwrite
 
     def no_direct_open(path, flags, *args):  # type: ignore[no-untyped-def]
         if flags & os.O_DIRECT:
+            opened.append(str(path))
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_open(path, flags, *args)
 
@@ -260,6 +268,9 @@ def test_direct_io_refused_falls_back_to_the_page_cache(tmp_path: Path, monkeypa
         m.setattr(os, "open", no_direct_open)
         (tmp_path / "a").mkdir()
         at_open = store(tmp_path / "a", data, direct_io=True)
+    assert len(opened) == 1  # the second writer (store() restarts it) does not ask again
+    told = [r for r in caplog.records if "refuses O_DIRECT" in r.getMessage()]
+    assert len(told) == 1 and told[0].levelno == logging.WARNING
 
     refused: list[int] = []
 
@@ -275,7 +286,8 @@ def test_direct_io_refused_falls_back_to_the_page_cache(tmp_path: Path, monkeypa
         at_write = store(tmp_path / "b", data, direct_io=True)
     if rawstore.direct_io_supported(tmp_path):
         assert refused, "no direct write was tried"
-        assert len(refused) <= 2  # once per writer (store() restarts it once), then the page cache
+        assert len(refused) == 1  # once: the restarted writer does not open O_DIRECT again
+        assert len([r for r in caplog.records if "O_DIRECT write was refused" in r.getMessage()]) == 1
     (tmp_path / "c").mkdir()
     cached = store(tmp_path / "c", data)
     expected = raw_path(tmp_path / "c", cached).read_bytes()
@@ -293,7 +305,7 @@ def test_direct_io_refused_falls_back_to_the_page_cache(tmp_path: Path, monkeypa
 
     meta = SensorMeta("IMG_2", 2, "G", 0, "R22", "S00", ROWS, COLS, data.dtype.str, 0.0, 0.0, STRIPES,
                       data_offset=DATA_OFFSET)
-    writer = SensorWriter(tmp_path, meta, direct_io=True)
+    writer = SensorWriter(tmp_path, meta, direct_io=DirectIO())
     start, end = stripe_bounds(ROWS, STRIPES, 0)
     with monkeypatch.context() as m:
         m.setattr(os, "pwrite", full)

@@ -27,7 +27,9 @@ partial blocks at its two ends through the page cache: nobody on this host reads
 again, and the kernel's copy into the page cache was the largest part of the receiver's CPU
 (bench/stripe_store --dir on a disk shows the difference). Where the filesystem refuses
 O_DIRECT (tmpfs before Linux 6.6, some network filesystems), or a device wants another
-alignment, the writes go through the page cache as before.
+alignment, the writes go through the page cache as before. A :class:`DirectIO` policy, one
+per receiver, remembers such a filesystem: it is asked once and logged once, not for every
+sensor of every image.
 
 Metadata fields: image, image_seq, group, snap, raft, sensor, rows, cols, dtype (the
 readout's, as the camera sent it), t_start, t_end, stripe_count, stripes_received,
@@ -169,7 +171,7 @@ def direct_io_supported(directory: Path) -> bool:
     probe = Path(directory) / f".direct-io-probe.{os.getpid()}.{threading.get_ident()}"
     probe.touch()
     try:
-        fd = open_direct(probe, quiet=True)
+        fd = _open_direct(probe)
         if fd >= 0:
             os.close(fd)
         return fd >= 0
@@ -177,16 +179,46 @@ def direct_io_supported(directory: Path) -> bool:
         probe.unlink()
 
 
-def open_direct(path: Path, quiet: bool = False) -> int:
+def _open_direct(path: Path) -> int:
     """A write-only O_DIRECT descriptor of ``path``, or -1 where its filesystem refuses one."""
     try:
         return os.open(path, os.O_WRONLY | os.O_DIRECT)
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise
-        if not quiet:
-            _log.info("%s: the filesystem refuses O_DIRECT; stripes go through the page cache", path)
         return -1
+
+
+class DirectIO:
+    """Whether sensor writers use O_DIRECT, and which filesystems refused it.
+
+    A refusal is EINVAL, at open (the filesystem has no O_DIRECT) or at a write (the device
+    wants a larger alignment than :data:`DIRECT_ALIGN`). It does not change while the
+    process runs, so the filesystem (its ``st_dev``) is not asked again and the refusal is
+    logged once, as a warning: before, every sensor of every image logged it. Shared by the
+    writers of one receiver (their threads); a new process asks again."""
+
+    def __init__(self) -> None:
+        self._refused: set[int] = set()
+        self._lock = threading.Lock()
+
+    def open(self, path: Path) -> int:
+        """An O_DIRECT descriptor of ``path``, or -1 where its filesystem refuses one."""
+        dev = os.stat(path).st_dev
+        if dev in self._refused:
+            return -1
+        fd = _open_direct(path)
+        if fd < 0:
+            self.refused(path, dev, "the filesystem refuses O_DIRECT")
+        return fd
+
+    def refused(self, path: Path, dev: int, why: str) -> None:
+        """Remember that the filesystem ``dev`` of ``path`` refused; warn the first time."""
+        with self._lock:
+            if dev in self._refused:
+                return
+            self._refused.add(dev)
+        _log.warning("%s: %s; stripes on this filesystem go through the page cache from now on", path, why)
 
 
 def fits_decoded(stored: np.ndarray, dtype: str) -> np.ndarray:
@@ -212,8 +244,9 @@ class SensorWriter:
     """Assembles one sensor readout from its stripes, bounded in memory (each stripe is
     written where it belongs as it arrives) and resumable (a journal lists the stripes)."""
 
-    def __init__(self, root: Path, meta: SensorMeta, *, direct_io: bool = False) -> None:
-        """``direct_io``: write the stripes' whole blocks with O_DIRECT (module docstring)."""
+    def __init__(self, root: Path, meta: SensorMeta, *, direct_io: DirectIO | None = None) -> None:
+        """``direct_io``: write the stripes' whole blocks with O_DIRECT where this policy
+        allows (module docstring); None: through the page cache."""
         self.meta = meta
         self.dir = image_dir(root, meta.image)
         self.dir.mkdir(exist_ok=True)
@@ -233,7 +266,8 @@ class SensorWriter:
         if os.fstat(self._fd).st_size != nbytes:
             os.ftruncate(self._fd, nbytes)  # sparse: never-written rows read as zeros
         #: O_DIRECT descriptor of the same file, -1 for none (the stripes' whole blocks)
-        self._dfd = open_direct(self.temp) if direct_io and meta.fits_layout else -1
+        self._direct_io = direct_io
+        self._dfd = direct_io.open(self.temp) if direct_io is not None and meta.fits_layout else -1
         self._direct = self._dfd >= 0  # False again if the device refuses our alignment
         self.received: set[int] = set()
         #: Each stored stripe's (DATASUM part, CRC-32, Adler-32), when known (not after a
@@ -263,7 +297,7 @@ class SensorWriter:
                 self.sums[int(fields[0])] = _sums_of_line(fields)
 
     @classmethod
-    def refill(cls, root: Path, meta: SensorMeta, *, direct_io: bool = False) -> SensorWriter:
+    def refill(cls, root: Path, meta: SensorMeta, *, direct_io: DirectIO | None = None) -> SensorWriter:
         """Reopen a published *partial* sensor to add the stripes it lacks (a re-send by the
         camera): the published .raw stays readable until ``finish`` replaces it atomically."""
         writer_dir = image_dir(root, meta.image)
@@ -362,9 +396,9 @@ class SensorWriter:
             if exc.errno != errno.EINVAL:
                 raise  # a full disk, an I/O error: the caller's business, as for any write
             # The device wants a larger alignment than DIRECT_ALIGN: the page cache from now on.
-            _log.warning("%s: O_DIRECT write refused (%s); this sensor's stripes go through the page cache",
-                         self.temp, exc, extra={"IMAGE": self.meta.image})
             self._direct = False
+            if self._direct_io is not None:
+                self._direct_io.refused(self.temp, os.fstat(dfd).st_dev, f"an O_DIRECT write was refused ({exc})")
             _pwrite_all(fd, chunk[lo - pos:hi - pos], lo)
         if pos + len(chunk) > hi:
             _pwrite_all(fd, chunk[hi - pos:], hi)

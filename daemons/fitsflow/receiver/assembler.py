@@ -22,7 +22,7 @@ from fitsflow.core.errors import UnsafePath
 from fitsflow.core.handoff import atomic_write_bytes, remove_stale_temps
 from fitsflow.core.layout import IMAGE_NAME
 from fitsflow.core.poison import load_file
-from fitsflow.core.rawstore import (DATA_OFFSET, SensorMeta, SensorWriter, image_dir, parse_meta,
+from fitsflow.core.rawstore import (DATA_OFFSET, DirectIO, SensorMeta, SensorWriter, image_dir, parse_meta,
                                     read_readout_summary, sensor_key, write_readout_summary)
 from fitsflow.core.spead_format import Stripe
 from fitsflow.core.tasks import Spawn
@@ -58,7 +58,8 @@ class ImageAssembler:
                  keep_announced_s: float = 600.0, direct_io: bool = False) -> None:
         """``direct_io``: stripes written with O_DIRECT where the store allows it (core.rawstore)."""
         self._spawn = spawn
-        self.direct_io = direct_io
+        #: O_DIRECT for the stripes, shared by all writers: a refusing filesystem is asked once
+        self.direct_io = DirectIO() if direct_io else None
         self.storage_failed = storage_failed
         self.root = Path(root)
         self.timeout_s = timeout_s
