@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from fitsflow.core.ingest import engine
-from fitsflow.core.ingest.engine import Ingester
+from fitsflow.core.ingest.engine import Ingester, _Placing
 from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.ingest.verify import Inspected
 
@@ -38,7 +38,7 @@ def test_the_directory_removed_under_the_placement_is_made_again(tmp_path: Path,
         return None
     ing = Ingester(name="oods", staging=staging, repo=repo, quarantine=tmp_path / "q", registry=registry,
                    placement=lambda d, n: n, announce=announce, spawn=lambda c, n, **k: None)  # type: ignore[arg-type,return-value]
-    ing._place(src, target, Inspected(DATA_ID, 2880, "crc32:00000000"), True)
+    assert ing._place_all([_Placing(src, target, Inspected(DATA_ID, 2880, "crc32:00000000"), True)]) == [None]
     assert len(calls) == 2 and target.read_bytes() == b"x" * 2880 and not src.exists()
     assert registry.count() == 1
     registry.close()

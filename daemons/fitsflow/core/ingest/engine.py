@@ -20,12 +20,13 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 from fitsflow.core.handoff import fsync_dir, link_into
 from fitsflow.core.ingest.registry import Registry
 from fitsflow.core.ingest.verify import (STATUS_INGEST_FAILURE, STATUS_OK, BadFile, Inspected, inspect)
 from fitsflow.core.faults import is_environmental
+from fitsflow.core.errors import UnsafePath
 from fitsflow.core.layout import IMAGE_NAME, entry_within, inside
 from fitsflow.core.tasks import Spawn
 
@@ -49,6 +50,24 @@ class IngestStats:
 
 #: How long a file found by inotify or a rescan waits for its announcement (see Ingester.found).
 FOUND_DELAY_S = 2.0
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A staged file to ingest, with what its INGEST_REQUEST carried (verify.inspect)."""
+    path: Path
+    checksum: str | None = None
+    verified: str | None = None
+    adler32: str | None = None
+
+
+@dataclass(frozen=True)
+class _Placing:
+    """A verified staged file and its place in the repository (``new``: not registered)."""
+    path: Path
+    target: Path
+    info: Inspected
+    new: bool
 
 
 class Ingester:
@@ -116,31 +135,102 @@ class Ingester:
         ``expected_checksum``/``verified``/``adler32``: the announced CRC-32, the identity of
         the file the controller checked it for (verify.inspect) and the writer's Adler-32.
         Raises UnsafePath for a path outside the staging tree."""
-        path = entry_within(self.staging, path)
-        running = self._busy.get(path)
-        if running is not None:
-            return await asyncio.shield(running)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._busy[path] = fut
-        try:
-            try:
-                status = await self._ingest(path, expected_checksum, verified, adler32)
-            except Exception as exc:
-                if is_environmental(exc):
-                    self.storage_failed(f"{path}: {exc}")
-                raise
-            self.storage_ok()
-            fut.set_result(status)
-            return status
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: waiters re-raise it, nobody logs it twice
-            raise
-        finally:
-            del self._busy[path]
+        outcome = (await self.ingest_many([Staged(path, expected_checksum, verified, adler32)]))[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
-    async def _ingest(self, path: Path, expected_checksum: str | None, verified: str | None = None,
-                      adler32: str | None = None) -> int:
+    async def ingest_many(self, files: Sequence[Staged]) -> list[int | Exception]:
+        """Ingest staged paths together (one INGEST_REQUEST's): each is verified on its own —
+        a bad one is quarantined, a path outside staging fails alone with UnsafePath — and
+        the good ones are placed in one go: one fsync per directory and one registry
+        transaction for all, where each file alone cost its own (the registry's write lock
+        was the ingest's largest wait). Then each is announced. Returns, in order, each
+        path's announced status (-1 if it is gone) or the exception it met."""
+        loop = asyncio.get_running_loop()
+        outcomes: list[int | Exception | None] = [None] * len(files)
+        mine: dict[int, tuple[Path, asyncio.Future[int]]] = {}
+        theirs: dict[int, asyncio.Future[int]] = {}
+        for i, f in enumerate(files):
+            try:
+                path = entry_within(self.staging, f.path)
+            except UnsafePath as exc:
+                outcomes[i] = exc
+                continue
+            running = self._busy.get(path)
+            if running is not None:  # another trigger (or this batch) has it: its result is ours
+                theirs[i] = running
+                continue
+            fut: asyncio.Future[int] = loop.create_future()
+            self._busy[path] = fut
+            mine[i] = (path, fut)
+        try:
+            results = await self._ingest_together({i: (path, files[i]) for i, (path, _) in mine.items()})
+        except BaseException as exc:  # cancelled: whoever waits on these paths hears it
+            for path, fut in mine.values():
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: waiters re-raise it, nobody logs it twice
+                del self._busy[path]
+            raise
+        faults = [f"{mine[i][0]}: {r}" for i, r in results.items() if isinstance(r, Exception) and is_environmental(r)]
+        if faults:
+            self.storage_failed("; ".join(faults))
+        elif any(not isinstance(r, Exception) for r in results.values()):
+            self.storage_ok()
+        for i, (path, fut) in mine.items():
+            result = results[i]
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+                fut.exception()
+            else:
+                fut.set_result(result)
+            del self._busy[path]
+            outcomes[i] = result
+        for i, running in theirs.items():
+            try:
+                outcomes[i] = await asyncio.shield(running)
+            except Exception as exc:  # noqa: BLE001 - that path's outcome, reported as its own
+                outcomes[i] = exc
+        return [o for o in outcomes if o is not None]
+
+    async def _ingest_together(self, files: dict[int, tuple[Path, Staged]]) -> dict[int, int | Exception]:
+        """Verify each file, place the good ones together, announce them: outcome per index."""
+        keys = list(files)
+        prepared = await asyncio.gather(*(self._prepare(*files[k]) for k in keys), return_exceptions=True)
+        results: dict[int, int | Exception] = {}
+        placing: dict[int, _Placing] = {}
+        for k, p in zip(keys, prepared):
+            if isinstance(p, _Placing):
+                placing[k] = p
+            elif isinstance(p, BaseException) and not isinstance(p, Exception):
+                raise p  # cancelled
+            else:
+                results[k] = p
+        if not placing:
+            return results
+        errors = await asyncio.to_thread(self._place_all, list(placing.values()))
+        placed = []
+        for (k, p), error in zip(placing.items(), errors):
+            if error is not None:
+                results[k] = error
+                continue
+            placed.append(k)
+            if p.new:
+                self.stats.ingested += 1
+            else:
+                self.stats.duplicates += 1
+        announced = await asyncio.gather(*(self.announce(STATUS_OK, "ingested" if placing[k].new else "already ingested",
+                                                         str(placing[k].target), placing[k].info.data_id,
+                                                         placing[k].info.data_id["image"]) for k in placed),
+                                         return_exceptions=True)
+        for k, outcome in zip(placed, announced):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome
+            results[k] = outcome if isinstance(outcome, Exception) else STATUS_OK
+        return results
+
+    async def _prepare(self, path: Path, f: Staged) -> int | _Placing:
+        """Verify one staged file: where it goes, or its final status (-1: gone; quarantined)."""
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -149,7 +239,7 @@ class Ingester:
             await self._quarantine(path, STATUS_INGEST_FAILURE, f"not a regular file: {_kind(path, st)}", None)
             return STATUS_INGEST_FAILURE
         try:
-            info = await asyncio.to_thread(inspect, path, expected_checksum, verified, adler32)
+            info = await asyncio.to_thread(inspect, path, f.checksum, f.verified, f.adler32)
             self.stats.trusted += info.trusted
         except BadFile as bad:
             await self._quarantine(path, bad.status, bad.reason, None)
@@ -160,33 +250,57 @@ class Ingester:
                                    f"conflict: {existing.path} is registered for this data ID with checksum "
                                    f"{existing.checksum}, this file has {info.checksum}", info.data_id)
             return STATUS_INGEST_FAILURE
-        rel = self.placement(info.data_id, path.name)
-        target = inside(self.repo, rel)
-        await asyncio.to_thread(self._place, path, target, info, existing is None)
-        if existing is None:
-            self.stats.ingested += 1
-        else:
-            self.stats.duplicates += 1
-        await self.announce(STATUS_OK, "ingested" if existing is None else "already ingested", str(target),
-                            info.data_id, info.data_id["image"])
-        return STATUS_OK
+        target = inside(self.repo, self.placement(info.data_id, path.name))
+        return _Placing(path, target, info, existing is None)
 
-    def _place(self, path: Path, target: Path, info: Inspected, new: bool) -> None:
+    def _place_all(self, placing: list[_Placing]) -> list[Exception | None]:
+        """Link each file into the repository, fsync each directory once, register the new
+        ones in one transaction, unlink the staged names, fsync their directories: the same
+        order of steps as for one file, so a crash between any two is finished by the next
+        attempt. Returns each file's error (None: placed). A link is one file's failure; a
+        failing fsync or registry is every linked file's."""
+        errors: list[Exception | None] = [None] * len(placing)
+        for n, p in enumerate(placing):
+            try:
+                self._link(p.path, p.target)
+            except OSError as exc:
+                errors[n] = exc
+        linked = [n for n, e in enumerate(errors) if e is None]
+        try:
+            for directory in dict.fromkeys(placing[n].target.parent for n in linked):
+                fsync_dir(directory)
+            self.registry.add_many([(p.info.data_id, str(p.target.relative_to(self.repo)), p.info.size,
+                                     p.info.checksum, p.info.adler32) for p in (placing[n] for n in linked) if p.new])
+        except Exception as exc:  # noqa: BLE001 - the machine or the database: every linked file waits
+            for n in linked:
+                errors[n] = exc
+            return errors
+        for n in linked:
+            try:
+                os.unlink(placing[n].path)
+            except FileNotFoundError:
+                pass  # gone already: placed and registered, which is all that matters
+            except OSError as exc:
+                errors[n] = exc
+        try:
+            for directory in dict.fromkeys(placing[n].path.parent for n in linked if errors[n] is None):
+                fsync_dir(directory)
+        except OSError as exc:
+            for n in linked:
+                errors[n] = errors[n] or exc
+        return errors
+
+    def _link(self, path: Path, target: Path) -> None:
         for attempt in range(3):
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 link_into(path, target)  # idempotent: the same file there already is fine
-                break
+                return
             except FileNotFoundError:
                 # The expiry cleaner removes empty repository directories: it may take the one
                 # just made before the link lands in it (seen in CI). Make it again.
                 if attempt == 2 or not path.exists():
                     raise
-        fsync_dir(target.parent)
-        if new:
-            self.registry.add(info.data_id, str(target.relative_to(self.repo)), info.size, info.checksum, info.adler32)
-        os.unlink(path)
-        fsync_dir(path.parent)
 
     async def _quarantine(self, path: Path, status: int, reason: str, data_id: dict[str, Any] | None) -> None:
         rel = path.relative_to(self.staging)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from sqlalchemy import (Boolean, Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint, delete, func,
                         insert, select, update)
@@ -72,16 +72,25 @@ class Registry(SiteStore):
     def add(self, data_id: dict[str, Any], path: str, size: int, checksum: str, adler32: str | None = None) -> bool:
         """Record a file (``adler32``: 8 hex digits, if known); False if its data ID is there
         already (nothing changed)."""
-        values = {"instrument": data_id["instrument"], "image": data_id["image"], "group_id": data_id["group"],
-                  "snap": int(data_id["snap"]), "raft": data_id["raft"], "sensor": data_id["sensor"],
-                  "obs_day": data_id["obs_day"], "path": path, "size": size, "checksum": checksum,
-                  "adler32": adler32, "ingested_at": dt.datetime.now(dt.timezone.utc), "protected": False}
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(self.table).values(**values))
+                conn.execute(insert(self.table).values(**_row(data_id, path, size, checksum, adler32)))
             return True
         except IntegrityError:
             return False
+
+    def add_many(self, files: Sequence[tuple[dict[str, Any], str, int, str, str | None]]) -> list[bool]:
+        """Record files, each as :meth:`add` takes them, in one transaction (one commit, one
+        fsync); per file False if its data ID was there already. If one was (another ingest
+        got there between look-up and insert), each is recorded on its own instead."""
+        if not files:
+            return []
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(self.table), [_row(*f) for f in files])
+            return [True] * len(files)
+        except IntegrityError:
+            return [self.add(*f) for f in files]
 
     def query(self, **filters: Any) -> Iterator[Entry]:
         t = self.table
@@ -115,6 +124,13 @@ class Registry(SiteStore):
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(self.table)).scalar_one())
+
+
+def _row(data_id: dict[str, Any], path: str, size: int, checksum: str, adler32: str | None) -> dict[str, Any]:
+    return {"instrument": data_id["instrument"], "image": data_id["image"], "group_id": data_id["group"],
+            "snap": int(data_id["snap"]), "raft": data_id["raft"], "sensor": data_id["sensor"],
+            "obs_day": data_id["obs_day"], "path": path, "size": size, "checksum": checksum, "adler32": adler32,
+            "ingested_at": dt.datetime.now(dt.timezone.utc), "protected": False}
 
 
 def _entry(row: Any) -> Entry:
