@@ -191,7 +191,8 @@ class Ingester:
                 outcomes[i] = await asyncio.shield(running)
             except Exception as exc:  # noqa: BLE001 - that path's outcome, reported as its own
                 outcomes[i] = exc
-        return [o for o in outcomes if o is not None]
+        assert all(o is not None for o in outcomes)  # every index is set above
+        return outcomes  # type: ignore[return-value]
 
     async def _ingest_together(self, files: dict[int, tuple[Path, Staged]]) -> dict[int, int | Exception]:
         """Verify each file, place the good ones together, announce them: outcome per index."""
