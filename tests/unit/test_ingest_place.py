@@ -3,6 +3,7 @@ directory the placement has just made (a race seen in CI)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,4 +42,33 @@ def test_the_directory_removed_under_the_placement_is_made_again(tmp_path: Path,
     assert ing._place_all([_Placing(src, target, Inspected(DATA_ID, 2880, "crc32:00000000"), True)]) == [None]
     assert len(calls) == 2 and target.read_bytes() == b"x" * 2880 and not src.exists()
     assert registry.count() == 1
+    registry.close()
+
+
+def test_a_parent_removed_between_the_mkdirs_is_made_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cleaner takes the day directory just after the ingest made it and before the
+    image's directory inside it is made (pathlib then raises FileNotFoundError from mkdir;
+    seen in CI): the placement tries again instead of failing the file until a rescan."""
+    staging, repo = tmp_path / "staging", tmp_path / "repo"
+    (staging / "20261121").mkdir(parents=True)
+    src = staging / "20261121" / "f.fits"
+    src.write_bytes(b"x" * 2880)
+    day = repo / "TESTCAM" / "20261121"
+    target = day / "IMG" / "f.fits"
+    real_mkdir, taken = os.mkdir, []
+
+    def cleaner_takes_the_day(path: Any, *args: Any, **kwargs: Any) -> None:
+        real_mkdir(path, *args, **kwargs)
+        if Path(path) == day and not taken:
+            taken.append(path)
+            os.rmdir(path)  # the cleaner, between pathlib's two mkdirs
+    monkeypatch.setattr(os, "mkdir", cleaner_takes_the_day)
+    registry = Registry(f"sqlite:///{tmp_path / 'site.db'}", "oods_files")
+
+    async def announce(*_a: Any) -> None:
+        return None
+    ing = Ingester(name="oods", staging=staging, repo=repo, quarantine=tmp_path / "q", registry=registry,
+                   placement=lambda d, n: n, announce=announce, spawn=lambda c, n, **k: None)  # type: ignore[arg-type,return-value]
+    assert ing._place_all([_Placing(src, target, Inspected(DATA_ID, 2880, "crc32:00000000"), True)]) == [None]
+    assert taken and target.read_bytes() == b"x" * 2880 and not src.exists()
     registry.close()

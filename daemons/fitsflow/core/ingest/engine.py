@@ -293,13 +293,14 @@ class Ingester:
 
     def _link(self, path: Path, target: Path) -> None:
         for attempt in range(3):
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:
+                target.parent.mkdir(parents=True, exist_ok=True)
                 link_into(path, target)  # idempotent: the same file there already is fine
                 return
             except FileNotFoundError:
-                # The expiry cleaner removes empty repository directories: it may take the one
-                # just made before the link lands in it (seen in CI). Make it again.
+                # The expiry cleaner removes empty repository directories (not recent ones):
+                # it may take one between the mkdirs of its parents or before the link lands
+                # in it (seen in CI). Make them again.
                 if attempt == 2 or not path.exists():
                     raise
 
