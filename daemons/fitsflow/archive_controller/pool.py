@@ -26,6 +26,8 @@ class ForwarderPool:
         #: forwarder → (last heartbeat, monotonic), load, capacity
         self.forwarders: dict[str, tuple[float, int, int]] = {}
         self.started = time.monotonic()
+        #: since when (monotonic) the listening controller has found no live forwarder
+        self._empty_since: float | None = None
 
     async def start(self) -> None:
         self.started = time.monotonic()
@@ -69,15 +71,27 @@ class ForwarderPool:
 
     def empty_for(self, image: str) -> None:
         """An assignment found no live forwarder: it waits (the assigner sends it once one is
-        heard); the pool is declared empty only when the controller has been listening for
-        the whole liveness timeout — one episode, cleared by :meth:`check`."""
-        if self.listening() and not self.live():
-            self.faults.report(POOL_FAULT, f"no live forwarder heard for {self.cfg.liveness_timeout_s:.0f} s: "
+        heard). The pool is declared empty — one episode, cleared by :meth:`check` — only
+        once the controller, listening, has found it so for a further liveness_timeout_s.
+        After a broker hang the broker refuses reconnecting clients ("already connected")
+        until it has reaped their stale connections, some clients seconds after others
+        (seen in CI, and again and again under load): live forwarders can stay unheard for
+        a while after the controller's own reconnect, and a panic then is a false alarm."""
+        if not self.listening() or self.live():
+            self._empty_since = None
+            return
+        now = time.monotonic()
+        if self._empty_since is None:
+            self._empty_since = now
+        if now - self._empty_since >= self.cfg.liveness_timeout_s:
+            self.faults.report(POOL_FAULT, f"no live forwarder heard for {2 * self.cfg.liveness_timeout_s:.0f} s: "
                                            f"{image} and later images wait for one")
 
     def check(self) -> list[str]:
         """The live forwarders; closes the empty-pool episode once there is one."""
         live = self.live()
+        if live:
+            self._empty_since = None
         if live and POOL_FAULT in self.faults.active:
             self.faults.clear(POOL_FAULT)
         return live
