@@ -18,6 +18,16 @@ DATA_ID = {"instrument": "TESTCAM", "image": "TESTCAM_O_20261121_000100", "group
            "raft": "R22", "sensor": "S00", "obs_day": "20261121"}
 
 
+def place(tmp_path: Path, registry: Registry, src: Path, target: Path) -> list[Exception | None]:
+    """What the ingester's placement step does with one staged file."""
+    async def announce(*_a: Any) -> None:
+        return None
+    ing = Ingester(name="oods", staging=tmp_path / "staging", repo=tmp_path / "repo", quarantine=tmp_path / "q",
+                   registry=registry, placement=lambda d, n: n, announce=announce,
+                   spawn=lambda c, n, **k: None)  # type: ignore[arg-type,return-value]
+    return ing._place_all([_Placing(src, target, Inspected(DATA_ID, 2880, "crc32:00000000"), True)])
+
+
 def test_the_directory_removed_under_the_placement_is_made_again(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     staging, repo = tmp_path / "staging", tmp_path / "repo"
@@ -34,12 +44,7 @@ def test_the_directory_removed_under_the_placement_is_made_again(tmp_path: Path,
         return real(path, dst)
     monkeypatch.setattr(engine, "link_into", cleaner_wins_once)
     registry = Registry(f"sqlite:///{tmp_path / 'site.db'}", "oods_files")
-
-    async def announce(*_a: Any) -> None:
-        return None
-    ing = Ingester(name="oods", staging=staging, repo=repo, quarantine=tmp_path / "q", registry=registry,
-                   placement=lambda d, n: n, announce=announce, spawn=lambda c, n, **k: None)  # type: ignore[arg-type,return-value]
-    assert ing._place_all([_Placing(src, target, Inspected(DATA_ID, 2880, "crc32:00000000"), True)]) == [None]
+    assert place(tmp_path, registry, src, target) == [None]
     assert len(calls) == 2 and target.read_bytes() == b"x" * 2880 and not src.exists()
     assert registry.count() == 1
     registry.close()
@@ -64,11 +69,6 @@ def test_a_parent_removed_between_the_mkdirs_is_made_again(tmp_path: Path, monke
             os.rmdir(path)  # the cleaner, between pathlib's two mkdirs
     monkeypatch.setattr(os, "mkdir", cleaner_takes_the_day)
     registry = Registry(f"sqlite:///{tmp_path / 'site.db'}", "oods_files")
-
-    async def announce(*_a: Any) -> None:
-        return None
-    ing = Ingester(name="oods", staging=staging, repo=repo, quarantine=tmp_path / "q", registry=registry,
-                   placement=lambda d, n: n, announce=announce, spawn=lambda c, n, **k: None)  # type: ignore[arg-type,return-value]
-    assert ing._place_all([_Placing(src, target, Inspected(DATA_ID, 2880, "crc32:00000000"), True)]) == [None]
+    assert place(tmp_path, registry, src, target) == [None]
     assert taken and target.read_bytes() == b"x" * 2880 and not src.exists()
     registry.close()
