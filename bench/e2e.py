@@ -1,6 +1,7 @@
 """End-to-end benchmark: camera → receiver → forwarder → hand-off → OODS, headless.
 
-    ./dev.sh bench e2e [--sizes 16,64] [--images 16] [--sensors 4] [--rate 300e6] [--profile]
+    ./dev.sh bench e2e [--sizes 16,64] [--images 16] [--sensors 4] [--rate 300e6] [--warmup 5]
+                       [--interval 0] [--profile]
 
 Every daemon runs as its own process against a private ActiveMQ, as in production. For each
 sensor size it sends images at a fixed UDP rate and reports, with baselines measured in the
@@ -18,6 +19,12 @@ same run on the same machine:
   image of every daemon, the broker and the camera (on a small machine, CPU is the limit);
 - each daemon's peak resident memory in the first and the second half of the run (growth
   with the number of images would show);
+- only images after the warm-up (``--warmup N`` images first, sent and waited for, not
+  counted): a broker that has just started spends about half its CPU compiling (the JVM's C2
+  compiler thread, measured during a run), which a broker that has run for a night does not;
+- with ``--interval S``: a pause between images (default none: back to back, the camera's
+  rate while it reads out), to see the latency of one image on a pipeline with nothing else
+  to do;
 - with --profile: the top functions of the receiver, a forwarder, the archive controller and
   the OODS ingest (cProfile: their event loops' threads; time spent in worker threads —
   writes, fsyncs, checksums, database commits — shows there as waiting).
@@ -135,15 +142,22 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
             await asyncio.sleep(args.idle_s)
             idle = {name: (cpu_s(pid) - idle_first[name]) / args.idle_s for name, pid in idle_pids.items()}
             settings = SimSettings(instrument="BENCH", sensors=sensors, rows=rows, cols=cols,
-                                   stripe_rows=max(1, (4 << 20) // (cols * 4)))
-            stop = asyncio.Event()
-            sampler = asyncio.create_task(sample_memory(stop))
-            t_first = time.time()
-            cpu_pids = {**{name: proc.pid for name, proc in pipeline.procs.items()},
-                        "activemq (broker)": broker.proc.pid if broker.proc else 0, "camera (this bench)": os.getpid()}
-            cpu_first = {name: cpu_s(pid) for name, pid in cpu_pids.items()}
+                                   stripe_rows=max(1, (4 << 20) // (cols * 4)), interval=args.interval)
             with SpeadSender([("127.0.0.1", port)], rate_bytes_s=args.rate) as sender:
                 sim = CameraSimulator(settings, listen.bus, sender, ImageStore(base / "camera-store", 10))
+                warm: list[str] = []
+                for _ in range(args.warmup):
+                    warm.append((await sim.take_image()).image)
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline and any(len(oods.get(i, {})) < len(sensors) for i in warm):
+                    await asyncio.sleep(0.2)
+                stop = asyncio.Event()
+                sampler = asyncio.create_task(sample_memory(stop))
+                t_first = time.time()
+                cpu_pids = {**{name: proc.pid for name, proc in pipeline.procs.items()},
+                            "activemq (broker)": broker.proc.pid if broker.proc else 0,
+                            "camera (this bench)": os.getpid()}
+                cpu_first = {name: cpu_s(pid) for name, pid in cpu_pids.items()}
                 for _ in range(args.images):
                     r = await sim.take_image()
                     ends[r.image] = r.t_end
@@ -168,8 +182,8 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
     if profile:
         result["profile"] = profile
     try:
-        result["stages"] = stage_breakdown(cfg.site.database_url)
-        result["messages"] = message_counts(cfg.site.database_url)
+        result["stages"] = stage_breakdown(cfg.site.database_url, set(ends))
+        result["messages"] = message_counts(cfg.site.database_url, t_first, t_last)
     except Exception as exc:  # noqa: BLE001 - a report detail must not cost the run's figures
         print(f"  (no stage breakdown: {type(exc).__name__}: {exc})")
         result["stages"] = []
@@ -199,24 +213,30 @@ STAGES = [
 ]
 
 
-def message_counts(database_url: str) -> dict[str, int]:
-    """Messages the recorder kept during the run, by type (every message crosses the broker
-    at least once; the recorder records each one: their count is the messaging cost)."""
+def message_counts(database_url: str, t_first: float, t_last: float) -> dict[str, int]:
+    """Messages the recorder kept between the first measured image's start and the last one
+    in the OODS, by type (every message crosses the broker at least once; the recorder
+    records each one: their count is the messaging cost)."""
     engine = make_engine(database_url)
     with engine.connect() as db:
-        rows = db.execute(text("SELECT type, count(*) FROM rec_messages GROUP BY type")).all()
+        rows = db.execute(text("SELECT type, sent FROM rec_messages")).all()
     engine.dispose()
-    return {str(t): int(n) for t, n in rows}
+    counts: dict[str, int] = {}
+    for type_, sent in rows:
+        if t_first <= dt.datetime.fromisoformat(sent).timestamp() <= t_last:
+            counts[str(type_)] = counts.get(str(type_), 0) + 1
+    return counts
 
 
-def stage_breakdown(database_url: str) -> list[tuple[str, float, float]]:
-    """(stage, median, max) in seconds over the images, from the messages the recorder kept."""
+def stage_breakdown(database_url: str, images: set[str]) -> list[tuple[str, float, float]]:
+    """(stage, median, max) in seconds over the measured images, from the messages the
+    recorder kept."""
     times: dict[tuple[str, str], list[float]] = {}
     engine = make_engine(database_url)
     with engine.connect() as db:
         rows = db.execute(text("SELECT image, type, destination, sent FROM rec_messages WHERE image IS NOT NULL"))
         for image, type_, destination, sent in rows:
-            if type_ == "INGEST_REQUEST" and "oods" not in destination:
+            if image not in images or type_ == "INGEST_REQUEST" and "oods" not in destination:
                 continue
             times.setdefault((image, type_), []).append(dt.datetime.fromisoformat(sent).timestamp())
     engine.dispose()
@@ -246,6 +266,8 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--sensors", type=int, default=4)
     ap.add_argument("--rate", type=float, default=300e6, help="UDP send rate, bytes/s")
+    ap.add_argument("--warmup", type=int, default=5, help="images sent and waited for before the measured ones")
+    ap.add_argument("--interval", type=float, default=0.0, help="pause between images, s (default: back to back)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--idle-s", type=float, default=5.0, help="seconds of the idle measurement before the images")
     ap.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite",
@@ -280,7 +302,8 @@ def main() -> int:
                 subprocess.run(["runuser", "-u", "postgres", "--", str(postgres.bin / "createdb"), "-h", "127.0.0.1",
                                 "-p", str(postgres.port), db], check=True)
                 args.database_url = postgres.url.rsplit("/", 1)[0] + f"/{db}"
-            print(f"\n{args.images} images of {args.sensors} x {mib} MiB sensors at {args.rate / 1e6:.0f} MB/s:",
+            print(f"\n{args.images} images of {args.sensors} x {mib} MiB sensors at {args.rate / 1e6:.0f} MB/s "
+                  f"(after {args.warmup} warm-up images{f', {args.interval:g} s apart' if args.interval else ''}):",
                   flush=True)
             r = asyncio.run(run_size(base / f"s{mib}", mib, args, write))
             lat = r["lat"]
