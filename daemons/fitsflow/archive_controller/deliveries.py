@@ -98,17 +98,14 @@ class Deliveries:
         keys = [d.key for d in deliveries]
         local = body.written_on == self.host and self.cfg.trust_local_writes
         try:
-            async with self._locked(keys):
-                try:
-                    replaced, rows = await self._record_deliveries(deliveries, local)
-                except (OSError, SQLAlchemyError) as exc:
-                    if not is_environmental(exc):
-                        raise
-                    n = self.faults.report(HANDOFF_FAULT, f"{msg.image} ({', '.join(keys)}): {exc}")
-                    # waits out the fault, never dead-lettered
-                    raise Requeue(f"{msg.image}: {exc}", delay=retry_delay(n)) from None
-                # Still under the files' locks: the rows just recorded are their states.
-                await self._advance_locked(rows)
+            replaced = await self._record_deliveries(deliveries, local)
+        except (OSError, SQLAlchemyError) as exc:
+            if not is_environmental(exc):
+                raise
+            n = self.faults.report(HANDOFF_FAULT, f"{msg.image} ({', '.join(keys)}): {exc}")
+            raise Requeue(f"{msg.image}: {exc}", delay=retry_delay(n)) from None  # waits out the fault, never dead
+        try:
+            await self.advance(keys)
         finally:
             for key in keys:
                 lock = self._locks.get(key)
@@ -137,43 +134,34 @@ class Deliveries:
             raise UnsafePath(f"file name {src.name} does not match data ID {data_id}")
         return _Delivery(f"{image}/{raft}_{sensor}", image, f.data_id.obs_day, src, f, data_id)
 
-    async def _record_deliveries(self, deliveries: list[_Delivery], local: bool) -> tuple[list[str], list[HandOffRow]]:
+    async def _record_deliveries(self, deliveries: list[_Delivery], local: bool) -> list[str]:
         """Verify the delivered files and record their hand-offs in one transaction; drop
-        re-deliveries of sensors handed off already. The caller holds the files' locks.
-        Returns why files could not be verified, and the hand-offs to take on (those just
-        recorded and those an earlier attempt left unfinished)."""
-        known, rows, replaced, trusted = await asyncio.to_thread(self._record_sync, deliveries, local)
-        self.checksums_trusted += trusted
-        self.checksums_read += len(rows) - trusted if self.cfg.verify_checksum else 0
-        if rows:
-            failpoint("handoff.verified")
-        for d in deliveries:
-            if d.key in known:
-                await self._drop_redelivery(known[d.key], d.src)
-        return replaced, rows + [row for row in known.values() if row.state != "requested"]
-
-    def _record_sync(self, deliveries: list[_Delivery], local: bool
-                     ) -> tuple[dict[str, HandOffRow], list[HandOffRow], list[str], int]:
-        """:meth:`_record_deliveries`' look-up, checks and insert, in one worker-thread call:
-        (the hand-offs recorded before, the rows recorded now, why files could not be
-        verified, how many checksums were trusted)."""
-        known = self.book.handoffs([d.key for d in deliveries])
-        fresh = [d for d in deliveries if d.key not in known]
-        rows: list[HandOffRow] = []
-        replaced: list[str] = []
-        trusted = 0
-        for d, inode in zip(fresh, self._verify(fresh, local)):
-            if isinstance(inode, HandOffError):
-                replaced.append(f"{d.key}: {inode}")
-                continue
-            trusted += self.cfg.verify_checksum and local and inode == d.file.identity
-            staged = {target: str(staging / d.day / d.src.name) for target, staging in self.targets.items()}
-            oods, archive = staged.pop("oods"), staged.pop("archive")
-            rows.append(HandOffRow(d.key, d.image, str(d.src), oods, archive, d.file.size, d.file.checksum, inode,
-                                   d.data_id, "verified", staged, d.file.adler32))
-        if rows:
-            self.book.start_handoffs(rows)
-        return known, rows, replaced, trusted
+        re-deliveries of sensors handed off already. Returns why files could not be verified."""
+        keys = [d.key for d in deliveries]
+        async with self._locked(keys):
+            known = await asyncio.to_thread(self.book.handoffs, keys)
+            fresh = [d for d in deliveries if d.key not in known]
+            checked = await asyncio.to_thread(self._verify, fresh, local)
+            rows, replaced = [], []
+            for d, inode in zip(fresh, checked):
+                if isinstance(inode, HandOffError):
+                    replaced.append(f"{d.key}: {inode}")
+                    continue
+                if self.cfg.verify_checksum:
+                    trusted = local and inode == d.file.identity
+                    self.checksums_trusted += trusted
+                    self.checksums_read += not trusted
+                staged = {target: str(staging / d.day / d.src.name) for target, staging in self.targets.items()}
+                oods, archive = staged.pop("oods"), staged.pop("archive")
+                rows.append(HandOffRow(d.key, d.image, str(d.src), oods, archive, d.file.size, d.file.checksum, inode,
+                                       d.data_id, "verified", staged, d.file.adler32))
+            if rows:
+                await asyncio.to_thread(self.book.start_handoffs, rows)
+                failpoint("handoff.verified")
+            for d in deliveries:
+                if d.key in known:
+                    await self._drop_redelivery(known[d.key], d.src)
+        return replaced
 
     def _verify(self, deliveries: list[_Delivery], local: bool) -> list[str | HandOffError]:
         """Each file's identity once its size (and checksum) is checked, or why not. A file
@@ -221,38 +209,33 @@ class Deliveries:
         FILE_DELIVERED never both run steps. Raises Reject, after the others are done, for
         files whose hand-off cannot succeed."""
         async with self._locked(keys):
-            await self._advance_locked(
-                [r for r in (await asyncio.to_thread(self.book.handoffs, keys)).values() if r.state != "requested"])
-
-    async def _advance_locked(self, rows: list[HandOffRow]) -> None:
-        """:meth:`advance` for ``rows``, whose locks the caller holds and whose states it read
-        under them."""
-        if not rows:
-            return
-        began = time.monotonic()
-        try:
-            failed = await run_handoff(self.book, rows, self._request, self.cfg.staging_dir_mode,
-                                       asyncio.to_thread)
-        except (HandOffError, OSError, SQLAlchemyError) as exc:
-            if is_environmental(exc):
-                # The machine, not the files: each hand-off is recorded at its last step
-                # and the resumer takes them on when the fault clears (one ALARM episode).
-                self.faults.report(HANDOFF_FAULT, f"{', '.join(r.key for r in rows)} stopped: {exc}")
+            rows = [r for r in (await asyncio.to_thread(self.book.handoffs, keys)).values() if r.state != "requested"]
+            if not rows:
                 return
-            raise
-        self.done += len(rows) - len(failed)
-        # One observation per file, as before files were handed off together: each file's
-        # hand-off took the batch's time.
-        took = self._stage("handoff", "One file's hand-off: links, unlink, INGEST_REQUESTs (from verified)")
-        elapsed = time.monotonic() - began
-        for _ in range(len(rows) - len(failed)):
-            took.observe(elapsed)
-        if HANDOFF_FAULT in self.faults.active:
-            self.faults.clear(HANDOFF_FAULT)
-        for row, exc in failed:
-            await self.error(f"{row.key}: hand-off stopped at {row.state}: {exc}")
-        if failed:
-            raise Reject("hand-off failed: " + "; ".join(f"{row.key}: {exc}" for row, exc in failed))
+            began = time.monotonic()
+            try:
+                failed = await run_handoff(self.book, rows, self._request, self.cfg.staging_dir_mode,
+                                           asyncio.to_thread)
+            except (HandOffError, OSError, SQLAlchemyError) as exc:
+                if is_environmental(exc):
+                    # The machine, not the files: each hand-off is recorded at its last step
+                    # and the resumer takes them on when the fault clears (one ALARM episode).
+                    self.faults.report(HANDOFF_FAULT, f"{', '.join(r.key for r in rows)} stopped: {exc}")
+                    return
+                raise
+            self.done += len(rows) - len(failed)
+            # One observation per file, as before files were handed off together: each file's
+            # hand-off took the batch's time.
+            took = self._stage("handoff", "One file's hand-off: links, unlink, INGEST_REQUESTs (from verified)")
+            elapsed = time.monotonic() - began
+            for _ in range(len(rows) - len(failed)):
+                took.observe(elapsed)
+            if HANDOFF_FAULT in self.faults.active:
+                self.faults.clear(HANDOFF_FAULT)
+            for row, exc in failed:
+                await self.error(f"{row.key}: hand-off stopped at {row.state}: {exc}")
+            if failed:
+                raise Reject("hand-off failed: " + "; ".join(f"{row.key}: {exc}" for row, exc in failed))
 
     async def resume(self) -> None:
         """Take every recorded, unfinished hand-off on (at start, and then periodically: one

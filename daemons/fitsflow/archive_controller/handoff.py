@@ -142,36 +142,26 @@ def unlink_rows(rows: list[HandOffRow]) -> Failures:
     return failed
 
 
-def local_steps(book: Book, rows: list[HandOffRow], dir_mode: int) -> Failures:
-    """The steps on this host's disks and book, for ``rows`` from their recorded states:
-    linked (committed), then unlinked (committed). One call, made in one worker thread: each
-    hop between the event loop and a thread is a wake-up that waits for a core on a busy
-    machine, and these steps are short. Returns the rows that cannot go on, each with why;
-    a fault of the machine raises, every row at its last recorded state."""
-    failed: Failures = []
-    for state, step, after, point in (("verified", lambda rs: link_rows(rs, dir_mode), "linked", "handoff.linked"),
-                                      ("linked", unlink_rows, "unlinked", "handoff.unlinked")):
-        batch = [r for r in rows if r.state == state]
-        if not batch:
-            continue
-        stopped = step(batch)
-        failed += stopped
-        moved = [r for r in batch if all(r is not f for f, _ in stopped)]
-        if moved:
-            book.set_handoff_states(moved, after)
-            for r in moved:
-                r.state = after
-            failpoint(point)
-    return failed
-
-
 async def run_handoff(book: Book, rows: list[HandOffRow], request: Callable[[list[HandOffRow]], Awaitable[None]],
                       dir_mode: int, to_thread: Callable) -> Failures:  # type: ignore[type-arg]
     """Take ``rows`` from their recorded states to ``requested``, together: each step once
     for the batch (one fsync per directory, one transaction, one INGEST_REQUEST per target).
     Returns the rows that cannot go on, each with why (they stay at their state); a fault of
     the machine raises, every row at its last recorded state."""
-    failed = await to_thread(local_steps, book, rows, dir_mode)
+    failed: Failures = []
+    for state, step, after, point in (("verified", lambda rs: link_rows(rs, dir_mode), "linked", "handoff.linked"),
+                                      ("linked", unlink_rows, "unlinked", "handoff.unlinked")):
+        batch = [r for r in rows if r.state == state]
+        if not batch:
+            continue
+        stopped = await to_thread(step, batch)
+        failed += stopped
+        moved = [r for r in batch if all(r is not f for f, _ in stopped)]
+        if moved:
+            await to_thread(book.set_handoff_states, moved, after)
+            for r in moved:
+                r.state = after
+            failpoint(point)
     batch = [r for r in rows if r.state == "unlinked"]
     if batch:
         await request(batch)

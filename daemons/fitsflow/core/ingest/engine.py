@@ -70,14 +70,6 @@ class _Placing:
     new: bool
 
 
-@dataclass(frozen=True)
-class _Refused:
-    """A staged file to quarantine: its status (1 or 2), why, and its data ID if known."""
-    status: int
-    reason: str
-    data_id: dict[str, Any] | None
-
-
 class Ingester:
     """Role: consumes paths found in ``staging``; ``concurrency`` files at once."""
 
@@ -205,11 +197,7 @@ class Ingester:
     async def _ingest_together(self, files: dict[int, tuple[Path, Staged]]) -> dict[int, int | Exception]:
         """Verify each file, place the good ones together, announce them: outcome per index."""
         keys = list(files)
-        # One worker-thread call checks them all: each hop between the event loop and a
-        # thread is a wake-up that waits for a core on a busy machine.
-        checked = await asyncio.to_thread(self._check_all, [files[k] for k in keys])
-        prepared = await asyncio.gather(*(self._prepared(files[k][0], c) for k, c in zip(keys, checked)),
-                                        return_exceptions=True)
+        prepared = await asyncio.gather(*(self._prepare(*files[k]) for k in keys), return_exceptions=True)
         results: dict[int, int | Exception] = {}
         placing: dict[int, _Placing] = {}
         for k, p in zip(keys, prepared):
@@ -242,47 +230,29 @@ class Ingester:
             results[k] = outcome if isinstance(outcome, Exception) else STATUS_OK
         return results
 
-    def _check_all(self, files: Sequence[tuple[Path, Staged]]) -> list[int | _Placing | _Refused | Exception]:
-        """:meth:`_check` for each file (in a worker thread), each outcome its own."""
-        out: list[int | _Placing | _Refused | Exception] = []
-        for path, f in files:
-            try:
-                out.append(self._check(path, f))
-            except Exception as exc:  # noqa: BLE001 - that file's outcome (the machine, a bug), not the others'
-                out.append(exc)
-        return out
-
-    def _check(self, path: Path, f: Staged) -> int | _Placing | _Refused:
-        """Verify one staged file: where it goes, -1 if it is gone (ingested meanwhile by
-        another trigger), or why it must be quarantined."""
+    async def _prepare(self, path: Path, f: Staged) -> int | _Placing:
+        """Verify one staged file: where it goes, or its final status (-1: gone; quarantined)."""
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            return -1
+            return -1  # ingested meanwhile by another trigger
         if not stat.S_ISREG(st.st_mode):  # never followed, never retried: quarantined once
-            return _Refused(STATUS_INGEST_FAILURE, f"not a regular file: {_kind(path, st)}", None)
+            await self._quarantine(path, STATUS_INGEST_FAILURE, f"not a regular file: {_kind(path, st)}", None)
+            return STATUS_INGEST_FAILURE
         try:
-            info = inspect(path, f.checksum, f.verified, f.adler32)
+            info = await asyncio.to_thread(inspect, path, f.checksum, f.verified, f.adler32)
+            self.stats.trusted += info.trusted
         except BadFile as bad:
-            return _Refused(bad.status, bad.reason, None)
-        existing = self.registry.find(info.data_id)
+            await self._quarantine(path, bad.status, bad.reason, None)
+            return bad.status
+        existing = await asyncio.to_thread(self.registry.find, info.data_id)
         if existing is not None and existing.checksum != info.checksum:
-            return _Refused(STATUS_INGEST_FAILURE, f"conflict: {existing.path} is registered for this data ID with "
-                                                   f"checksum {existing.checksum}, this file has {info.checksum}",
-                            info.data_id)
+            await self._quarantine(path, STATUS_INGEST_FAILURE,
+                                   f"conflict: {existing.path} is registered for this data ID with checksum "
+                                   f"{existing.checksum}, this file has {info.checksum}", info.data_id)
+            return STATUS_INGEST_FAILURE
         target = inside(self.repo, self.placement(info.data_id, path.name))
         return _Placing(path, target, info, existing is None)
-
-    async def _prepared(self, path: Path, checked: int | _Placing | _Refused | Exception) -> int | _Placing:
-        """What :meth:`_check` found, once a refused file is quarantined (its status then)."""
-        if isinstance(checked, Exception):
-            raise checked
-        if isinstance(checked, _Refused):
-            await self._quarantine(path, checked.status, checked.reason, checked.data_id)
-            return checked.status
-        if isinstance(checked, _Placing):
-            self.stats.trusted += checked.info.trusted
-        return checked
 
     def _place_all(self, placing: list[_Placing]) -> list[Exception | None]:
         """Link each file into the repository, fsync each directory once, register the new
