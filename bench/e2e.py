@@ -203,6 +203,8 @@ STAGES = [
     ("camera END_READOUT -> HEADER_READY", ("first", "END_READOUT"), ("last", "HEADER_READY")),
     ("READOUT_COMPLETE -> FORWARD_IMAGE (controller assigns)", ("last", "READOUT_COMPLETE"),
      ("first", "FORWARD_IMAGE")),
+    ("READOUT_COMPLETE -> last FORWARD_IMAGE (the image's last forwarder told)", ("last", "READOUT_COMPLETE"),
+     ("last", "FORWARD_IMAGE")),
     ("FORWARD_IMAGE -> last FILE_DELIVERED (forwarder: join, FITS write)", ("first", "FORWARD_IMAGE"),
      ("last", "FILE_DELIVERED")),
     ("HEADER_READY -> last FILE_DELIVERED", ("last", "HEADER_READY"), ("last", "FILE_DELIVERED")),
