@@ -30,7 +30,6 @@ from fitsflow.core.handoff import file_identity, remove_stale_temps
 from fitsflow.core.runtime import Daemon
 from fitsflow.forwarder.assignments import Assignment, AssignmentBook
 from fitsflow.forwarder.config import ForwarderConfig
-from fitsflow.forwarder.headerwatch import HeaderWatch
 from fitsflow.core.checksum import file_crc32_adler32
 from fitsflow.forwarder.fitswriter import (NotLinkable, WrittenFile, build_hdus, shape_only, write_copy, write_fits,
                                            write_linked)
@@ -64,9 +63,6 @@ class ForwarderDaemon(Daemon):
         self.book = AssignmentBook(Path(cfg.site.state_dir) / f"forwarder-{self.instance}")
         self.slots = asyncio.Semaphore(self.fcfg.capacity)
         self.wake = asyncio.Event()
-        # A header landing wakes the forwarder at once on this host; HEADER_READY still does.
-        self.header_watch = HeaderWatch(self.headers_root, self.wake.set)
-        self.roles.append(self.header_watch)
         self.in_progress: set[str] = set()
         self.files_written = 0
         self.files_linked = 0  # of files_written: the receiver's stored readout, finished in place
@@ -91,8 +87,7 @@ class ForwarderDaemon(Daemon):
     def status(self) -> str:
         return (f"{len(self.book.open_items())} assignments open, {self.files_written} files written "
                 f"({self.files_linked} finished in place, {self.files_copied} copied), "
-                f"{self.write_errors} write errors; headers {'watched' if self.header_watch.watching else 'not watched'}; "
-                f"{self.bus.describe()}")
+                f"{self.write_errors} write errors; {self.bus.describe()}")
 
     def counters(self) -> dict[str, tuple[float, str]]:
         return {"files_written": (self.files_written, "FITS files written and delivered"),
@@ -131,7 +126,6 @@ class ForwarderDaemon(Daemon):
         while True:
             await wait_event(self.wake, 0.5)
             self.wake.clear()
-            self.header_watch.ensure()
             for a in self.book.open_items():
                 if a.assignment not in self.in_progress and self._ready(a):
                     self.in_progress.add(a.assignment)
