@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterable
 
 from sqlalchemy import text
 
@@ -117,6 +118,13 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
         elif msg.type == "DAEMON_STATE" and msg.data["state"] == "ON":
             ready.add(str(msg.data["daemon"]))
 
+    async def whole_in_oods(images: Iterable[str], patience_s: float = 300.0) -> None:
+        """Until every sensor of these images is announced in the OODS (or patience ends:
+        the images that are not are reported as not whole)."""
+        deadline = time.monotonic() + patience_s
+        while time.monotonic() < deadline and any(len(oods.get(i, {})) < len(sensors) for i in images):
+            await asyncio.sleep(0.2)
+
     async def sample_memory(stop: asyncio.Event) -> None:
         while not stop.is_set():
             done = len([i for i in ends if len(oods.get(i, {})) >= len(sensors)])
@@ -148,9 +156,7 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
                 warm: list[str] = []
                 for _ in range(args.warmup):
                     warm.append((await sim.take_image()).image)
-                deadline = time.monotonic() + 300
-                while time.monotonic() < deadline and any(len(oods.get(i, {})) < len(sensors) for i in warm):
-                    await asyncio.sleep(0.2)
+                await whole_in_oods(warm)
                 stop = asyncio.Event()
                 sampler = asyncio.create_task(sample_memory(stop))
                 t_first = time.time()
@@ -161,9 +167,7 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
                 for _ in range(args.images):
                     r = await sim.take_image()
                     ends[r.image] = r.t_end
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and any(len(oods.get(i, {})) < len(sensors) for i in ends):
-                await asyncio.sleep(0.2)
+            await whole_in_oods(ends)
             stop.set()
             await sampler
             cpu = {name: cpu_s(pid) - cpu_first[name] for name, pid in cpu_pids.items()}
