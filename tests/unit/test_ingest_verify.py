@@ -126,3 +126,22 @@ def test_unparsable_cards_are_a_bad_file_not_a_crash(tmp_path: Path) -> None:
     assert exc.value.status == STATUS_METADATA_FAILURE
     with pytest.raises(BadFile, match="CHECKSUM"):  # unannounced: its changed card fails the HDU's CHECKSUM first
         inspect(bad_snap)
+
+
+def test_blank_cards_do_not_change_what_is_read(tmp_path: Path) -> None:
+    """Blank cards — between keywords, or hundreds of them filling the room fitsflow leaves
+    for a header before the data unit — are skipped by the header read (they cost most of
+    astropy's parse), and the data ID is the same as from the full open."""
+    from astropy.io import fits
+
+    f, data_id = make_sensor_file(tmp_path, IMAGE)
+    with fits.open(f.path) as hdul:
+        hdus = fits.HDUList([fits.PrimaryHDU(header=hdul[0].header.copy()), hdul[1].copy()])
+    primary = hdus[0].header
+    primary.insert("SNAP", ("", ""))  # a blank card between two keywords of the data ID
+    for _ in range(400):
+        primary.append(("", ""), bottom=True)
+    padded = tmp_path / "padded.fits"
+    hdus.writeto(padded, checksum=True)
+    assert padded.read_bytes().count(b" " * 80) > 400
+    assert inspect(padded, file_crc32(padded)).data_id == inspect(padded).data_id == data_id
