@@ -155,6 +155,32 @@ def test_header_service_restart_mid_image(tmp_path: Path, broker: PrivateBroker)
     run(main())
 
 
+def test_header_takes_the_weather_in_force_at_end_of_readout(tmp_path: Path, broker: PrivateBroker) -> None:
+    """The default weather keywords (``when = "at"``): the header is written on END_READOUT
+    with the station's last sample before it, without waiting for the next one."""
+    cfg, _ = site(tmp_path, broker)
+    image = "TESTCAM_O_20261121_000556"
+
+    async def main() -> None:
+        async with Listener(cfg, "rec-wx", ["/topic/fitsflow.header"]) as listen:
+            async with running(HeaderServiceDaemon, cfg):
+                await listen.bus.send(make("START_INTEGRATION", image, group="g", snap=0, exptime=1.0,
+                                           sensors=SENSORS, timestamp="2026-11-21T05:00:00.000000Z"))
+                for topic, values in {"site.weather": {"temperature": 6.5, "humidity": 21.0, "pressure": 743.0},
+                                      "mount.pointing": {"ra": 10.0, "dec": 20.0, "alt": 45.0, "az": 1.0,
+                                                         "rotpa": 0.0},
+                                      "camera.filter": {"name": "i"}, "dome.status": {"azimuth": 3.0, "shutter": "open"},
+                                      "camera.temperatures": {"ccd": -100.0, "cryostat": -129.0}}.items():
+                    stamp = "2026-11-21T04:59:30Z" if topic == "site.weather" else "2026-11-21T05:00:01Z"
+                    await listen.bus.send(make("TELEMETRY", topic=topic, timestamp=stamp, values=values))
+                await listen.bus.send(make("END_READOUT", image, timestamp="2026-11-21T05:00:03Z", sensors=SENSORS))
+                await async_wait_for(lambda: listen.of("HEADER_READY", image), 30)
+            assert listen.of("HEADER_READY", image)[0].data["partial"] is False
+            cards = {k: v for k, v, _ in read_header(cfg.paths.resolved().headers, image).cards}
+            assert (cards["AIRTEMP"], cards["HUMIDITY"], cards["PRESSURE"]) == (6.5, 21.0, 743.0)
+    run(main())
+
+
 def test_forwarder_join_both_orders_bit_exact_and_valid(tmp_path: Path, broker: PrivateBroker) -> None:
     cfg, port = site(tmp_path, broker)
     incoming = cfg.paths.resolved().incoming

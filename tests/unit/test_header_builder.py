@@ -92,3 +92,42 @@ def test_a_sample_without_the_field_is_skipped() -> None:
     sample_keywords(rec, CFG, {"mount.pointing": [Sample("2026-11-21T03:00:01Z", {"az": 3.0}),
                                                   Sample("2026-11-21T03:00:02Z", {"ra": 7.0})]})
     assert rec.sampled["RA"] == 7.0 and "ELSTART" not in rec.sampled
+
+
+AT = HeaderServiceConfig(keywords={
+    "AIRTEMP": KeywordSpec("site.weather", "temperature", event="END_READOUT", when="at", max_age_s=60.0),
+    "HUMIDITY": KeywordSpec("site.weather", "humidity", event="END_READOUT", when="at", max_age_s=60.0),
+})
+
+
+def test_at_takes_the_sample_in_force_at_the_event() -> None:
+    """``when = "at"``: the latest sample stamped at or before the event, without waiting for
+    one after it; an older sample for a field the latest lacks; one after the event is not
+    taken while an earlier one is in force, and arriving later it changes nothing."""
+    rec = record()  # END_READOUT at 03:00:17
+    weather = [Sample("2026-11-21T03:00:02Z", {"temperature": 9.0, "humidity": 30.0}),
+               Sample("2026-11-21T03:00:12Z", {"temperature": 9.2})]
+    assert sample_keywords(rec, AT, {"site.weather": list(weather)})
+    assert rec.sampled == {"AIRTEMP": 9.2, "HUMIDITY": 30.0}
+    assert not sample_keywords(rec, AT, {"site.weather": weather + [Sample("2026-11-21T03:00:18Z",
+                                                                           {"temperature": 8.0, "humidity": 1.0})]})
+    assert rec.sampled == {"AIRTEMP": 9.2, "HUMIDITY": 30.0}
+
+
+def test_at_waits_for_the_next_sample_when_the_last_is_too_old() -> None:
+    """A sample older than ``max_age_s`` at the event is not in force: the keyword takes the
+    first sample after the event, as ``when = "after"`` does; without one it is missing."""
+    rec = record()
+    stale = [Sample("2026-11-21T02:58:00Z", {"temperature": 5.0, "humidity": 50.0})]  # 137 s before END_READOUT
+    assert not sample_keywords(rec, AT, {"site.weather": list(stale)})
+    assert rec.sampled == {}
+    assert sample_keywords(rec, AT, {"site.weather": stale + [Sample("2026-11-21T03:00:30Z",
+                                                                     {"temperature": 6.0, "humidity": 40.0})]})
+    assert rec.sampled == {"AIRTEMP": 6.0, "HUMIDITY": 40.0}
+
+
+def test_at_waits_for_its_event() -> None:
+    rec = record()
+    del rec.events["END_READOUT"]
+    assert not sample_keywords(rec, AT, {"site.weather": [Sample("2026-11-21T03:00:02Z", {"temperature": 9.0})]})
+    assert rec.sampled == {}

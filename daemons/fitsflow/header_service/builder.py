@@ -68,9 +68,10 @@ def parse_time(value: str) -> dt.datetime:
 
 
 def sample_keywords(rec: ImageRecord, cfg: HeaderServiceConfig, history: dict[str, list[Sample]]) -> bool:
-    """Fill keywords whose event has happened from the first sample at or after it
-    (``history``: each topic's samples in time order, as :func:`add_sample` keeps them).
-    Returns True if anything was added."""
+    """Fill keywords whose event has happened from their sample (KeywordSpec: the first at
+    or after the event, or the one in force at it) (``history``: each topic's samples in time
+    order, as :func:`add_sample` keeps them). A keyword once filled keeps its value: a sample
+    that arrives later, whatever its stamp, changes nothing. Returns True if anything was added."""
     added = False
     since: dict[str, float] = {}
     for keyword, spec in cfg.keywords.items():
@@ -81,8 +82,14 @@ def sample_keywords(rec: ImageRecord, cfg: HeaderServiceConfig, history: dict[st
             continue
         if spec.event not in since:
             since[spec.event] = parse_time(rec.events[spec.event]).timestamp()
-        first = bisect.bisect_left(samples, since[spec.event], key=_sample_time)
-        for sample in itertools.islice(samples, first, None):
+        t_event = since[spec.event]
+        first = bisect.bisect_left(samples, t_event, key=_sample_time)
+        candidates = itertools.islice(samples, first, None)
+        if spec.when == "at":  # the latest at or before the event, not too old; else the first after
+            last = bisect.bisect_right(samples, t_event, key=_sample_time)
+            in_force = itertools.takewhile(lambda s: t_event - s.t <= spec.max_age_s, reversed(samples[:last]))
+            candidates = itertools.chain(in_force, itertools.islice(samples, last, None))
+        for sample in candidates:
             if spec.field in sample.values:
                 rec.sampled[keyword] = sample.values[spec.field]
                 added = True

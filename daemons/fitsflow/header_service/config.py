@@ -9,15 +9,26 @@ from fitsflow.core.layout import check_name
 EVENTS = ("START_INTEGRATION", "END_READOUT", "END_OF_IMAGE_TELEMETRY")
 
 
+#: ``when`` of a keyword: the first sample stamped at or after the event / the one in force at it
+WHEN = ("after", "at")
+
+
 @dataclass(frozen=True)
 class KeywordSpec:
-    """``[header_service.keywords.NAME]``: NAME takes ``values[field]`` of the first ``topic``
-    sample stamped at or after the image's ``event``."""
+    """``[header_service.keywords.NAME]``: NAME takes ``values[field]`` of a ``topic`` sample:
+    with ``when = "after"``, the first one stamped at or after the image's ``event``; with
+    ``when = "at"``, the one in force at the event — the latest stamped at or before it, if it
+    is at most ``max_age_s`` older (else the first after, as for "after").
+
+    "at" is for slow telemetry (a weather station publishing once a minute): "after" would
+    hold the header until the station's next sample, or past the deadline (a partial header)."""
 
     topic: str
     field: str
     event: str = "START_INTEGRATION"
     comment: str = ""
+    when: str = "after"
+    max_age_s: float = 300.0
 
 
 def _default_keywords() -> dict[str, KeywordSpec]:
@@ -33,9 +44,11 @@ def _default_keywords() -> dict[str, KeywordSpec]:
         "SHUTTER": k("dome.status", "shutter", comment="Dome shutter state"),
         "CCDTEMP": k("camera.temperatures", "ccd", comment="CCD temperature (degC)"),
         "CRYOTEMP": k("camera.temperatures", "cryostat", comment="Cryostat temperature (degC)"),
-        "AIRTEMP": k("site.weather", "temperature", event="END_READOUT", comment="Outside air temperature (degC)"),
-        "HUMIDITY": k("site.weather", "humidity", event="END_READOUT", comment="Relative humidity (%)"),
-        "PRESSURE": k("site.weather", "pressure", event="END_READOUT", comment="Barometric pressure (hPa)"),
+        # A weather station publishes every few seconds to minutes: its value at the end of readout.
+        "AIRTEMP": k("site.weather", "temperature", event="END_READOUT", when="at",
+                     comment="Outside air temperature (degC)"),
+        "HUMIDITY": k("site.weather", "humidity", event="END_READOUT", when="at", comment="Relative humidity (%)"),
+        "PRESSURE": k("site.weather", "pressure", event="END_READOUT", when="at", comment="Barometric pressure (hPa)"),
     }
 
 
@@ -58,6 +71,9 @@ class HeaderServiceConfig:
                 check.fail(where, "a FITS keyword has 1-8 characters: A-Z, 0-9, '-' or '_'")
             if spec.event not in EVENTS:
                 check.fail(f"{where}.event", f"{spec.event!r} is not one of {', '.join(EVENTS)}")
+            if spec.when not in WHEN:
+                check.fail(f"{where}.when", f"{spec.when!r} is not one of {', '.join(WHEN)}")
+            check.positive(f"{where}.max_age_s", spec.max_age_s)
             if len(spec.comment) > 47:
                 check.fail(f"{where}.comment", "too long for a FITS card (47 characters at most)")
             try:
