@@ -197,14 +197,13 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
 #: (label, from, to): stages of an image between message types, timed by each message's own
 #: "sent" stamp (all senders share this machine's clock). A "last"/"first" picks among the
 #: image's several messages of that type (one per assignment, or per sensor for the
-#: ingests' answers); INGEST_REQUEST: the OODS's.
+#: ingests' answers), or of several types; INGEST_REQUEST: the OODS's.
 STAGES = [
     ("camera END_READOUT -> READOUT_COMPLETE (receiver)", ("first", "END_READOUT"), ("last", "READOUT_COMPLETE")),
     ("camera END_READOUT -> END_OF_IMAGE_TELEMETRY (camera)", ("first", "END_READOUT"),
      ("last", "END_OF_IMAGE_TELEMETRY")),
-    ("END_OF_IMAGE_TELEMETRY -> HEADER_READY (header service)", ("last", "END_OF_IMAGE_TELEMETRY"),
+    ("camera END_READOUT -> HEADER_READY (header service, its telemetry)", ("first", "END_READOUT"),
      ("last", "HEADER_READY")),
-    ("camera END_READOUT -> HEADER_READY", ("first", "END_READOUT"), ("last", "HEADER_READY")),
     ("READOUT_COMPLETE -> FORWARD_IMAGE (controller assigns)", ("last", "READOUT_COMPLETE"),
      ("first", "FORWARD_IMAGE")),
     ("READOUT_COMPLETE -> last FORWARD_IMAGE (the image's last forwarder told)", ("last", "READOUT_COMPLETE"),
@@ -212,6 +211,8 @@ STAGES = [
     ("FORWARD_IMAGE -> last FILE_DELIVERED (forwarder: join, FITS write)", ("first", "FORWARD_IMAGE"),
      ("last", "FILE_DELIVERED")),
     ("HEADER_READY -> last FILE_DELIVERED", ("last", "HEADER_READY"), ("last", "FILE_DELIVERED")),
+    ("later of HEADER_READY, last FORWARD_IMAGE -> last FILE_DELIVERED", ("last", "HEADER_READY", "FORWARD_IMAGE"),
+     ("last", "FILE_DELIVERED")),
     ("last FILE_DELIVERED -> last INGEST_REQUEST (controller hand-off)", ("last", "FILE_DELIVERED"),
      ("last", "INGEST_REQUEST")),
     ("last INGEST_REQUEST -> last IMAGE_IN_OODS (OODS ingest)", ("last", "INGEST_REQUEST"),
@@ -248,9 +249,16 @@ def stage_breakdown(database_url: str, images: set[str]) -> list[tuple[str, floa
     engine.dispose()
     pick = {"first": min, "last": max}
     out = []
-    for label, (how_a, a), (how_b, b) in STAGES:
-        values = [pick[how_b](times[(image, b)]) - pick[how_a](times[(image, a)])
-                  for image in {i for i, _ in times} if (image, a) in times and (image, b) in times]
+    def at(image: str, how: str, types: tuple[str, ...]) -> float | None:
+        stamps = [t for type_ in types for t in times.get((image, type_), [])]
+        return pick[how](stamps) if all((image, type_) in times for type_ in types) else None
+
+    for label, (how_a, *a), (how_b, *b) in STAGES:
+        values = []
+        for image in {i for i, _ in times}:
+            start, end = at(image, how_a, tuple(a)), at(image, how_b, tuple(b))
+            if start is not None and end is not None:
+                values.append(end - start)
         if values:
             out.append((label, statistics.median(values), max(values)))
     return out
