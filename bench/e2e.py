@@ -22,6 +22,9 @@ same run on the same machine:
 - only images after the warm-up (``--warmup N`` images first, sent and waited for, not
   counted): a broker that has just started spends about half its CPU compiling (the JVM's C2
   compiler thread, measured during a run), which a broker that has run for a night does not;
+- how busy all cores were between each image's last packet and its last IMAGE_IN_OODS
+  (/proc/stat; median over images): near 100 % on an idle pipeline, the latency is the
+  image's work and everyone else's queueing for the cores, not waiting on anything;
 - with ``--interval S``: a pause between images (default none: back to back, the camera's
   rate while it reads out), to see the latency of one image on a pipeline with nothing else
   to do;
@@ -41,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterable
@@ -86,6 +90,44 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores so far (/proc/stat; iowait counts as idle)."""
+    with open("/proc/stat") as fh:
+        ticks = [int(x) for x in fh.readline().split()[1:9]]  # user .. steal (guest is inside user)
+    return ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7], sum(ticks)
+
+
+class BusySampler:
+    """How busy the machine's cores were in a window: /proc/stat every ``period_s`` in a
+    thread. An image's latency on an idle pipeline is either work on its path or waiting for
+    a core; a window with every core busy says it is the second."""
+
+    def __init__(self, period_s: float = 0.02) -> None:
+        self.period_s = period_s
+        self.samples: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="busy sampler", daemon=True)
+
+    def __enter__(self) -> BusySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.samples.append((time.time(), *machine_jiffies()))
+
+    def busy(self, t0: float, t1: float) -> float | None:
+        """Fraction of all cores' time that was busy between t0 and t1 (None: too short)."""
+        inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        if len(inside) < 2 or inside[-1][2] == inside[0][2]:
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][2] - inside[0][2])
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -108,6 +150,7 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
         profile.mkdir()
     pipeline = Pipeline(site, base / "logs", profile=profile, log_level="WARNING")
     oods: dict[str, dict[str, float]] = {}
+    busy_sampler = BusySampler()
     ends: dict[str, float] = {}
     ready: set[str] = set()
     rss: dict[str, list[tuple[int, int]]] = {}
@@ -164,10 +207,11 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
                             "activemq (broker)": broker.proc.pid if broker.proc else 0,
                             "camera (this bench)": os.getpid()}
                 cpu_first = {name: cpu_s(pid) for name, pid in cpu_pids.items()}
-                for _ in range(args.images):
-                    r = await sim.take_image()
-                    ends[r.image] = r.t_end
-            await whole_in_oods(ends)
+                with busy_sampler:
+                    for _ in range(args.images):
+                        r = await sim.take_image()
+                        ends[r.image] = r.t_end
+                    await whole_in_oods(ends)
             stop.set()
             await sampler
             cpu = {name: cpu_s(pid) - cpu_first[name] for name, pid in cpu_pids.items()}
@@ -182,7 +226,8 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
     result = {"mib": mib, "images": args.images, "whole": len(whole), "lat": lat, "raw_write": raw_write,
               "throughput": len(whole) * image_bytes / (t_last - t_first), "rss": rss,
               "camera": len(ends) * image_bytes / (max(ends.values()) - t_first) if ends else 0.0,
-              "cpu": cpu, "wall": t_last - t_first, "idle": idle}
+              "cpu": cpu, "wall": t_last - t_first, "idle": idle,
+              "busy": [b for i in whole if (b := busy_sampler.busy(ends[i], max(oods[i].values()))) is not None]}
     if profile:
         result["profile"] = profile
     try:
@@ -328,6 +373,10 @@ def main() -> int:
                       f"max {max(lat) * 1e3:.0f} ms; raw write of an image here {r['raw_write'] * 1e3:.0f} ms")
                 print(f"  above the raw write: p50 {pct(above, .5) * 1e3:.0f} ms (goal <= 50), "
                       f"p99 {pct(above, .99) * 1e3:.0f} ms (goal <= 150)")
+                if r["busy"]:
+                    print(f"  all {os.cpu_count()} cores busy between the last packet and IMAGE_IN_OODS: "
+                          f"{statistics.median(r['busy']) * 100:.0f} % (median over images; 100 %: the "
+                          "latency is mostly waiting for a core)")
                 print(f"  sustained: {r['throughput'] / 1e6:.0f} MB/s = {r['throughput'] / write:.2f} x the disk (goal >= 0.8), "
                       f"{r['throughput'] / spead2:.2f} x spead2 loopback, {r['throughput'] / args.rate:.2f} x send rate")
             print(f"  the camera sent at {r['camera'] / 1e6:.0f} MB/s on average (pixels, first start to last "
