@@ -90,11 +90,12 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_jiffies() -> tuple[int, int]:
-    """(busy, total) clock ticks of all cores so far (/proc/stat; iowait counts as idle)."""
+def machine_jiffies() -> tuple[int, int, int]:
+    """(busy, stolen, total) clock ticks of all cores so far (/proc/stat): busy is this
+    machine's own work (iowait counts as idle), stolen what the hypervisor gave other guests."""
     with open("/proc/stat") as fh:
         ticks = [int(x) for x in fh.readline().split()[1:9]]  # user .. steal (guest is inside user)
-    return ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7], sum(ticks)
+    return ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6], ticks[7], sum(ticks)
 
 
 class BusySampler:
@@ -104,7 +105,7 @@ class BusySampler:
 
     def __init__(self, period_s: float = 0.02) -> None:
         self.period_s = period_s
-        self.samples: list[tuple[float, int, int]] = []
+        self.samples: list[tuple[float, int, int, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="busy sampler", daemon=True)
 
@@ -120,12 +121,14 @@ class BusySampler:
         while not self._stop.wait(self.period_s):
             self.samples.append((time.time(), *machine_jiffies()))
 
-    def busy(self, t0: float, t1: float) -> float | None:
-        """Fraction of all cores' time that was busy between t0 and t1 (None: too short)."""
+    def busy(self, t0: float, t1: float) -> tuple[float, float] | None:
+        """Fractions of all cores' time between t0 and t1 that were busy and stolen (None:
+        too short a window)."""
         inside = [s for s in self.samples if t0 <= s[0] <= t1]
-        if len(inside) < 2 or inside[-1][2] == inside[0][2]:
+        if len(inside) < 2 or inside[-1][3] == inside[0][3]:
             return None
-        return (inside[-1][1] - inside[0][1]) / (inside[-1][2] - inside[0][2])
+        total = inside[-1][3] - inside[0][3]
+        return (inside[-1][1] - inside[0][1]) / total, (inside[-1][2] - inside[0][2]) / total
 
 
 def pct(values: list[float], q: float) -> float:
@@ -375,8 +378,9 @@ def main() -> int:
                       f"p99 {pct(above, .99) * 1e3:.0f} ms (goal <= 150)")
                 if r["busy"]:
                     print(f"  all {os.cpu_count()} cores busy between the last packet and IMAGE_IN_OODS: "
-                          f"{statistics.median(r['busy']) * 100:.0f} % (median over images; 100 %: the "
-                          "latency is mostly waiting for a core)")
+                          f"{statistics.median(b for b, _ in r['busy']) * 100:.0f} %, stolen by the hypervisor "
+                          f"{statistics.median(st for _, st in r['busy']) * 100:.0f} % (medians over images; "
+                          "near 100 % busy: the latency is mostly waiting for a core)")
                 print(f"  sustained: {r['throughput'] / 1e6:.0f} MB/s = {r['throughput'] / write:.2f} x the disk (goal >= 0.8), "
                       f"{r['throughput'] / spead2:.2f} x spead2 loopback, {r['throughput'] / args.rate:.2f} x send rate")
             print(f"  the camera sent at {r['camera'] / 1e6:.0f} MB/s on average (pixels, first start to last "
