@@ -251,6 +251,19 @@ def test_partial_sensors_wait_longer_than_the_catch_up_or_not_at_all(cfg_file: P
         assert load_config(cfg_file).section("archive_controller").partial_grace_s == float(grace)
 
 
+def test_header_keyword_when_and_max_age(cfg_file: Path) -> None:
+    """A keyword's ``when`` is "after" or "at"; ``max_age_s`` is positive; both read back."""
+    text = cfg_file.read_text()
+    keyword = '\n[header_service.keywords.SEEING]\ntopic = "site.seeing"\nfield = "fwhm"\nevent = "END_READOUT"\n'
+    cfg_file.write_text(text + keyword + 'when = "at"\nmax_age_s = 60.0\n')
+    spec = load_config(cfg_file).section("header_service").keywords["SEEING"]
+    assert (spec.when, spec.max_age_s) == ("at", 60.0)
+    for extra, key in (('when = "later"\n', "header_service.keywords.SEEING.when"),
+                       ('when = "at"\nmax_age_s = 0.0\n', "header_service.keywords.SEEING.max_age_s")):
+        cfg_file.write_text(text + keyword + extra)
+        assert error_of(cfg_file).key == key
+
+
 def test_extra_hand_off_targets(cfg_file: Path) -> None:
     """paths.extra_staging: each target is a directory on the data filesystem, resolved
     against root, after the OODS and the archive; its name becomes a queue name."""
