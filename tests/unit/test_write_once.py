@@ -314,3 +314,31 @@ def test_direct_io_refused_falls_back_to_the_page_cache(tmp_path: Path, monkeypa
     assert writer.write_stripe(0, start, data[start:end].reshape(-1))  # the space is back: stored, directly
     assert writer._direct
     writer.close()
+
+
+def test_primary_headers_from_the_image_template_are_the_card_by_card_ones() -> None:
+    """build_hdus copies a per-image template of the primary header and sets DATE and
+    FILENAME: byte for byte the header built card by card, for every sensor of an image
+    (the template's first use and its copies), a long file name (LONGSTRN for that file
+    alone), a partial header, and an image header that has DATE, FILENAME or a long string
+    of its own."""
+    import datetime as dt
+
+    from fitsflow.forwarder.fitswriter import build_primary_header
+
+    image = "IMG_1"
+    long_text = "x" * 90
+    headers = [HEADER, ImageHeader(image, [("DATE", "2000-01-01", "theirs"), ("FILENAME", "theirs.fits", "")]),
+               ImageHeader(image, [("NOTE", long_text, "long")], partial=True, missing_keywords=["RA"])]
+    for n, header in enumerate(headers):
+        for i, sensor in enumerate(("S00", "S01", "S02")):
+            meta = SensorMeta(image, 1, "G1", 0, "R22", sensor, 8, 8, "<i4", 1.7e9, 1.7e9 + 1, 1,
+                              received_at=1.7e9 + 10 * n + i)
+            names = [f"{image}_R22_{sensor}.fits", f"{'L' * 70}_{sensor}.fits"]
+            for filename in names[::-1] if i == 0 else names:  # the template made for a long name first
+                built = build_hdus(header, meta, shape_only(meta), filename, DATA_ID)[0].header
+                date = dt.datetime.fromtimestamp(meta.received_at, dt.timezone.utc).strftime(
+                    "%Y-%m-%dT%H:%M:%S.%f")[:-3]
+                expected = build_primary_header(header, DATA_ID, date, filename)
+                assert built.tostring() == expected.tostring(), (n, sensor, filename)
+                assert ("LONGSTRN" in built) == (len(filename) > 68 or n == 2)

@@ -21,6 +21,8 @@ import datetime as dt
 import errno
 import fcntl
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from astropy.io import fits
 from fitsflow import __version__
 from fitsflow.core.checksum import (adler32, adler32_combine, adler32_hex, crc32, crc32_combine, file_crc32_adler32,
                                     fold32, ones_sum)
-from fitsflow.core.fits_text import declare_long_strings, listed
+from fitsflow.core.fits_text import CARD_TEXT, declare_long_strings, listed
 from fitsflow.core.handoff import atomic_writer, publish_link
 from fitsflow.core.headerstore import ImageHeader
 from fitsflow.core.rawstore import BLOCK, HEADER_ROOM_BLOCKS, SensorMeta, padded
@@ -57,23 +59,7 @@ def _rows_text(ranges: list[list[int]]) -> str:
 def build_hdus(header: ImageHeader, meta: SensorMeta, pixels: np.ndarray, filename: str,
                data_id: dict[str, object]) -> fits.HDUList:
     primary = fits.PrimaryHDU()
-    h = primary.header
-    for key, value, comment in header.cards:
-        h[key] = (value, comment)
-    h["DATE"] = (dt.datetime.fromtimestamp(meta.received_at, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3],
-                 "Readout stored (UTC): file content date")
-    h["ORIGIN"] = ("fitsflow", "Software that wrote this file")
-    h["FFVERS"] = (__version__, "fitsflow version")
-    h["FILENAME"] = (filename, "Original file name")
-    h["OBSDAY"] = (str(data_id["obs_day"]), "Observing day (UTC - 12 h)")
-    # The data ID, whatever the header service said or did not say: a file must always be
-    # ingestable (a minimal, flagged header still names its image).
-    for key, field_, comment in (("INSTRUME", "instrument", "Instrument"), ("IMGNAME", "image", "Image name"),
-                                 ("GROUPID", "group", "Group of images"), ("SNAP", "snap", "Snap within the group")):
-        if key not in h and data_id.get(field_) not in (None, ""):
-            h[key] = (data_id[field_], comment)
-    if header.partial:
-        h["HDRPART"] = (True, "Header incomplete: telemetry missing")
+    primary.header = primary_header(header, data_id, _content_date(meta), filename)
     image = fits.ImageHDU(data=pixels, name=f"{meta.raft}_{meta.sensor}")
     e = image.header
     e["RAFTBAY"] = (meta.raft, "Raft")
@@ -86,9 +72,82 @@ def build_hdus(header: ImageHeader, meta: SensorMeta, pixels: np.ndarray, filena
     e["PARTIAL"] = (meta.partial, "Readout incomplete: rows missing (zeros)")
     if meta.partial:
         e["MISSROWS"] = (_rows_text(meta.missing_rows), "Missing rows, 1-based inclusive")
-    declare_long_strings(h)
     declare_long_strings(e)
     return fits.HDUList([primary, image])
+
+
+def _content_date(meta: SensorMeta) -> str:
+    return dt.datetime.fromtimestamp(meta.received_at, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+
+
+_DATE_COMMENT = "Readout stored (UTC): file content date"
+_FILENAME_COMMENT = "Original file name"
+#: The data ID's fields that go into the primary header (raft and sensor go into the extension).
+_IMAGE_FIELDS = ("instrument", "image", "group", "snap", "obs_day")
+
+
+def build_primary_header(header: ImageHeader, data_id: dict[str, object], date: str, filename: str) -> fits.Header:
+    """A sensor file's primary header, card by card: the image header from the header
+    service, then DATE, ORIGIN, FFVERS, FILENAME, OBSDAY, the data ID where the header
+    service did not give it, HDRPART, LONGSTRN."""
+    h = fits.PrimaryHDU().header
+    for key, value, comment in header.cards:
+        h[key] = (value, comment)
+    h["DATE"] = (date, _DATE_COMMENT)
+    h["ORIGIN"] = ("fitsflow", "Software that wrote this file")
+    h["FFVERS"] = (__version__, "fitsflow version")
+    h["FILENAME"] = (filename, _FILENAME_COMMENT)
+    h["OBSDAY"] = (str(data_id["obs_day"]), "Observing day (UTC - 12 h)")
+    # The data ID, whatever the header service said or did not say: a file must always be
+    # ingestable (a minimal, flagged header still names its image).
+    for key, field_, comment in (("INSTRUME", "instrument", "Instrument"), ("IMGNAME", "image", "Image name"),
+                                 ("GROUPID", "group", "Group of images"), ("SNAP", "snap", "Snap within the group")):
+        if key not in h and data_id.get(field_) not in (None, ""):
+            h[key] = (data_id[field_], comment)
+    if header.partial:
+        h["HDRPART"] = (True, "Header incomplete: telemetry missing")
+    declare_long_strings(h)
+    return h
+
+
+class _PrimaryTemplates:
+    """The primary headers of the images being written, built once per image and copied per
+    sensor, where only DATE and FILENAME differ. astropy checks its configuration on every
+    card it sets or reads (astropy issue 12491): building ~100 cards costs ~2.9 ms, a copy
+    with the two cards set again ~1.1 ms (16 MiB sensor, one forwarder thread)."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._by_image: OrderedDict[tuple, fits.Header] = OrderedDict()
+
+    def header(self, header: ImageHeader, data_id: dict[str, object], date: str, filename: str) -> fits.Header:
+        try:
+            key = (tuple(header.cards), header.partial, tuple(data_id.get(f) for f in _IMAGE_FIELDS))
+            hash(key)
+        except TypeError:  # a value astropy may refuse anyway: built card by card, as it always was
+            return build_primary_header(header, data_id, date, filename)
+        with self._lock:
+            template = self._by_image.get(key)
+            if template is not None:
+                self._by_image.move_to_end(key)
+        if template is None:
+            # DATE and FILENAME stand in: their cards keep their places, their values are set
+            # per file below. An empty FILENAME, so that a long one (LONGSTRN) is per file too.
+            template = build_primary_header(header, data_id, date, "")
+            with self._lock:
+                self._by_image[key] = template
+                while len(self._by_image) > self.keep:
+                    self._by_image.popitem(last=False)
+        h = template.copy()
+        h["DATE"] = (date, _DATE_COMMENT)
+        h["FILENAME"] = (filename, _FILENAME_COMMENT)
+        if len(filename) > CARD_TEXT:
+            declare_long_strings(h)
+        return h
+
+
+primary_header = _PrimaryTemplates().header
 
 
 class _KnownDatasumHDU(fits.ImageHDU):
