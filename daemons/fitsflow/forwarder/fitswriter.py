@@ -110,7 +110,7 @@ def build_primary_header(header: ImageHeader, data_id: dict[str, object], date: 
     return h
 
 
-class _PrimaryTemplates:
+class PrimaryTemplates:
     """The primary headers of the images being written, built once per image and copied per
     sensor, where only DATE and FILENAME differ. astropy checks its configuration on every
     card it sets or reads (astropy issue 12491): building ~100 cards costs ~2.9 ms, a copy
@@ -147,7 +147,7 @@ class _PrimaryTemplates:
         return h
 
 
-primary_header = _PrimaryTemplates().header
+primary_header = PrimaryTemplates().header
 
 
 class _KnownDatasumHDU(fits.ImageHDU):
