@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,8 @@ def spead2_baseline() -> float:
 
 
 def write_baseline(directory: Path, sensors: int = 9) -> float:
-    """numpy.tofile + fsync of 9 x 64 MiB, bytes/s."""
+    """numpy.tofile + fsync of ``sensors`` x 64 MiB into new files, kept until the last is
+    written, bytes/s."""
     data = np.ones((4096, 4096), dtype=np.int32)
     t0 = time.perf_counter()
     for i in range(sensors):
@@ -87,7 +89,7 @@ def write_baseline(directory: Path, sensors: int = 9) -> float:
 
 
 def direct_write_baseline(directory: Path, sensors: int = 9) -> float | None:
-    """The same 9 x 64 MiB written with O_DIRECT in 16 MiB writes from a page-aligned buffer,
+    """The same ``sensors`` x 64 MiB written with O_DIRECT in 16 MiB writes from a page-aligned buffer,
     + fsync, bytes/s; None where the filesystem refuses O_DIRECT (tmpfs before Linux 6.6)."""
     import mmap
 
@@ -144,12 +146,13 @@ def rss_kib(pid: int) -> int:
 
 class ReceiverUnderTest:
     def __init__(self, base: Path, broker: PrivateBroker, *, timeout_s: float = 10.0,
-                 expected: list[str] | None = None) -> None:
+                 expected: list[str] | None = None, options: dict[str, object] | None = None) -> None:
+        """``options``: ``[receiver]`` settings on top of the shipped defaults (``--receiver``)."""
         self.port = free_udp_port()
         self.site = make_site(base, [broker.url], extra={"receiver": {
             "streams": [f"127.0.0.1:{self.port}"], "socket_buffer_bytes": BUFFER, "max_heap_bytes": HEAP,
-            "image_timeout_s": timeout_s, "stats_interval_s": 1.0, "max_heaps": 4, "ring_heaps": 4,
-            "expected_sensors": expected or []}})
+            "image_timeout_s": timeout_s, "stats_interval_s": 1.0,
+            "expected_sensors": expected or [], **(options or {})}})
         self.cfg = load_config(self.site)
         self.raw = self.cfg.paths.resolved().raw_buffer
         self.proc = subprocess.Popen([sys.executable, "-m", "fitsflow.receiver", "--instance", "bench",
@@ -190,8 +193,8 @@ def send_images(port: int, images: int, rate: float, pixels: list[np.ndarray]) -
 
 
 async def fitsflow_run(base: Path, broker: PrivateBroker, images: int, rate: float,
-                       pixels: list[np.ndarray]) -> dict:
-    rx = ReceiverUnderTest(base, broker, expected=SENSOR_NAMES)
+                       pixels: list[np.ndarray], options: dict[str, object]) -> dict:
+    rx = ReceiverUnderTest(base, broker, expected=SENSOR_NAMES, options=options)
     bus = await rx.listen()
     await asyncio.sleep(3.0)  # the receiver process starts
     drops0 = udp_receive_errors()
@@ -250,13 +253,30 @@ async def memory_run(base: Path, broker: PrivateBroker, images: int) -> list[tup
     return samples
 
 
+def receiver_options(pairs: list[str]) -> dict[str, object]:
+    """``["writers=4", "direct_io=false"]`` → ``{"writers": 4, "direct_io": False}`` (TOML values)."""
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--receiver {pair!r}: expected KEY=VALUE")
+        options.update(tomllib.loads(f"{key.strip()} = {value.strip()}"))
+    return options
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10, help="64 MiB x 9 images per throughput run")
     parser.add_argument("--rate-gbs", type=float, default=1.0, help="the fixed rate, GB/s")
     parser.add_argument("--memory-images", type=int, default=1000, help="0: no memory run")
     parser.add_argument("--no-unlimited", action="store_true", help="only the fixed-rate run")
+    parser.add_argument("--receiver", action="append", default=[], metavar="KEY=VALUE",
+                        help="a [receiver] setting on top of the shipped defaults, VALUE in TOML "
+                             "(e.g. --receiver writers=4 --receiver direct_io=false); repeatable")
     args = parser.parse_args()
+    options = receiver_options(args.receiver)
+    if options:
+        print(f"receiver settings: {options}", flush=True)
     with RaisedCaps(BUFFER) as caps:
         for note in caps.notes:
             print(note, file=sys.stderr)
@@ -265,14 +285,17 @@ def main() -> int:
             print("spead2_bench (receive only, no storage) ...", flush=True)
             spead2_rate = spead2_baseline()
             print(f"  sustainable rate {spead2_rate / 1e9:.2f} GB/s", flush=True)
-            write_rate, line = disk_baselines(base)
-            print(f"9 x 64 MiB, {line}", flush=True)
+            # The run's whole volume, into new files kept to the end, as the receiver stores
+            # it: on a VM a page the guest has not used (or gave back) costs far more to
+            # allocate than one it reuses, and a few hundred MiB would hide that.
+            write_rate, line = disk_baselines(base, sensors=len(SENSOR_NAMES) * args.images)
+            print(f"{args.images} x 9 x 64 MiB, {line}", flush=True)
             with PrivateBroker(base / "amq") as broker:
                 pixels = [sensor_pixels(1, 1, i, 4096, 4096) for i in range(len(SENSOR_NAMES))]
                 runs = [("unlimited", 0.0)] * (not args.no_unlimited) + [(f"{args.rate_gbs:g} GB/s", args.rate_gbs * 1e9)]
                 for label, rate in runs:
                     r = asyncio.run(fitsflow_run(base / label.replace(" ", "").replace("/", ""), broker,
-                                                 args.images, rate, pixels))
+                                                 args.images, rate, pixels, options))
                     print(f"fitsflow receiver, {label} (the camera sent at {r['sent_per_s'] / 1e9:.2f} GB/s): "
                           f"{r['bytes_per_s'] / 1e9:.2f} GB/s stored "
                           f"({r['bytes_per_s'] / spead2_rate:.0%} of spead2_bench, "

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import itertools
 import os
 import random
 import socket
 import struct
+import threading
 import uuid
 from pathlib import Path
 from typing import Awaitable
@@ -204,6 +206,37 @@ def test_bit_exact_round_trip(harness_factory: HarnessFactory, monkeypatch: pyte
         # A RECEIVER_STATS sent after the last heap (an earlier one may arrive late on a loaded machine).
         await async_wait_for(lambda: h.stats and h.stats[-1].data["streams"][0]["heaps_complete"] >= 2 * 4 * 4, 30,
                              what="RECEIVER_STATS counting every heap")
+        await h.close()
+    harness_factory.run(main())
+
+
+def test_every_configured_writer_writes_at_once(harness_factory: HarnessFactory,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``receiver.writers`` stripes are written at the same time, however many that is: the
+    receiver sizes its thread pool for them (asyncio's own stops at 32 threads, 6 on two
+    cores, and then the configured writers wait for a thread while the ring fills). The first
+    40 stripes meet at a barrier inside the write; fewer threads than 40 break it."""
+    writers = 40
+    gate = threading.Barrier(writers, timeout=60)
+    entered = itertools.count()
+    real = rawstore.SensorWriter.write_stripe
+
+    def gated(self: rawstore.SensorWriter, index: int, row_start: int, pixels: np.ndarray) -> bool:
+        if next(entered) < writers:
+            gate.wait()
+        return real(self, index, row_start, pixels)
+
+    monkeypatch.setattr(rawstore.SensorWriter, "write_stripe", gated)
+
+    async def main() -> None:
+        h = await harness_factory(writers=writers)
+        await h.start_receiver()
+        with SpeadSender([("127.0.0.1", h.port)], rate_bytes_s=200e6) as sender:
+            recipe = await h.simulator(sender, stripe_rows=4).take_image()  # 50 stripes per sensor
+        await async_wait_for(lambda: h.readout(recipe.image), 90, what=f"READOUT_COMPLETE of {recipe.image}")
+        assert not gate.broken, "fewer stripes than receiver.writers were written at once"
+        assert h.readout(recipe.image).data["missing"] == [] and h.readout(recipe.image).data["partial"] == []
+        h.assert_bit_exact(recipe.image, recipe.image_seq, SENSORS)
         await h.close()
     harness_factory.run(main())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fitsflow.core.bus import MessageBus
@@ -58,6 +59,9 @@ class ReceiverDaemon(Daemon):
         self.raw_waiting = 0
 
     async def start(self) -> None:
+        # Stripes are written in asyncio's default thread pool: size it for every writer.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(
+            self.rcfg.io_threads(len(self.streams)), thread_name_prefix=f"{self.ident} io"))
         warning = cap_warning("rmem", self.rcfg.socket_buffer_bytes, f"{self.ident} UDP receive buffer")
         if warning:  # the package ships /usr/lib/sysctl.d/90-fitsflow-receiver.conf
             _log.warning(warning)
