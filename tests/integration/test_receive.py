@@ -213,9 +213,9 @@ def test_bit_exact_round_trip(harness_factory: HarnessFactory, monkeypatch: pyte
 def test_every_configured_writer_writes_at_once(harness_factory: HarnessFactory,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """``receiver.writers`` stripes are written at the same time, however many that is: the
-    receiver sizes its thread pool for them (asyncio's own stops at 32 threads, 6 on two
-    cores, and then the configured writers wait for a thread while the ring fills). The first
-    40 stripes meet at a barrier inside the write; fewer threads than 40 break it."""
+    stripes have threads of their own (asyncio's shared pool stops at 32 threads, 6 on two
+    cores, and then the configured writers would wait for a thread while the ring fills). The
+    first 40 stripes meet at a barrier inside the write; fewer threads than 40 break it."""
     writers = 40
     gate = threading.Barrier(writers, timeout=60)
     entered = itertools.count()

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -55,9 +56,14 @@ class ImageAssembler:
 
     def __init__(self, root: Path, timeout_s: float, default_expected: set[str], announce: Announce,
                  *, spawn: Spawn, storage_failed: Callable[[str], object] = lambda detail: None,
-                 keep_announced_s: float = 600.0, direct_io: bool = False) -> None:
-        """``direct_io``: stripes written with O_DIRECT where the store allows it (core.rawstore)."""
+                 keep_announced_s: float = 600.0, direct_io: bool = False, write_threads: int = 4) -> None:
+        """``direct_io``: stripes written with O_DIRECT where the store allows it (core.rawstore).
+        ``write_threads``: stripes written at once (every stream's ``receiver.writers``)."""
         self._spawn = spawn
+        # The stripes' own threads: asyncio's shared pool (min(32, cores + 4) threads, also
+        # taken by connects to the broker, panics, clean-ups) would make configured writers
+        # wait for a thread while the spead2 ring fills.
+        self._write_pool = ThreadPoolExecutor(write_threads, thread_name_prefix="stripe writer")
         #: O_DIRECT for the stripes, shared by all writers: a refusing filesystem is asked once
         self.direct_io = DirectIO() if direct_io else None
         self.storage_failed = storage_failed
@@ -89,6 +95,7 @@ class ImageAssembler:
         for state in self.images.values():
             for writer in state.writers.values():
                 writer.close()  # journals stay: the next start resumes these sensors
+        self._write_pool.shutdown(wait=False)  # close() waited for the writes in flight
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -187,7 +194,8 @@ class ImageAssembler:
             return False  # a duplicate, or the same stripe being written right now
         # Stripes are independent pwrites at their own offsets: several may be written at once
         # (the stream keeps up to `writers` in flight), in threads, while the next heaps arrive.
-        await asyncio.to_thread(writer.write_stripe, stripe.index, stripe.row_start, stripe.pixels)
+        await asyncio.get_running_loop().run_in_executor(self._write_pool, writer.write_stripe, stripe.index,
+                                                         stripe.row_start, stripe.pixels)
         if writer.complete and state.writers.get(key) is writer:
             del state.writers[key]  # taken before any await: finished exactly once
             await self._finish_sensor(state, key, writer)

@@ -69,13 +69,6 @@ class ReceiverConfig:
         and here the stripes still being written)."""
         return self.max_heaps + self.ring_heaps + self.writers + 1
 
-    def io_threads(self, streams: int) -> int:
-        """Worker threads the receiver needs: every stream's writers at once, and room beside
-        them for finishing sensors and the store's other file work (asyncio's default pool,
-        min(32, cores + 4), would make writers of a many-stream receiver on a small host wait
-        for a thread)."""
-        return streams * self.writers + 4
-
     def validate(self, check) -> None:  # type: ignore[no-untyped-def]
         for name, streams in [("receiver.streams", self.streams)] + [
                 (f"receiver.instances.{k}.streams", v.streams) for k, v in self.instances.items()]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fitsflow.core.bus import MessageBus
@@ -36,13 +35,15 @@ class ReceiverDaemon(Daemon):
         super().__init__(cfg, bus, args.instance)
         self.rcfg: ReceiverConfig = cfg.section("receiver")
         self.raw_root = cfg.paths.resolved().raw_buffer
+        addresses = self.rcfg.streams_for(args.instance)
         self.assembler = ImageAssembler(self.raw_root, self.rcfg.image_timeout_s,
                                         set(self.rcfg.expected_sensors), self._announce, spawn=self.spawn,
-                                        storage_failed=self._storage_failed, direct_io=self.rcfg.direct_io)
+                                        storage_failed=self._storage_failed, direct_io=self.rcfg.direct_io,
+                                        write_threads=self.rcfg.writers * len(addresses))
         self.streams = [SpeadStreamReceiver(addr, self.rcfg, self.assembler.add_stripe, self._storage_failed,
                                             self._storage_ok, spawn=self.spawn, socket_failed=self._socket_failed,
                                             socket_ok=self._socket_ok)
-                        for addr in self.rcfg.streams_for(args.instance)]
+                        for addr in addresses]
         self.rejected = RejectedPacketCounter(on_fatal=self._receive_thread_died)
         self.loss = LossMonitor(self.streams, self.rcfg.loss_alert_fraction)
         self.alerts = 0
@@ -59,9 +60,6 @@ class ReceiverDaemon(Daemon):
         self.raw_waiting = 0
 
     async def start(self) -> None:
-        # Stripes are written in asyncio's default thread pool: size it for every writer.
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(
-            self.rcfg.io_threads(len(self.streams)), thread_name_prefix=f"{self.ident} io"))
         warning = cap_warning("rmem", self.rcfg.socket_buffer_bytes, f"{self.ident} UDP receive buffer")
         if warning:  # the package ships /usr/lib/sysctl.d/90-fitsflow-receiver.conf
             _log.warning(warning)
