@@ -72,6 +72,7 @@ def test_every_daemon_serves_its_metrics(tmp_path: Path, fresh_broker: PrivateBr
             assert sum(moved) > 0, (name, moved)
         assert value(after["receiver@r1"], "fitsflow_receiver_images_announced_total") >= IMAGES
         assert value(after["receiver@r1"], "fitsflow_receiver_heaps_total", outcome="complete") > 0
+        assert any(n == "fitsflow_receiver_socket_drops_total" for n, _ in after["receiver@r1"])  # from the kernel
         assert value(after["archive-controller@c1"], "fitsflow_archive_controller_handoffs_total") == 2 * IMAGES
         assert value(after["oods@o1"], "fitsflow_oods_ingested_total") == 2 * IMAGES
         assert value(after["archive-ingest@a1"], "fitsflow_archive_ingest_ingested_total") == 2 * IMAGES

@@ -287,6 +287,8 @@ def test_packet_loss_gives_partial_sensors_with_exact_missing_rows(
         assert c.heaps_incomplete == 2 and c.bytes_lost > 0
         await async_wait_for(lambda: h.alerts, 10, what="a loss ALERT")
         assert "lost" in h.alerts[0].data["message"] and h.alerts[0].data["severity"] == "error"
+        # The relay dropped them, before the receiver's socket: the alert says so.
+        assert "lost before it" in h.alerts[0].data["message"], h.alerts[0].data["message"]
         # The camera re-sends the image (catch-up): the stripes the partial sensors lack fill
         # them in place; the others are duplicates. A new READOUT_COMPLETE says it is whole.
         announced = len(h.readouts)

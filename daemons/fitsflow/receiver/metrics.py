@@ -26,6 +26,8 @@ class StreamCollector:
         stored = CounterMetricFamily("fitsflow_receiver_stored_bytes", "Pixel bytes stored", labels=["stream"])
         spead = CounterMetricFamily("fitsflow_receiver_spead2", "spead2 stream statistics",
                                     labels=["stream", "stat"])
+        drops = CounterMetricFamily("fitsflow_receiver_socket_drops",
+                                    "Packets the kernel dropped at the stream's socket (buffer full)", labels=["stream"])
         for s in self.streams:
             c = s.counters
             for outcome, value in (("complete", c.heaps_complete), ("incomplete", c.heaps_incomplete),
@@ -35,33 +37,57 @@ class StreamCollector:
             stored.add_metric([s.address], c.bytes_stored)
             for stat, value in s.spead_stats().items():
                 spead.add_metric([s.address, stat], value)
+            socket_drops = s.socket_drops()
+            if socket_drops is not None:
+                drops.add_metric([s.address], socket_drops)
         rejected = CounterMetricFamily("fitsflow_receiver_rejected_packets", "Packets spead2 rejected")
         rejected.add_metric([], self.rejected.total)
-        yield from (ours, lost, stored, spead, rejected)
+        yield from (ours, lost, stored, spead, drops, rejected)
 
 
 class LossMonitor:
-    """Compares each stream's counters with the previous interval's."""
+    """Compares each stream's counters with the previous interval's, and says where the
+    interval's packets were lost: a shifter paged for packet loss needs to know whether to
+    look at the receive host's disk, its CPU or the network."""
 
     def __init__(self, streams: list[SpeadStreamReceiver], threshold: float) -> None:
         self.streams = streams
         self.threshold = threshold
-        self._last: dict[str, tuple[int, int]] = {}
+        #: per stream: bytes lost, bytes stored, spead2's waits on its ring, socket drops
+        self._last: dict[str, tuple[int, int, int, int]] = {}
 
     def check(self) -> list[str]:
         """Problems of this interval, one line per stream above the threshold."""
         problems = []
         for s in self.streams:
             c = s.counters
-            lost0, stored0 = self._last.get(s.address, (0, 0))
+            ring = s.spead_stats().get("worker_blocked", 0)
+            drops = s.socket_drops() or 0
+            lost0, stored0, ring0, drops0 = self._last.get(s.address, (0, 0, 0, 0))
             lost, stored = c.bytes_lost - lost0, c.bytes_stored - stored0
-            self._last[s.address] = (c.bytes_lost, c.bytes_stored)
+            self._last[s.address] = (c.bytes_lost, c.bytes_stored, ring, drops)
             total = lost + stored
             if total and lost / total > self.threshold:
                 problems.append(f"stream {s.address}: {lost} of {total} bytes lost ({100 * lost / total:.3f} %, "
-                                f"threshold {100 * self.threshold:.3f} %); {c.heaps_incomplete} incomplete heaps")
+                                f"threshold {100 * self.threshold:.3f} %); {c.heaps_incomplete} incomplete heaps; "
+                                + where_lost(max(0, ring - ring0), max(0, drops - drops0)))
         return problems
 
     def snapshot(self) -> list[dict]:
-        return [{"stream": s.address, **{k: v for k, v in asdict(s.counters).items()}, "spead2": s.spead_stats()}
-                for s in self.streams]
+        return [{"stream": s.address, **{k: v for k, v in asdict(s.counters).items()}, "spead2": s.spead_stats(),
+                 "socket_drops": s.socket_drops()} for s in self.streams]
+
+
+def where_lost(ring_waits: int, socket_drops: int) -> str:
+    """The likely place of an interval's loss, from spead2's waits for room in its ring (the
+    stripes' writes fell behind) and the kernel's drops at the socket (nobody read in time)."""
+    causes = []
+    if ring_waits:
+        causes.append(f"spead2 waited {ring_waits} times for room in its ring: the raw buffer's writes fell "
+                      "behind (its disk, or receiver.writers)")
+    if socket_drops:
+        causes.append(f"the kernel dropped {socket_drops} packets at the socket: the receiver did not read in "
+                      "time (CPU, or receiver.socket_buffer_bytes)")
+    if not causes:
+        return "no drop on this host: packets were lost before it (network, NIC, camera)"
+    return "; ".join(causes)

@@ -41,19 +41,27 @@ _DIGITS = re.compile(r"\d+")
 DESCRIPTOR_ROOM = 65536
 
 
-def udp_receive_queue(inode: int) -> int | None:
-    """The rx_queue (bytes) of the UDP socket with this inode, from /proc/net/udp and udp6."""
+def udp_socket_state(inode: int) -> tuple[int, int] | None:
+    """(rx_queue bytes, packets dropped) of the UDP socket with this inode, from
+    /proc/net/udp and udp6; None if it is not there. The kernel drops a packet at the socket
+    when its receive buffer is full: nobody read in time."""
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             with open(table) as f:
                 next(f)
                 for line in f:
                     fields = line.split()
-                    if len(fields) > 9 and fields[9] == str(inode):
-                        return int(fields[4].split(":")[1], 16)
+                    if len(fields) > 12 and fields[9] == str(inode):
+                        return int(fields[4].split(":")[1], 16), int(fields[12])
         except (OSError, ValueError, StopIteration):
             continue
     return None
+
+
+def udp_receive_queue(inode: int) -> int | None:
+    """The rx_queue (bytes) of the UDP socket with this inode, from /proc/net/udp and udp6."""
+    state = udp_socket_state(inode)
+    return state[0] if state else None
 
 
 def _udp_socket(host: str, port: int, buffer_bytes: int) -> socket.socket:
@@ -197,6 +205,13 @@ class SpeadStreamReceiver:
         if self._socket is None:
             return None
         return udp_receive_queue(os.fstat(self._socket.fileno()).st_ino)
+
+    def socket_drops(self) -> int | None:
+        """Packets the kernel dropped at this stream's socket (its buffer was full), or None."""
+        if self._socket is None:
+            return None
+        state = udp_socket_state(os.fstat(self._socket.fileno()).st_ino)
+        return state[1] if state else None
 
     def check_alive(self) -> str | None:
         """Called periodically: a reason if spead2's worker no longer reads the socket while
