@@ -58,12 +58,6 @@ def udp_socket_state(inode: int) -> tuple[int, int] | None:
     return None
 
 
-def udp_receive_queue(inode: int) -> int | None:
-    """The rx_queue (bytes) of the UDP socket with this inode, from /proc/net/udp and udp6."""
-    state = udp_socket_state(inode)
-    return state[0] if state else None
-
-
 def _udp_socket(host: str, port: int, buffer_bytes: int) -> socket.socket:
     """A bound UDP socket with the receive buffer asked for (the kernel caps it at
     net.core.rmem_max; the daemon warns about that at start)."""
@@ -200,17 +194,20 @@ class SpeadStreamReceiver:
     def task(self) -> asyncio.Task[None] | None:
         return self._task
 
-    def kernel_queue(self) -> int | None:
-        """Bytes waiting in this stream's socket receive queue (from /proc/net/udp*), or None."""
+    def _socket_state(self) -> tuple[int, int] | None:
+        """:func:`udp_socket_state` of this stream's socket, or None without one."""
         if self._socket is None:
             return None
-        return udp_receive_queue(os.fstat(self._socket.fileno()).st_ino)
+        return udp_socket_state(os.fstat(self._socket.fileno()).st_ino)
+
+    def kernel_queue(self) -> int | None:
+        """Bytes waiting in this stream's socket receive queue (from /proc/net/udp*), or None."""
+        state = self._socket_state()
+        return state[0] if state else None
 
     def socket_drops(self) -> int | None:
         """Packets the kernel dropped at this stream's socket (its buffer was full), or None."""
-        if self._socket is None:
-            return None
-        state = udp_socket_state(os.fstat(self._socket.fileno()).st_ino)
+        state = self._socket_state()
         return state[1] if state else None
 
     def check_alive(self) -> str | None:
