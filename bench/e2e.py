@@ -24,7 +24,11 @@ same run on the same machine:
   compiler thread, measured during a run), which a broker that has run for a night does not;
 - how busy all cores were between each image's last packet and its last IMAGE_IN_OODS
   (/proc/stat; median over images): near 100 % on an idle pipeline, the latency is the
-  image's work and everyone else's queueing for the cores, not waiting on anything;
+  image's work and everyone else's queueing for the cores, not waiting on anything; and
+  which processes had the cores in that window (their CPU between the two, mean over
+  images; /proc/PID/stat at the same 20 ms samples, to the kernel's 10 ms tick): what an
+  image's latency would gain from each process's CPU. The rest of the busy time is the
+  kernel's own threads (journal commits of fsyncs, loopback networking);
 - with ``--interval S``: a pause between images (default none: back to back, the camera's
   rate while it reads out), to see the latency of one image on a pipeline with nothing else
   to do;
@@ -106,6 +110,9 @@ class BusySampler:
     def __init__(self, period_s: float = 0.02) -> None:
         self.period_s = period_s
         self.samples: list[tuple[float, int, int, int]] = []
+        #: name → pid of the processes whose CPU is sampled as well (set before entering)
+        self.pids: dict[str, int] = {}
+        self.cpu: list[dict[str, float]] = []  # each process's CPU seconds at each sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="busy sampler", daemon=True)
 
@@ -120,6 +127,7 @@ class BusySampler:
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             self.samples.append((time.time(), *machine_jiffies()))
+            self.cpu.append({name: cpu_s(pid) for name, pid in self.pids.items()})
 
     def busy(self, t0: float, t1: float) -> tuple[float, float] | None:
         """Fractions of all cores' time between t0 and t1 that were busy and stolen (None:
@@ -129,6 +137,15 @@ class BusySampler:
             return None
         total = inside[-1][3] - inside[0][3]
         return (inside[-1][1] - inside[0][1]) / total, (inside[-1][2] - inside[0][2]) / total
+
+    def cpu_in(self, t0: float, t1: float) -> dict[str, float]:
+        """Each sampled process's CPU seconds between t0 and t1 (to the sampling period and
+        the kernel's clock tick, 10 ms: meaningful as a mean over many windows)."""
+        inside = [i for i, s in enumerate(self.samples) if t0 <= s[0] <= t1]
+        if len(inside) < 2:
+            return {}
+        first, last = self.cpu[inside[0]], self.cpu[inside[-1]]
+        return {name: last[name] - first[name] for name in first}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -210,6 +227,7 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
                             "activemq (broker)": broker.proc.pid if broker.proc else 0,
                             "camera (this bench)": os.getpid()}
                 cpu_first = {name: cpu_s(pid) for name, pid in cpu_pids.items()}
+                busy_sampler.pids = cpu_pids
                 with busy_sampler:
                     for _ in range(args.images):
                         r = await sim.take_image()
@@ -230,7 +248,8 @@ async def run_size(base: Path, mib: int, args: argparse.Namespace, write_rate: f
               "throughput": len(whole) * image_bytes / (t_last - t_first), "rss": rss,
               "camera": len(ends) * image_bytes / (max(ends.values()) - t_first) if ends else 0.0,
               "cpu": cpu, "wall": t_last - t_first, "idle": idle,
-              "busy": [b for i in whole if (b := busy_sampler.busy(ends[i], max(oods[i].values()))) is not None]}
+              "busy": [b for i in whole if (b := busy_sampler.busy(ends[i], max(oods[i].values()))) is not None],
+              "window_cpu": [busy_sampler.cpu_in(ends[i], max(oods[i].values())) for i in whole]}
     if profile:
         result["profile"] = profile
     try:
@@ -381,6 +400,12 @@ def main() -> int:
                           f"{statistics.median(b for b, _ in r['busy']) * 100:.0f} %, stolen by the hypervisor "
                           f"{statistics.median(st for _, st in r['busy']) * 100:.0f} % (medians over images; "
                           "near 100 % busy: the latency is mostly waiting for a core)")
+                windows = [w for w in r["window_cpu"] if w]
+                if windows:
+                    mean = {n: statistics.fmean(w.get(n, 0.0) for w in windows) for n in windows[0]}
+                    print("  who had the cores in that window (CPU ms, mean over images): " + ", ".join(
+                        f"{n.split(' ')[0]} {ms * 1e3:.0f}" for n, ms in sorted(mean.items(), key=lambda kv: -kv[1])
+                        if ms >= 0.0005))
                 print(f"  sustained: {r['throughput'] / 1e6:.0f} MB/s = {r['throughput'] / write:.2f} x the disk (goal >= 0.8), "
                       f"{r['throughput'] / spead2:.2f} x spead2 loopback, {r['throughput'] / args.rate:.2f} x send rate")
             print(f"  the camera sent at {r['camera'] / 1e6:.0f} MB/s on average (pixels, first start to last "
