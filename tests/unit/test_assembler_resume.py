@@ -144,3 +144,76 @@ def test_a_resent_stripe_publishes_a_sensor_whose_finish_failed(tmp_path: Path,
     h = asyncio.run(main())
     assert stored_whole(tmp_path, "R22_S01", 1)  # ...that published the sensor
     assert h.announced and h.announced[-1]["present"] == SENSORS
+
+
+def test_the_summary_is_on_disk_before_the_announcement_and_marked_announced_after(tmp_path: Path) -> None:
+    """A forwarder woken by READOUT_COMPLETE reads READOUT.json: it is there when the message
+    goes out (marked not announced yet), and marked announced once the message is sent."""
+    seen: list[dict | None] = []
+
+    async def main() -> Harness:
+        h = Harness(tmp_path)
+        asm = h.assembler()
+        inner = asm.announce
+
+        async def announce(image: str, summary: dict) -> None:
+            seen.append(read_readout_summary(tmp_path, image))
+            await inner(image, summary)
+        asm.announce = announce
+        await asm.start()
+        for name in SENSORS:
+            for s in stripes(name, SENSORS.index(name)):
+                await asm.add_stripe(s)
+        await asm.stop()
+        return h
+    h = asyncio.run(main())
+    assert len(h.announced) == 1 and h.announced[0]["present"] == SENSORS
+    assert seen[0] is not None and seen[0]["present"] == SENSORS and seen[0]["announced"] is False
+    assert read_readout_summary(tmp_path, IMAGE)["announced"] is True
+    assert rawstore.readout_announced(tmp_path, IMAGE)
+
+
+def test_a_crash_between_the_summary_and_the_announcement_announces_at_the_next_start(tmp_path: Path) -> None:
+    """The receiver dies after READOUT.json and before READOUT_COMPLETE is durable: the next
+    start announces the image (at once: it is whole), and only then marks it announced."""
+    async def first() -> None:
+        h = Harness(tmp_path)
+        asm = h.assembler()
+
+        async def killed(image: str, summary: dict) -> None:
+            raise SystemExit("killed")
+        asm.announce = killed
+        await asm.start()
+        with pytest.raises(SystemExit):
+            for name in SENSORS:
+                for s in stripes(name, SENSORS.index(name)):
+                    await asm.add_stripe(s)
+        await asm.stop()
+    asyncio.run(first())
+    assert read_readout_summary(tmp_path, IMAGE)["announced"] is False
+
+    async def second() -> Harness:
+        h = Harness(tmp_path)
+        asm = h.assembler()
+        await asm.start()
+        await asm.stop()
+        return h
+    h = asyncio.run(second())
+    assert [a["present"] for a in h.announced] == [SENSORS]
+    assert rawstore.readout_announced(tmp_path, IMAGE)
+
+
+def test_a_summary_from_before_the_mark_counts_as_announced(tmp_path: Path) -> None:
+    """READOUT.json written by an earlier fitsflow (after its message, no mark): not announced
+    again at an upgrade's restart."""
+    (tmp_path / IMAGE).mkdir()
+    (tmp_path / IMAGE / "READOUT.json").write_text('{"present": [], "missing": [], "partial": []}')
+    assert rawstore.readout_announced(tmp_path, IMAGE)
+
+    async def main() -> Harness:
+        h = Harness(tmp_path)
+        asm = h.assembler()
+        await asm.start()
+        await asm.stop()
+        return h
+    assert asyncio.run(main()).announced == []

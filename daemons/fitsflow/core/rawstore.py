@@ -11,6 +11,8 @@ Layout under ``paths.raw_buffer``::
                                          index, then the stripe's DATASUM part, CRC-32
                                          and Adler-32 (older journals: no Adler-32)
     <image>/READOUT.json                 the readout summary, written before READOUT_COMPLETE
+                                         (``"announced": false``) and marked announced once
+                                         the message is on a broker or in the outbox
 
 The .raw is laid out as the sensor's final FITS file (``data_offset`` > 0): room for the
 primary and the extension headers (:data:`HEADER_ROOM_BLOCKS` 2880-byte blocks, a sparse
@@ -550,12 +552,24 @@ def read_pixels(root: Path, meta: SensorMeta) -> np.ndarray:
     return fits_decoded(stored, meta.dtype)
 
 
-def write_readout_summary(root: Path, image: str, summary: dict[str, Any]) -> None:
-    atomic_write_bytes(image_dir(root, image) / "READOUT.json", json.dumps(summary, indent=1).encode())
+def write_readout_summary(root: Path, image: str, summary: dict[str, Any], *, announced: bool = True) -> None:
+    """The image's READOUT summary, atomically. ``announced`` False: READOUT_COMPLETE is about
+    to be sent (a restart that finds it so announces the image again)."""
+    atomic_write_bytes(image_dir(root, image) / "READOUT.json",
+                       json.dumps({**summary, "announced": announced}, indent=1).encode())
+
+
+def readout_announced(root: Path, image: str, problems: list[str] | None = None) -> bool:
+    """Whether the image's READOUT_COMPLETE has gone out (to a broker or the bus's outbox).
+    A summary without the mark was written before it existed, after its message."""
+    summary = read_readout_summary(root, image, problems)
+    return summary is not None and summary.get("announced", True) is not False
 
 
 def read_readout_summary(root: Path, image: str, problems: list[str] | None = None) -> dict[str, Any] | None:
-    """The image's announced READOUT summary, or None (not announced, or unreadable: set aside)."""
+    """The image's READOUT summary, or None (the readout is not complete, or the summary is
+    unreadable: set aside). Written before READOUT_COMPLETE is sent: whoever that message
+    wakes finds it."""
     def parse(data: bytes) -> dict[str, Any]:
         summary = json.loads(data)
         if not isinstance(summary, dict):
