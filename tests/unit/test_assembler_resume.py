@@ -56,6 +56,18 @@ class Harness:
         return ImageAssembler(self.root, 60.0, set(SENSORS), announce, spawn=spawn, direct_io=True)
 
 
+def restarted(root: Path) -> Harness:
+    """A receiver's assembler started on ``root`` (what it resumes, publishes and announces
+    at start) and stopped."""
+    async def main() -> Harness:
+        h = Harness(root)
+        asm = h.assembler()
+        await asm.start()
+        await asm.stop()
+        return h
+    return asyncio.run(main())
+
+
 def stored_whole(root: Path, name: str, n: int) -> bool:
     raft, sensor = name.split("_")
     meta = read_meta(root, IMAGE, raft, sensor)
@@ -106,13 +118,7 @@ def test_a_sensor_stored_whole_before_a_crash_is_published_at_start(tmp_path: Pa
         write_readout_summary(tmp_path, IMAGE, {"present": ["R22_S00"], "missing": ["R22_S01"], "partial": [],
                                                 "timed_out": True})
 
-    async def main() -> Harness:
-        h = Harness(tmp_path)
-        asm = h.assembler()
-        await asm.start()
-        await asm.stop()
-        return h
-    h = asyncio.run(main())
+    h = restarted(tmp_path)
     assert stored_whole(tmp_path, "R22_S01", 1)
     assert h.announced and h.announced[-1]["present"] == SENSORS and h.announced[-1]["missing"] == []
     assert read_readout_summary(tmp_path, IMAGE)["present"] == SENSORS
@@ -192,13 +198,7 @@ def test_a_crash_between_the_summary_and_the_announcement_announces_at_the_next_
     asyncio.run(first())
     assert read_readout_summary(tmp_path, IMAGE)["announced"] is False
 
-    async def second() -> Harness:
-        h = Harness(tmp_path)
-        asm = h.assembler()
-        await asm.start()
-        await asm.stop()
-        return h
-    h = asyncio.run(second())
+    h = restarted(tmp_path)
     assert [a["present"] for a in h.announced] == [SENSORS]
     assert rawstore.readout_announced(tmp_path, IMAGE)
 
@@ -210,10 +210,4 @@ def test_a_summary_from_before_the_mark_counts_as_announced(tmp_path: Path) -> N
     (tmp_path / IMAGE / "READOUT.json").write_text('{"present": [], "missing": [], "partial": []}')
     assert rawstore.readout_announced(tmp_path, IMAGE)
 
-    async def main() -> Harness:
-        h = Harness(tmp_path)
-        asm = h.assembler()
-        await asm.start()
-        await asm.stop()
-        return h
-    assert asyncio.run(main()).announced == []
+    assert restarted(tmp_path).announced == []
