@@ -30,22 +30,34 @@ def test_the_loss_line_names_the_place_of_this_interval() -> None:
     s = FakeStream()
     monitor = LossMonitor([s], 0.001)  # type: ignore[list-item]
     s.counters.bytes_stored, s.counters.bytes_lost = 1000, 100
-    s.ring_waits, s.drops = 3, 0
+    s.ring_waits, s.drops = 3, 7
     (line,) = monitor.check()
     assert "100 of 1100 bytes lost" in line
-    assert "spead2 waited 3 times" in line and "receiver.writers" in line and "socket" not in line
+    assert "dropped 7 packets at the socket while spead2 waited 3 times" in line and "receiver.writers" in line
     # The next interval: the ring's earlier waits are not counted again; the socket dropped.
     s.counters.bytes_stored, s.counters.bytes_lost = 2000, 200
     s.drops = 40
     (line,) = monitor.check()
-    assert "spead2 waited" not in line and "dropped 40 packets at the socket" in line
+    assert "spead2 waited" not in line and "dropped 33 packets at the socket" in line and "CPU" in line
     # Loss with neither: it happened before this host.
     s.counters.bytes_stored, s.counters.bytes_lost = 3000, 300
     (line,) = monitor.check()
     assert "before it (network, NIC, camera)" in line
+    # spead2 waited but the socket dropped nothing: the buffer held the packets, the loss
+    # was before the host (a loaded machine made the ring wait while a relay dropped).
+    s.counters.bytes_stored, s.counters.bytes_lost = 4000, 400
+    s.ring_waits = 5
+    (line,) = monitor.check()
+    assert "before it" in line and "waited 2 times for room in its ring, which the socket buffer absorbed" in line
     # No loss: no line.
     s.counters.bytes_stored += 1000
     assert monitor.check() == []
+
+
+def test_unknown_socket_drops_are_said_to_be_unknown() -> None:
+    """Without the kernel's count the loss is not put before the host."""
+    assert "unknown" in where_lost(0, None) and "before" not in where_lost(0, None)
+    assert "receiver.writers" in where_lost(2, None) and "unknown" in where_lost(2, None)
 
 
 def test_both_places_are_named_when_both_lost() -> None:

@@ -62,15 +62,15 @@ class LossMonitor:
         for s in self.streams:
             c = s.counters
             ring = s.spead_stats().get("worker_blocked", 0)
-            drops = s.socket_drops() or 0
+            drops = s.socket_drops()  # None: the kernel's count cannot be read
             lost0, stored0, ring0, drops0 = self._last.get(s.address, (0, 0, 0, 0))
             lost, stored = c.bytes_lost - lost0, c.bytes_stored - stored0
-            self._last[s.address] = (c.bytes_lost, c.bytes_stored, ring, drops)
+            self._last[s.address] = (c.bytes_lost, c.bytes_stored, ring, drops if drops is not None else drops0)
             total = lost + stored
             if total and lost / total > self.threshold:
                 problems.append(f"stream {s.address}: {lost} of {total} bytes lost ({100 * lost / total:.3f} %, "
                                 f"threshold {100 * self.threshold:.3f} %); {c.heaps_incomplete} incomplete heaps; "
-                                + where_lost(max(0, ring - ring0), max(0, drops - drops0)))
+                                + where_lost(max(0, ring - ring0), None if drops is None else max(0, drops - drops0)))
         return problems
 
     def snapshot(self) -> list[dict]:
@@ -78,16 +78,20 @@ class LossMonitor:
                  "socket_drops": s.socket_drops()} for s in self.streams]
 
 
-def where_lost(ring_waits: int, socket_drops: int) -> str:
-    """The likely place of an interval's loss, from spead2's waits for room in its ring (the
-    stripes' writes fell behind) and the kernel's drops at the socket (nobody read in time)."""
-    causes = []
-    if ring_waits:
-        causes.append(f"spead2 waited {ring_waits} times for room in its ring: the raw buffer's writes fell "
-                      "behind (its disk, or receiver.writers)")
+def where_lost(ring_waits: int, socket_drops: int | None) -> str:
+    """The likely place of an interval's loss. Packets are lost on this host only where the
+    kernel drops them at the socket (``socket_drops``; None: unknown); spead2 waiting for room
+    in its ring (the stripes' writes fell behind) loses nothing by itself — the socket buffer
+    holds the packets meanwhile — but is why the socket overflowed when both happen."""
+    waits = f"spead2 waited {ring_waits} times for room in its ring"
+    if socket_drops is None:
+        return (f"{waits}: the raw buffer's writes fell behind (its disk, or receiver.writers); the socket's "
+                "drops are unknown") if ring_waits else "the socket's drops are unknown"
     if socket_drops:
-        causes.append(f"the kernel dropped {socket_drops} packets at the socket: the receiver did not read in "
-                      "time (CPU, or receiver.socket_buffer_bytes)")
-    if not causes:
-        return "no drop on this host: packets were lost before it (network, NIC, camera)"
-    return "; ".join(causes)
+        if ring_waits:
+            return (f"the kernel dropped {socket_drops} packets at the socket while {waits}: the raw buffer's "
+                    "writes fell behind (its disk, or receiver.writers)")
+        return (f"the kernel dropped {socket_drops} packets at the socket: the receiver did not read in time "
+                "(CPU, or receiver.socket_buffer_bytes)")
+    return ("no drop on this host: packets were lost before it (network, NIC, camera)"
+            + (f"; {waits}, which the socket buffer absorbed" if ring_waits else ""))
